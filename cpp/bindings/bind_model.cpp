@@ -1,0 +1,5 @@
+#include "bindings.h"
+
+namespace medrt::bindings {
+void bind_model(pybind11::module_& m) { (void)m; }  // TODO(owner): fill in
+}  // namespace medrt::bindings

@@ -1,0 +1,10 @@
+// Each concept binds itself in its own file; module.cpp calls them in dependency order.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace medrt::bindings {
+void bind_errors(pybind11::module_& m);      // bind_errors.cpp: C++ exceptions -> medrt.errors
+void bind_checkpoint(pybind11::module_& m);  // bind_checkpoint.cpp: safetensors / checkpoint
+void bind_model(pybind11::module_& m);       // bind_model.cpp: Model.forward for parity tests
+void bind_engine(pybind11::module_& m);      // bind_engine.cpp: Engine, SamplingParams, outputs
+}  // namespace medrt::bindings

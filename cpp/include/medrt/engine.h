@@ -1,0 +1,95 @@
+// The engine: continuous batching over a paged KV cache. Requests are token ids plus sampling
+// parameters; outputs are token ids, logprobs and finish reasons. The engine loop runs on its
+// own thread (start()); add_request/abort are safe to call from any thread while it runs.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "medrt/config.h"
+#include "medrt/sampling.h"
+
+namespace medrt {
+
+struct EngineConfig {
+  std::string model_dir;
+  int block_size = 16;
+  int64_t kv_cache_bytes = 512ll << 20;  // KV pool budget; the block count follows from it
+  int64_t num_blocks = 0;                // > 0 overrides kv_cache_bytes (tests use tiny pools)
+  int max_num_seqs = 64;                 // sequences in one step
+  int max_num_batched_tokens = 2048;     // token budget of one step (prefill chunks + decodes)
+  int max_model_len = 0;                 // 0: the model's max_position_embeddings
+  bool enable_prefix_caching = true;
+  int num_threads = 0;                   // 0: physical cores
+  uint64_t seed = 0;                     // seeds requests that carry no seed of their own
+};
+
+enum class FinishReason { None, Stop, Length, Abort };
+const char* finish_reason_name(FinishReason r);  // "", "stop", "length", "abort"
+
+// What one step produced for one request.
+struct RequestOutput {
+  uint64_t request_id = 0;
+  std::vector<int32_t> new_token_ids;
+  std::vector<TokenLogprobs> logprobs;  // one per new token when requested
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::None;
+  int32_t stop_token_id = -1;           // the stop/EOS token that ended it, if any
+  int num_prompt_tokens = 0;
+  int num_cached_tokens = 0;            // prompt tokens served from the prefix cache
+};
+
+struct EngineStats {
+  int64_t num_blocks = 0;
+  int64_t free_blocks = 0;
+  int64_t block_size = 0;
+  int64_t num_running = 0;
+  int64_t num_waiting = 0;
+  int64_t num_preemptions = 0;
+  int64_t prefix_cache_queries = 0;     // full prompt blocks looked up
+  int64_t prefix_cache_hits = 0;        // of those, found in the cache
+  int64_t steps = 0;
+  int64_t prompt_tokens = 0;            // prefill tokens computed
+  int64_t generation_tokens = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(const EngineConfig& config);  // loads the model; throws InvalidCheckpoint
+  ~Engine();                                    // stops the loop thread
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const ModelConfig& model_config() const;
+  const EngineConfig& config() const;
+  int max_model_len() const;
+
+  // Validates (empty prompt, token ids outside the vocabulary, prompt + max_tokens beyond
+  // max_model_len, bad sampling parameters -> InvalidRequest; a prompt that could never fit in
+  // the whole KV pool -> CapacityError) and queues the request. Returns its id.
+  uint64_t add_request(const std::vector<int32_t>& prompt, const SamplingParams& params);
+  // Aborts a queued or running request: its blocks are freed and one final output with
+  // FinishReason::Abort is produced. Unknown or finished ids are ignored.
+  void abort(uint64_t request_id);
+  bool has_unfinished() const;
+
+  // Synchronous mode: runs one scheduling step on the calling thread and returns its outputs.
+  // Must not be mixed with start().
+  std::vector<RequestOutput> step();
+
+  // Background mode: the loop thread steps while there is work and sleeps otherwise.
+  void start();
+  void stop();
+  // Blocks until outputs are available or the timeout passes; returns what is queued.
+  std::vector<RequestOutput> wait_outputs(std::chrono::milliseconds timeout);
+
+  EngineStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace medrt

@@ -1,0 +1,38 @@
+#include <atomic>
+#include <vector>
+
+#include "check.h"
+#include "medrt/dtype.h"
+#include "medrt/thread_pool.h"
+
+using namespace medrt;
+
+TEST(parallel_for_covers_range_once) {
+  ThreadPool pool(3);
+  for (int64_t n : {1, 2, 7, 1000}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    for (int rep = 0; rep < 50; ++rep)
+      pool.parallel_for(n, [&](int, int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      }, 4);
+    for (auto& h : hits) CHECK(h.load() == 50);
+  }
+}
+
+TEST(physical_cores_positive) { CHECK(ThreadPool::physical_cores() >= 1); }
+
+TEST(f16_roundtrip_exact) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    uint16_t x = uint16_t(h);
+    if ((x & 0x7c00) == 0x7c00 && (x & 0x3ff)) continue;  // NaN payloads
+    CHECK(f32_to_f16(f16_to_f32(x)) == x);
+  }
+  CHECK(f16_to_f32(0x3c00) == 1.0f);
+  CHECK(f32_to_f16(65520.0f) == 0x7c00);
+  CHECK(f32_to_f16(1.0f + 1.0f / 4096) == 0x3c00);  // ties to even
+}
+
+TEST(bf16_rounding) {
+  CHECK(bf16_to_f32(f32_to_bf16(1.0f)) == 1.0f);
+  CHECK(f32_to_bf16(1.00390625f) == 0x3f80);  // halfway -> even
+}

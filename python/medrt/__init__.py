@@ -1,0 +1,1 @@
+"""medrt: a medical LLM runtime. See README.md."""

@@ -1,0 +1,1 @@
+"""medrt_train: fine-tuning, distillation and quantization for medrt models."""
