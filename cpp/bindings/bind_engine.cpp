@@ -1,5 +1,174 @@
+// medrt._core.Engine and its value types (BINDINGS.md "engine"). Converts types, releases the
+// GIL around everything that computes or waits, and nothing else.
+#include <pybind11/stl.h>
+
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
 #include "bindings.h"
+#include "medrt/engine.h"
+#include "medrt/error.h"
+
+namespace py = pybind11;
 
 namespace medrt::bindings {
-void bind_engine(pybind11::module_& m) { (void)m; }  // TODO(owner): fill in
+namespace {
+
+// Sets the keyword arguments as attributes of `obj`, rejecting names that are not fields.
+template <class T>
+T from_kwargs(const py::kwargs& kw, const std::set<std::string>& fields, const char* type) {
+  T value;
+  py::object self = py::cast(&value, py::return_value_policy::reference);
+  for (auto item : kw) {
+    std::string key = py::str(item.first);
+    if (!fields.count(key))
+      throw py::type_error(std::string(type) + "() got an unexpected keyword argument '" + key + "'");
+    self.attr(key.c_str()) = item.second;
+  }
+  return value;
+}
+
+// Python ints are unbounded: a token id that does not fit int32 is bad input, not a TypeError.
+std::vector<int32_t> to_token_ids(const std::vector<int64_t>& ids, const char* field) {
+  std::vector<int32_t> out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < std::numeric_limits<int32_t>::min() || ids[i] > std::numeric_limits<int32_t>::max())
+      throw InvalidRequest(std::string(field) + "[" + std::to_string(i) + "] = " +
+                           std::to_string(ids[i]) + " is not a valid token id");
+    out[i] = int32_t(ids[i]);
+  }
+  return out;
+}
+
+py::dict stats_dict(const EngineStats& s) {
+  py::dict d;
+  d["num_blocks"] = s.num_blocks;
+  d["free_blocks"] = s.free_blocks;
+  d["block_size"] = s.block_size;
+  d["num_running"] = s.num_running;
+  d["num_waiting"] = s.num_waiting;
+  d["num_preemptions"] = s.num_preemptions;
+  d["prefix_cache_queries"] = s.prefix_cache_queries;
+  d["prefix_cache_hits"] = s.prefix_cache_hits;
+  d["steps"] = s.steps;
+  d["prompt_tokens"] = s.prompt_tokens;
+  d["generation_tokens"] = s.generation_tokens;
+  return d;
+}
+
+void bind_config(py::module_& m) {
+  py::class_<EngineConfig> c(m, "EngineConfig");
+  c.def(py::init([](const py::kwargs& kw) {
+          return from_kwargs<EngineConfig>(
+              kw,
+              {"model_dir", "block_size", "kv_cache_bytes", "num_blocks", "max_num_seqs",
+               "max_num_batched_tokens", "max_model_len", "enable_prefix_caching", "num_threads",
+               "seed"},
+              "EngineConfig");
+        }))
+      .def_readwrite("model_dir", &EngineConfig::model_dir)
+      .def_readwrite("block_size", &EngineConfig::block_size)
+      .def_readwrite("kv_cache_bytes", &EngineConfig::kv_cache_bytes)
+      .def_readwrite("num_blocks", &EngineConfig::num_blocks)
+      .def_readwrite("max_num_seqs", &EngineConfig::max_num_seqs)
+      .def_readwrite("max_num_batched_tokens", &EngineConfig::max_num_batched_tokens)
+      .def_readwrite("max_model_len", &EngineConfig::max_model_len)
+      .def_readwrite("enable_prefix_caching", &EngineConfig::enable_prefix_caching)
+      .def_readwrite("num_threads", &EngineConfig::num_threads)
+      .def_readwrite("seed", &EngineConfig::seed);
+}
+
+void bind_sampling_params(py::module_& m) {
+  py::class_<SamplingParams> c(m, "SamplingParams");
+  c.def(py::init([](const py::kwargs& kw) {
+          return from_kwargs<SamplingParams>(
+              kw,
+              {"max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p",
+               "repetition_penalty", "frequency_penalty", "presence_penalty", "seed",
+               "stop_token_ids", "ignore_eos", "logprobs"},
+              "SamplingParams");
+        }))
+      .def_readwrite("max_tokens", &SamplingParams::max_tokens)
+      .def_readwrite("min_tokens", &SamplingParams::min_tokens)
+      .def_readwrite("temperature", &SamplingParams::temperature)
+      .def_readwrite("top_k", &SamplingParams::top_k)
+      .def_readwrite("top_p", &SamplingParams::top_p)
+      .def_readwrite("min_p", &SamplingParams::min_p)
+      .def_readwrite("repetition_penalty", &SamplingParams::repetition_penalty)
+      .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
+      .def_readwrite("presence_penalty", &SamplingParams::presence_penalty)
+      .def_readwrite("seed", &SamplingParams::seed)
+      .def_property(
+          "stop_token_ids", [](const SamplingParams& p) { return p.stop_token_ids; },
+          [](SamplingParams& p, const std::vector<int64_t>& ids) {
+            p.stop_token_ids = to_token_ids(ids, "stop_token_ids");
+          })
+      .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
+      .def_readwrite("logprobs", &SamplingParams::logprobs)
+      .def("validate", &SamplingParams::validate, py::arg("vocab_size"));
+}
+
+void bind_output(py::module_& m) {
+  py::class_<RequestOutput>(m, "RequestOutput")
+      .def_readonly("request_id", &RequestOutput::request_id)
+      .def_readonly("new_token_ids", &RequestOutput::new_token_ids)
+      .def_property_readonly("logprobs",
+                             [](const RequestOutput& o) {
+                               py::list out;
+                               for (const TokenLogprobs& l : o.logprobs)
+                                 out.append(py::make_tuple(l.chosen, py::cast(l.top)));
+                               return out;
+                             })
+      .def_readonly("finished", &RequestOutput::finished)
+      .def_property_readonly("finish_reason",
+                             [](const RequestOutput& o) { return finish_reason_name(o.finish_reason); })
+      .def_readonly("stop_token_id", &RequestOutput::stop_token_id)
+      .def_readonly("num_prompt_tokens", &RequestOutput::num_prompt_tokens)
+      .def_readonly("num_cached_tokens", &RequestOutput::num_cached_tokens)
+      .def("__repr__", [](const RequestOutput& o) {
+        return "RequestOutput(request_id=" + std::to_string(o.request_id) + ", new_token_ids=" +
+               std::string(py::str(py::cast(o.new_token_ids))) + ", finished=" +
+               (o.finished ? "True" : "False") + ", finish_reason='" +
+               finish_reason_name(o.finish_reason) + "')";
+      });
+}
+
+}  // namespace
+
+void bind_engine(py::module_& m) {
+  bind_config(m);
+  bind_sampling_params(m);
+  bind_output(m);
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](const EngineConfig& c) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<Engine>(c);
+           }),
+           py::arg("config"))
+      .def(
+          "add_request",
+          [](Engine& e, const std::vector<int64_t>& prompt, const SamplingParams& params) {
+            return e.add_request(to_token_ids(prompt, "prompt"), params);
+          },
+          py::arg("prompt"), py::arg("params"))
+      .def("abort", &Engine::abort, py::arg("request_id"))
+      .def("has_unfinished", &Engine::has_unfinished)
+      .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
+      .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
+      .def("stop", &Engine::stop, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "wait_outputs",
+          [](Engine& e, int64_t timeout_ms) {
+            py::gil_scoped_release nogil;
+            return e.wait_outputs(std::chrono::milliseconds(timeout_ms));
+          },
+          py::arg("timeout_ms"))
+      .def("stats", [](const Engine& e) { return stats_dict(e.stats()); })
+      .def_property_readonly("model_config",
+                             [](const Engine& e) { return model_config_dict(e.model_config()); })
+      .def_property_readonly("max_model_len", &Engine::max_model_len);
+}
+
 }  // namespace medrt::bindings

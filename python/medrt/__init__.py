@@ -1,1 +1,39 @@
-"""medrt: a medical LLM runtime. See README.md."""
+"""medrt: a medical LLM runtime. See README.md.
+
+``import medrt`` stays light: the engine module, the tokenizer and Jinja load when LLM or
+AsyncLLM is first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medrt import errors
+from medrt.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from medrt.sampling_params import SamplingParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "AsyncLLM",
+    "CompletionOutput",
+    "Logprob",
+    "RequestMetrics",
+    "RequestOutput",
+    "SamplingParams",
+    "__version__",
+    "errors",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LLM":
+        from medrt.llm import LLM
+
+        return LLM
+    if name == "AsyncLLM":
+        from medrt.async_llm import AsyncLLM
+
+        return AsyncLLM
+    raise AttributeError(f"module 'medrt' has no attribute {name!r}")

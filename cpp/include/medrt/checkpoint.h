@@ -42,6 +42,8 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }
   bool has(const std::string& name) const;
+  // The tensor as stored, or nullptr when absent (for inspection; loaders use get()).
+  const TensorView* find(const std::string& name) const;
   // The tensor, checked against the expected shape; throws InvalidCheckpoint naming the
   // tensor and its file when it is missing or shaped otherwise.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape) const;

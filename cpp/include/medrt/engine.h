@@ -51,7 +51,7 @@ struct EngineStats {
   int64_t prefix_cache_queries = 0;     // full prompt blocks looked up
   int64_t prefix_cache_hits = 0;        // of those, found in the cache
   int64_t steps = 0;
-  int64_t prompt_tokens = 0;            // prefill tokens computed
+  int64_t prompt_tokens = 0;            // prefill tokens computed (recomputes included)
   int64_t generation_tokens = 0;
 };
 
@@ -66,9 +66,13 @@ class Engine {
   const EngineConfig& config() const;
   int max_model_len() const;
 
-  // Validates (empty prompt, token ids outside the vocabulary, prompt + max_tokens beyond
-  // max_model_len, bad sampling parameters -> InvalidRequest; a prompt that could never fit in
-  // the whole KV pool -> CapacityError) and queues the request. Returns its id.
+  // Validates (empty prompt, token ids outside the vocabulary, a prompt of max_model_len tokens
+  // or more, bad sampling parameters -> InvalidRequest; a request that could never fit in the
+  // whole KV pool, i.e. min(prompt + max_tokens, max_model_len) - 1 tokens -> CapacityError)
+  // and queues the request. Returns its id. prompt + max_tokens beyond max_model_len is
+  // accepted (as vLLM does): generation stops at max_model_len tokens with "length".
+  // A request ends with "stop" on one of its stop_token_ids or, unless ignore_eos, on one of
+  // the model's EOS ids; that token is the last of new_token_ids and also stop_token_id.
   uint64_t add_request(const std::vector<int32_t>& prompt, const SamplingParams& params);
   // Aborts a queued or running request: its blocks are freed and one final output with
   // FinishReason::Abort is produced. Unknown or finished ids are ignored.

@@ -20,7 +20,9 @@ struct SamplingParams {
   int64_t seed = -1;               // < 0: drawn from the engine's generator
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
-  int logprobs = -1;               // < 0: none; 0: the chosen token's; n: and the top n
+  int logprobs = -1;               // < 0: none; 0: the chosen token's; n (<= 20): and the top n.
+                                   // Raw model logprobs (before penalties/temperature/top-*).
+  // temperature < 1e-5 is greedy; top_k -1 or 0 is off; max_tokens >= 1, min_tokens <= max_tokens.
 
   // Throws InvalidRequest naming the first bad field and its value.
   void validate(int vocab_size) const;

@@ -1,0 +1,73 @@
+// Bookkeeping of the paged KV pool (the memory itself is medrt::KVCache): which blocks are
+// free, how many sequences share each block, and which full blocks hold which tokens.
+//
+// Prefix caching: every full block whose K/V are computed gets a hash chained from the
+// previous block's hash and its own token ids, so equal hashes mean equal prefixes. A block
+// whose last user leaves keeps its hash and goes to the back of the free list; it can be
+// revived by a prefix hit until allocation reaches it at the front (least recently freed
+// first). A sequence's blocks are released newest first, so the shared prefix outlives its tail.
+#pragma once
+#include <cstdint>
+#include <list>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/sequence.h"
+
+namespace medrt::engine {
+
+class BlockManager {
+ public:
+  BlockManager(int64_t num_blocks, int block_size, bool enable_prefix_caching);
+
+  int64_t num_blocks() const { return int64_t(blocks_.size()); }
+  int block_size() const { return block_size_; }
+  int64_t num_free() const { return int64_t(free_.size()); }
+  int ref_count(int32_t block) const { return blocks_[size_t(block)].ref_count; }
+
+  // Blocks needed to hold `n` tokens.
+  int64_t blocks_for(int64_t n) const { return (n + block_size_ - 1) / block_size_; }
+
+  // The cached blocks holding the longest full-block prefix of seq's tokens, leaving at least
+  // one token to compute (its logits are needed). Read-only; empty without prefix caching.
+  std::vector<int32_t> find_prefix(const Sequence& seq) const;
+  // How many of `prefix` sit in the free list (taking them lowers num_free()).
+  int64_t num_free_in(const std::vector<int32_t>& prefix) const;
+  // Gives a sequence without blocks the blocks of find_prefix(seq) and marks their tokens
+  // computed. Counts the prefix-cache queries and hits.
+  void acquire_prefix(Sequence& seq, const std::vector<int32_t>& prefix);
+
+  // Extends seq's block table to cover num_computed_tokens + n tokens. Returns false and
+  // changes nothing when the free blocks do not suffice.
+  bool allocate(Sequence& seq, int n);
+  // Hashes the blocks that became full and computed (call after the forward pass).
+  void commit(Sequence& seq);
+  // Releases every block of seq and resets its KV state (num_computed_tokens = 0).
+  void free(Sequence& seq);
+
+  int64_t prefix_queries() const { return queries_; }
+  int64_t prefix_hits() const { return hits_; }
+
+ private:
+  struct Block {
+    int ref_count = 0;
+    bool hashed = false;
+    uint64_t hash = 0;
+    uint64_t parent_hash = 0;     // with `tokens`, guards against hash collisions
+    std::vector<int32_t> tokens;  // the block's token ids while hashed
+    std::list<int32_t>::iterator free_pos;
+  };
+
+  uint64_t hash_block(uint64_t parent, const int32_t* tokens) const;
+  int32_t take_free_front();
+  void unhash(int32_t id);
+
+  int block_size_;
+  bool prefix_caching_;
+  std::vector<Block> blocks_;
+  std::list<int32_t> free_;  // front: allocated next
+  std::unordered_map<uint64_t, int32_t> cached_;
+  int64_t queries_ = 0, hits_ = 0;
+};
+
+}  // namespace medrt::engine

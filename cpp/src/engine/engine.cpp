@@ -1,0 +1,400 @@
+#include "medrt/engine.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "engine/block_manager.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "medrt/error.h"
+#include "medrt/kv_cache.h"
+#include "medrt/model.h"
+
+namespace medrt {
+
+using engine::ScheduledSeq;
+using engine::Sequence;
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw InvalidRequest("EngineConfig." + what);
+}
+
+int resolve_max_model_len(const EngineConfig& c, const ModelConfig& m) {
+  int limit = m.max_position_embeddings;
+  if (c.max_model_len == 0) return limit;
+  require(c.max_model_len >= 2 && c.max_model_len <= limit,
+          "max_model_len = " + std::to_string(c.max_model_len) +
+              ": must be in [2, max_position_embeddings = " + std::to_string(limit) + "]");
+  return c.max_model_len;
+}
+
+int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
+  if (c.num_blocks > 0) return c.num_blocks;
+  int64_t per_block = KVCache::bytes_per_block(m, c.block_size);
+  int64_t n = c.kv_cache_bytes / per_block;
+  if (n < 1)
+    throw CapacityError("EngineConfig.kv_cache_bytes = " + std::to_string(c.kv_cache_bytes) +
+                        " holds no KV block (one block of " + std::to_string(c.block_size) +
+                        " tokens takes " + std::to_string(per_block) + " bytes)");
+  return n;
+}
+
+RequestOutput final_output(const Sequence& s) {
+  RequestOutput o;
+  o.request_id = s.id;
+  o.finished = true;
+  o.finish_reason = s.finish_reason;
+  o.stop_token_id = s.stop_token_id;
+  o.num_prompt_tokens = s.num_prompt_tokens;
+  o.num_cached_tokens = std::max(0, s.num_cached_tokens);
+  return o;
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  EngineConfig cfg;
+  ThreadPool pool;
+  std::unique_ptr<Model> model;
+  int max_model_len = 0;
+  int vocab = 0;
+  std::unique_ptr<KVCache> kv;
+  std::unique_ptr<engine::BlockManager> blocks;
+  std::unique_ptr<engine::Scheduler> scheduler;
+  std::unique_ptr<engine::Sampler> sampler;
+
+  // Live requests, touched only by the stepping thread; the scheduler holds pointers to them.
+  std::map<uint64_t, std::unique_ptr<Sequence>> seqs;
+  std::mutex step_mu;  // one step at a time
+
+  // The inbox: add_request/abort from any thread, drained at the start of each step.
+  std::mutex inbox_mu;
+  std::condition_variable work_cv;
+  std::vector<std::unique_ptr<Sequence>> new_seqs;
+  std::vector<uint64_t> aborts;
+  std::set<uint64_t> unfinished;  // added and not yet reported finished
+  uint64_t next_id = 1;
+  std::mt19937_64 seed_gen;
+  bool stop_requested = false;
+
+  // Background mode.
+  std::thread loop;
+  std::mutex out_mu;
+  std::condition_variable out_cv;
+  std::vector<RequestOutput> outputs;
+  std::exception_ptr loop_error;
+  bool loop_running = false;
+
+  mutable std::mutex stats_mu;
+  EngineStats stats;
+
+  explicit Impl(const EngineConfig& c) : cfg(c), pool(c.num_threads), seed_gen(c.seed) {
+    require(c.block_size > 0, "block_size = " + std::to_string(c.block_size) + ": must be > 0");
+    require(c.max_num_seqs > 0, "max_num_seqs = " + std::to_string(c.max_num_seqs) + ": must be > 0");
+    require(c.max_num_batched_tokens > 0, "max_num_batched_tokens = " +
+                                              std::to_string(c.max_num_batched_tokens) + ": must be > 0");
+    require(c.num_blocks >= 0, "num_blocks = " + std::to_string(c.num_blocks) + ": must be >= 0");
+    model = Model::load(c.model_dir, pool);
+    const ModelConfig& m = model->config();
+    vocab = m.vocab_size;
+    max_model_len = resolve_max_model_len(c, m);
+    int64_t num_blocks = resolve_num_blocks(c, m);
+    kv = std::make_unique<KVCache>(m, num_blocks, c.block_size);
+    blocks = std::make_unique<engine::BlockManager>(num_blocks, c.block_size, c.enable_prefix_caching);
+    scheduler = std::make_unique<engine::Scheduler>(*blocks, c.max_num_seqs, c.max_num_batched_tokens);
+    sampler = std::make_unique<engine::Sampler>(vocab, m.eos_token_ids);
+    stats.num_blocks = stats.free_blocks = num_blocks;
+    stats.block_size = c.block_size;
+  }
+
+  void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
+    if (prompt.empty()) throw InvalidRequest("prompt is empty: a request needs at least one token");
+    for (size_t i = 0; i < prompt.size(); ++i)
+      if (prompt[i] < 0 || prompt[i] >= vocab)
+        throw InvalidRequest("prompt[" + std::to_string(i) + "] = " + std::to_string(prompt[i]) +
+                             " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+    if (int64_t(prompt.size()) >= max_model_len)
+      throw InvalidRequest("prompt has " + std::to_string(prompt.size()) +
+                           " tokens; max_model_len = " + std::to_string(max_model_len) +
+                           " leaves room for at most " + std::to_string(max_model_len - 1) +
+                           " prompt tokens");
+    params.validate(vocab);
+    // Every token but the last generated one needs a KV slot.
+    int64_t total = std::min<int64_t>(int64_t(prompt.size()) + params.max_tokens, max_model_len);
+    int64_t need = blocks->blocks_for(total - 1);
+    if (need > blocks->num_blocks())
+      throw CapacityError("request needs " + std::to_string(need) + " KV blocks (prompt " +
+                          std::to_string(prompt.size()) + " + max_tokens " +
+                          std::to_string(params.max_tokens) + " tokens, block_size " +
+                          std::to_string(cfg.block_size) + ") but the whole pool has " +
+                          std::to_string(blocks->num_blocks()));
+  }
+
+  uint64_t add(const std::vector<int32_t>& prompt, const SamplingParams& params) {
+    validate(prompt, params);
+    uint64_t id;
+    {
+      std::lock_guard lk(inbox_mu);
+      id = next_id++;
+      uint64_t seed = params.seed >= 0 ? uint64_t(params.seed) : seed_gen();
+      new_seqs.push_back(std::make_unique<Sequence>(id, prompt, params, seed));
+      unfinished.insert(id);
+    }
+    work_cv.notify_one();
+    return id;
+  }
+
+  void abort(uint64_t id) {
+    {
+      std::lock_guard lk(inbox_mu);
+      if (!unfinished.count(id)) return;
+      aborts.push_back(id);
+    }
+    work_cv.notify_one();
+  }
+
+  // Moves a finished sequence out: its blocks go back to the pool, its id stops being live.
+  void retire(Sequence& s) {
+    scheduler->remove(&s);
+    {
+      std::lock_guard lk(inbox_mu);
+      unfinished.erase(s.id);
+    }
+    seqs.erase(s.id);
+  }
+
+  void drain_inbox(std::vector<RequestOutput>& out) {
+    std::vector<std::unique_ptr<Sequence>> added;
+    std::vector<uint64_t> aborted;
+    {
+      std::lock_guard lk(inbox_mu);
+      added.swap(new_seqs);
+      aborted.swap(aborts);
+    }
+    for (auto& s : added) {
+      scheduler->add(s.get());
+      seqs.emplace(s->id, std::move(s));
+    }
+    for (uint64_t id : aborted) {
+      auto it = seqs.find(id);
+      if (it == seqs.end()) continue;  // finished before the abort arrived
+      it->second->finish_reason = FinishReason::Abort;
+      out.push_back(final_output(*it->second));
+      retire(*it->second);
+    }
+  }
+
+  ForwardBatch build_batch(const std::vector<ScheduledSeq>& sched) const {
+    ForwardBatch fb;
+    const int bs = cfg.block_size;
+    fb.n_seqs = int64_t(sched.size());
+    for (const ScheduledSeq& s : sched)
+      fb.max_blocks = std::max(fb.max_blocks, int64_t(s.seq->block_table.size()));
+    fb.block_tables.assign(size_t(fb.n_seqs * fb.max_blocks), -1);
+    for (size_t i = 0; i < sched.size(); ++i) {
+      const Sequence& seq = *sched[i].seq;
+      std::copy(seq.block_table.begin(), seq.block_table.end(),
+                fb.block_tables.begin() + ptrdiff_t(i * size_t(fb.max_blocks)));
+      for (int j = 0; j < sched[i].num_tokens; ++j) {
+        int pos = seq.num_computed_tokens + j;
+        fb.tokens.push_back(seq.tokens[size_t(pos)]);
+        fb.positions.push_back(pos);
+        fb.token_seq.push_back(int32_t(i));
+        fb.slot_mapping.push_back(seq.block_table[size_t(pos / bs)] * bs + pos % bs);
+      }
+      if (sched[i].sample) fb.logit_rows.push_back(int32_t(fb.tokens.size()) - 1);
+    }
+    return fb;
+  }
+
+  // Decides whether the token just appended ends the sequence, and why.
+  void finish_check(Sequence& s, int32_t t) {
+    const SamplingParams& p = s.params;
+    bool is_stop = std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), t) != p.stop_token_ids.end();
+    const auto& eos = model->config().eos_token_ids;
+    bool is_eos = !p.ignore_eos && std::find(eos.begin(), eos.end(), t) != eos.end();
+    if (is_stop || is_eos) {
+      s.finish_reason = FinishReason::Stop;
+      s.stop_token_id = t;
+    } else if (s.num_output_tokens() >= p.max_tokens || s.num_tokens() >= max_model_len) {
+      s.finish_reason = FinishReason::Length;
+    }
+  }
+
+  std::vector<RequestOutput> step() {
+    std::vector<RequestOutput> out;
+    drain_inbox(out);
+    std::vector<ScheduledSeq> sched = scheduler->schedule();
+    int64_t prefill = 0, sampled = 0;
+    if (!sched.empty()) {
+      ForwardBatch fb = build_batch(sched);
+      std::vector<float> logits(fb.logit_rows.size() * size_t(vocab));
+      model->forward(fb, *kv, logits.data());
+      for (const ScheduledSeq& s : sched)
+        if (!(s.num_tokens == 1 && s.seq->num_output_tokens() > 0 && s.sample)) prefill += s.num_tokens;
+      scheduler->advance(sched);
+      std::vector<Sequence*> rows;
+      for (const ScheduledSeq& s : sched)
+        if (s.sample) rows.push_back(s.seq);
+      // Rows share nothing (each reads its own logits and Sequence), so any split is exact.
+      std::vector<engine::Sample> samples(rows.size());
+      pool.parallel_for(int64_t(rows.size()), [&](int, int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          samples[size_t(i)] = sampler->sample(logits.data() + size_t(i) * size_t(vocab), *rows[size_t(i)]);
+      });
+      for (size_t i = 0; i < rows.size(); ++i) {
+        Sequence& seq = *rows[i];
+        engine::Sample& r = samples[i];
+        seq.append_token(r.token);
+        ++sampled;
+        finish_check(seq, r.token);
+        bool done = seq.finish_reason != FinishReason::None;
+        RequestOutput o = final_output(seq);
+        o.finished = done;
+        o.new_token_ids = {r.token};
+        if (seq.params.logprobs >= 0) o.logprobs = {std::move(r.logprobs)};
+        out.push_back(std::move(o));
+        if (done) retire(seq);
+      }
+    }
+    std::lock_guard lk(stats_mu);
+    stats.free_blocks = blocks->num_free();
+    stats.num_running = scheduler->num_running();
+    stats.num_waiting = scheduler->num_waiting();
+    stats.num_preemptions = scheduler->num_preemptions();
+    stats.prefix_cache_queries = blocks->prefix_queries();
+    stats.prefix_cache_hits = blocks->prefix_hits();
+    stats.steps += 1;
+    stats.prompt_tokens += prefill;
+    stats.generation_tokens += sampled;
+    return out;
+  }
+
+  // After a failed step in the background: every live request ends (Abort) so no client waits
+  // forever, and wait_outputs() rethrows the error.
+  void fail_all(std::vector<RequestOutput>& out) {
+    drain_inbox(out);
+    while (!seqs.empty()) {
+      Sequence& s = *seqs.begin()->second;
+      s.finish_reason = FinishReason::Abort;
+      out.push_back(final_output(s));
+      retire(s);
+    }
+  }
+
+  void run_loop() {
+    for (;;) {
+      {
+        std::unique_lock lk(inbox_mu);
+        work_cv.wait(lk, [&] {
+          return stop_requested || !new_seqs.empty() || !aborts.empty() || !scheduler->empty();
+        });
+        if (stop_requested) return;
+      }
+      std::vector<RequestOutput> out;
+      std::exception_ptr error;
+      {
+        std::lock_guard lk(step_mu);
+        try {
+          out = step();
+        } catch (...) {
+          error = std::current_exception();
+          fail_all(out);
+        }
+      }
+      std::lock_guard lk(out_mu);
+      if (error) loop_error = error;
+      if (out.empty() && !error) continue;
+      outputs.insert(outputs.end(), std::make_move_iterator(out.begin()),
+                     std::make_move_iterator(out.end()));
+      out_cv.notify_all();
+    }
+  }
+};
+
+Engine::Engine(const EngineConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+
+Engine::~Engine() { stop(); }
+
+const ModelConfig& Engine::model_config() const { return impl_->model->config(); }
+const EngineConfig& Engine::config() const { return impl_->cfg; }
+int Engine::max_model_len() const { return impl_->max_model_len; }
+
+uint64_t Engine::add_request(const std::vector<int32_t>& prompt, const SamplingParams& params) {
+  return impl_->add(prompt, params);
+}
+
+void Engine::abort(uint64_t request_id) { impl_->abort(request_id); }
+
+bool Engine::has_unfinished() const {
+  std::lock_guard lk(impl_->inbox_mu);
+  return !impl_->unfinished.empty();
+}
+
+std::vector<RequestOutput> Engine::step() {
+  {
+    std::lock_guard lk(impl_->out_mu);
+    if (impl_->loop_running) throw Error("Engine::step() cannot run while the background loop runs (start())");
+  }
+  std::lock_guard lk(impl_->step_mu);
+  return impl_->step();
+}
+
+void Engine::start() {
+  std::lock_guard lk(impl_->out_mu);
+  if (impl_->loop_running) return;
+  impl_->loop_running = true;
+  impl_->loop = std::thread([this] { impl_->run_loop(); });
+}
+
+void Engine::stop() {
+  {
+    std::lock_guard lk(impl_->out_mu);
+    if (!impl_->loop_running) return;
+  }
+  {
+    std::lock_guard lk(impl_->inbox_mu);
+    impl_->stop_requested = true;
+  }
+  impl_->work_cv.notify_all();
+  impl_->loop.join();
+  {
+    std::lock_guard lk(impl_->inbox_mu);
+    impl_->stop_requested = false;
+  }
+  std::lock_guard lk(impl_->out_mu);
+  impl_->loop_running = false;
+  impl_->out_cv.notify_all();
+}
+
+std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeout) {
+  std::unique_lock lk(impl_->out_mu);
+  impl_->out_cv.wait_for(lk, timeout, [&] {
+    return !impl_->outputs.empty() || impl_->loop_error || !impl_->loop_running;
+  });
+  if (impl_->loop_error) std::rethrow_exception(std::exchange(impl_->loop_error, nullptr));
+  std::vector<RequestOutput> out;
+  out.swap(impl_->outputs);
+  return out;
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s;
+  {
+    std::lock_guard lk(impl_->stats_mu);
+    s = impl_->stats;
+  }
+  std::lock_guard lk(impl_->inbox_mu);
+  s.num_waiting += int64_t(impl_->new_seqs.size());
+  return s;
+}
+
+}  // namespace medrt

@@ -1,0 +1,140 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace medrt::engine {
+namespace {
+
+constexpr float kGreedyBelow = 1e-5f;  // vLLM's threshold: lower temperatures overflow 1/T
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Higher logit first; equal logits by lower token id, so orderings never depend on the sort.
+struct ByLogit {
+  const float* l;
+  bool operator()(int32_t a, int32_t b) const { return l[a] > l[b] || (l[a] == l[b] && a < b); }
+};
+
+int32_t argmax(const float* l, int n) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < n; ++i)
+    if (l[i] > l[best]) best = i;
+  return best;
+}
+
+// Uniform in [0, 1) from the top 53 bits: the same on every standard library.
+double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
+
+}  // namespace
+
+Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids)
+    : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {}
+
+void Sampler::apply_penalties(float* l, const Sequence& seq) const {
+  const SamplingParams& p = seq.params;
+  if (p.repetition_penalty != 1.0f)
+    for (int32_t t : seq.seen_tokens) l[t] = l[t] > 0 ? l[t] / p.repetition_penalty : l[t] * p.repetition_penalty;
+  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f)
+    for (const auto& [t, count] : seq.output_counts)
+      l[t] -= p.frequency_penalty * float(count) + p.presence_penalty;
+  if (seq.num_output_tokens() < p.min_tokens) {
+    for (int32_t t : p.stop_token_ids) l[t] = kNegInf;
+    if (!p.ignore_eos)
+      for (int t : eos_) l[t] = kNegInf;
+  }
+}
+
+// The `n` best tokens by logit, best first.
+std::vector<int32_t> Sampler::ranked(const float* l, size_t n) const {
+  std::vector<int32_t> ids(static_cast<size_t>(vocab_));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::partial_sort(ids.begin(), ids.begin() + ptrdiff_t(n), ids.end(), ByLogit{l});
+  ids.resize(n);
+  return ids;
+}
+
+int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p,
+                      std::mt19937_64& rng) const {
+  const int32_t best = argmax(l, vocab_);
+  if (!(l[best] > kNegInf)) return best;  // everything masked: nothing to draw from
+  const double inv_t = 1.0 / double(temperature), top = double(l[best]);
+  // Unnormalised probabilities in double; the best token weighs exactly 1.
+  auto weight = [&](int32_t t) { return std::exp((double(l[t]) - top) * inv_t); };
+
+  // Candidates, best first where a rule needs the ranking, else in id order.
+  std::vector<int32_t> cand;
+  double total = 0.0;
+  if (p.top_k > 0 && p.top_k < vocab_) {
+    cand = ranked(l, size_t(p.top_k));
+    for (int32_t t : cand) total += weight(t);
+  } else {
+    for (int32_t t = 0; t < vocab_; ++t) total += weight(t);
+    if (p.top_p >= 1.0f) {
+      cand.resize(static_cast<size_t>(vocab_));
+      std::iota(cand.begin(), cand.end(), 0);
+    }
+  }
+  if (p.top_p < 1.0f) {
+    const double target = double(p.top_p) * total;
+    // Rank a few hundred tokens first: the nucleus is usually small, a full sort is not.
+    for (size_t n = std::min<size_t>(256, size_t(vocab_));; n = std::min(4 * n, size_t(vocab_))) {
+      std::vector<int32_t> head = cand.empty() ? ranked(l, n) : cand;
+      double cum = 0.0;
+      size_t keep = 0;
+      while (keep < head.size() && cum < target) cum += weight(head[keep++]);
+      if (cum >= target || head.size() == size_t(vocab_) || !cand.empty()) {
+        head.resize(keep);
+        cand = std::move(head);
+        break;
+      }
+    }
+  }
+  if (p.min_p > 0.0f) {
+    const double floor = double(p.min_p);  // min_p times the best token's weight (1)
+    std::erase_if(cand, [&](int32_t t) { return weight(t) < floor; });
+  }
+
+  double kept = 0.0;
+  for (int32_t t : cand) kept += weight(t);
+  const double u = uniform01(rng) * kept;
+  double cum = 0.0;
+  int32_t last = best;
+  for (int32_t t : cand) {
+    double w = weight(t);
+    cum += w;
+    if (u < cum) return t;
+    if (w > 0.0) last = t;
+  }
+  return last;  // rounding left u at the very top
+}
+
+TokenLogprobs Sampler::raw_logprobs(const float* l, int32_t chosen, int n) const {
+  float m = l[argmax(l, vocab_)];
+  double sum = 0.0;
+  for (int i = 0; i < vocab_; ++i) sum += std::exp(double(l[i]) - double(m));
+  float lse = float(double(m) + std::log(sum));
+  TokenLogprobs out;
+  out.chosen = l[chosen] - lse;
+  std::vector<int32_t> idx(static_cast<size_t>(vocab_));
+  std::iota(idx.begin(), idx.end(), 0);
+  size_t k = std::min(size_t(n), idx.size());
+  std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(k), idx.end(), ByLogit{l});
+  for (size_t i = 0; i < k; ++i) out.top.emplace_back(idx[i], l[idx[i]] - lse);
+  return out;
+}
+
+Sample Sampler::sample(float* logits, Sequence& seq) const {
+  const SamplingParams& p = seq.params;
+  std::vector<float> raw;
+  if (p.logprobs >= 0) raw.assign(logits, logits + vocab_);
+  apply_penalties(logits, seq);
+  Sample s;
+  s.token = p.temperature < kGreedyBelow ? argmax(logits, vocab_)
+                                         : draw(logits, p.temperature, p, seq.rng);
+  if (p.logprobs >= 0) s.logprobs = raw_logprobs(raw.data(), s.token, p.logprobs);
+  return s;
+}
+
+}  // namespace medrt::engine

@@ -1,0 +1,45 @@
+// Turns one row of logits into one token under a sequence's SamplingParams. Rows are sampled
+// independently: everything a row reads is its own logits and its own Sequence (penalty
+// counts, generator), so a token never depends on the rest of the batch.
+//
+// Order: repetition penalty (prompt and output tokens: positive logits divided, negative
+// multiplied), frequency and presence penalties (output tokens), EOS/stop masking until
+// min_tokens, then either greedy (temperature < 1e-5: argmax, lowest id on ties) or
+// temperature, top-k, top-p (the smallest highest-probability set whose mass reaches p),
+// min-p (drop tokens below min_p * the top probability), and one draw from the sequence's
+// generator. Candidates are ordered by logit, ties by lower id, so the draw is reproducible.
+//
+// Logprobs are the model's raw distribution: log_softmax of the logits before penalties,
+// temperature and truncation (vLLM's default), for the chosen token and the top n.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/sequence.h"
+
+namespace medrt::engine {
+
+struct Sample {
+  int32_t token = -1;
+  TokenLogprobs logprobs;  // filled when seq.params.logprobs >= 0
+};
+
+class Sampler {
+ public:
+  Sampler(int vocab_size, std::vector<int> eos_token_ids);
+
+  // `logits` ([vocab]) is modified in place; seq.rng advances by one draw unless greedy.
+  Sample sample(float* logits, Sequence& seq) const;
+
+ private:
+  void apply_penalties(float* logits, const Sequence& seq) const;
+  int32_t draw(const float* logits, float temperature, const SamplingParams& p,
+               std::mt19937_64& rng) const;
+  std::vector<int32_t> ranked(const float* logits, size_t n) const;
+  TokenLogprobs raw_logprobs(const float* logits, int32_t chosen, int n) const;
+
+  int vocab_;
+  std::vector<int> eos_;
+};
+
+}  // namespace medrt::engine

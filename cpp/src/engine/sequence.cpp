@@ -1,0 +1,22 @@
+#include "engine/sequence.h"
+
+#include <algorithm>
+
+namespace medrt::engine {
+
+Sequence::Sequence(uint64_t id_, std::vector<int32_t> prompt, const SamplingParams& params_,
+                   uint64_t rng_seed)
+    : id(id_), params(params_), tokens(std::move(prompt)), num_prompt_tokens(int(tokens.size())),
+      rng(rng_seed), seen_tokens(tokens) {
+  std::sort(seen_tokens.begin(), seen_tokens.end());
+  seen_tokens.erase(std::unique(seen_tokens.begin(), seen_tokens.end()), seen_tokens.end());
+}
+
+void Sequence::append_token(int32_t token) {
+  tokens.push_back(token);
+  ++output_counts[token];
+  auto it = std::lower_bound(seen_tokens.begin(), seen_tokens.end(), token);
+  if (it == seen_tokens.end() || *it != token) seen_tokens.insert(it, token);
+}
+
+}  // namespace medrt::engine

@@ -1,0 +1,49 @@
+// One request as the engine sees it: its tokens, where their K/V live, how far the model has
+// computed them, and the sampling state it carries across steps (and across preemptions).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "medrt/engine.h"
+#include "medrt/sampling.h"
+
+namespace medrt::engine {
+
+enum class SeqStatus { Waiting, Running, Finished };
+
+class Sequence {
+ public:
+  // `rng_seed` is params.seed when the request has one, else a draw from the engine's generator.
+  Sequence(uint64_t id, std::vector<int32_t> prompt, const SamplingParams& params,
+           uint64_t rng_seed);
+
+  uint64_t id;
+  SamplingParams params;
+  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  int num_prompt_tokens;
+  SeqStatus status = SeqStatus::Waiting;
+
+  // KV bookkeeping, owned by the BlockManager and cleared on preemption.
+  std::vector<int32_t> block_table;
+  std::vector<uint64_t> block_hashes;  // chained hash of each full, computed block
+  int num_computed_tokens = 0;         // tokens whose K/V are in the cache
+  int num_cached_tokens = -1;          // prompt tokens found in the prefix cache at first admission
+
+  // Sampling state. The generator advances only when this sequence samples, so its draws do
+  // not depend on what else runs in the batch.
+  std::mt19937_64 rng;
+  std::vector<int32_t> seen_tokens;        // sorted set of prompt and output tokens
+  std::map<int32_t, int> output_counts;    // output token -> occurrences
+
+  FinishReason finish_reason = FinishReason::None;
+  int32_t stop_token_id = -1;
+
+  int num_tokens() const { return int(tokens.size()); }
+  int num_output_tokens() const { return int(tokens.size()) - num_prompt_tokens; }
+  int num_uncomputed_tokens() const { return num_tokens() - num_computed_tokens; }
+  void append_token(int32_t token);
+};
+
+}  // namespace medrt::engine

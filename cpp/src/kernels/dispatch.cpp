@@ -1,0 +1,144 @@
+// The public ops: argument checks, dtype normalisation of small vectors (bias, norm weight),
+// then the instruction set chosen by cpu_features.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels_impl.h"
+#include "medrt/error.h"
+
+namespace medrt::cpu {
+namespace {
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+void convert(const void* src, DType dtype, int64_t n, float* dst) {
+  if (active_isa() == Isa::Avx2)
+    avx2::to_f32(src, dtype, n, dst);
+  else
+    portable::to_f32(src, dtype, n, dst);
+}
+
+// A [n] float vector as f32: the tensor itself when it already is, else a converted copy.
+const float* as_f32(const TensorView& t, int64_t n, const char* what, std::vector<float>& buf) {
+  if (!is_float(t.dtype) || t.numel() != n || t.data == nullptr)
+    throw Error(std::string(what) + ": expected a float tensor of " + std::to_string(n) +
+                " elements, got " + dtype_name(t.dtype) + " " + t.shape_str());
+  if (t.dtype == DType::F32) return static_cast<const float*>(t.data);
+  buf.resize(size_t(n));
+  convert(t.data, t.dtype, n, buf.data());
+  return buf.data();
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const TensorView* bias,
+            float* y, ThreadPool& pool) {
+  if (W.shape.size() != 2 || W.shape[1] != K || !is_float(W.dtype) || W.data == nullptr)
+    throw Error("linear: weight " + W.shape_str() + " " + dtype_name(W.dtype) +
+                " does not match input width " + std::to_string(K));
+  if (M <= 0 || W.shape[0] == 0) return;
+  std::vector<float> bias_buf;
+  const float* b = bias ? as_f32(*bias, W.shape[0], "linear bias", bias_buf) : nullptr;
+  if (K == 0) {  // an empty sum: the bias alone
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < W.shape[0]; ++n) y[m * W.shape[0] + n] = b ? b[n] : 0.0f;
+    return;
+  }
+  if (active_isa() == Isa::Avx2)
+    avx2::linear(x, M, K, W, b, y, pool);
+  else
+    portable::linear(x, M, K, W, b, y, pool);
+}
+
+void embedding(const int32_t* tokens, int64_t T, const TensorView& table, float* out) {
+  if (table.shape.size() != 2 || !is_float(table.dtype) || table.data == nullptr)
+    throw Error("embedding: table must be a 2-d float tensor, got " + table.shape_str());
+  const int64_t V = table.shape[0], D = table.shape[1];
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= V)
+      throw InvalidRequest("token id " + std::to_string(tokens[t]) +
+                           " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  const size_t row_bytes = size_t(D) * dtype_size(table.dtype);
+  for (int64_t t = 0; t < T; ++t)
+    convert(static_cast<const char*>(table.data) + size_t(tokens[t]) * row_bytes, table.dtype, D,
+            out + t * D);
+}
+
+void rmsnorm(const float* x, int64_t T, int64_t D, const TensorView& w, float eps, float* y) {
+  std::vector<float> buf;
+  const float* wf = as_f32(w, D, "rmsnorm weight", buf);
+  if (active_isa() == Isa::Avx2)
+    avx2::rmsnorm(x, T, D, wf, eps, y);
+  else
+    portable::rmsnorm(x, T, D, wf, eps, y);
+}
+
+void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          const float* inv_freq) {
+  if (head_dim % 2 != 0)
+    throw Error("rope: head_dim must be even, got " + std::to_string(head_dim));
+  if (active_isa() == Isa::Avx2)
+    avx2::rope(x, T, n_heads, head_dim, positions, inv_freq);
+  else
+    portable::rope(x, T, n_heads, head_dim, positions, inv_freq);
+}
+
+void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, int64_t stride,
+              float* out) {
+  if (active_isa() == Isa::Avx2)
+    avx2::silu_mul(gate, up, T, F, stride, out);
+  else
+    portable::silu_mul(gate, up, T, F, stride, out);
+}
+
+void add_inplace(float* x, const float* y, int64_t n) {
+  if (active_isa() == Isa::Avx2)
+    avx2::add_inplace(x, y, n);
+  else
+    portable::add_inplace(x, y, n);
+}
+
+void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_mapping,
+              const PagedKV& cache) {
+  const int64_t hd = cache.head_dim, H = cache.n_kv_heads, bs = cache.block_size;
+  const size_t row_bytes = size_t(hd) * sizeof(float);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0) continue;
+    if (slot >= cache.num_blocks * bs)
+      throw Error("kv_write: slot " + std::to_string(slot) + " is outside the cache of " +
+                  std::to_string(cache.num_blocks * bs) + " slots");
+    const int64_t block = slot / bs, off = slot % bs;
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t dst = ((block * H + h) * bs + off) * hd;
+      std::memcpy(cache.k + dst, k + (t * H + h) * hd, row_bytes);
+      std::memcpy(cache.v + dst, v + (t * H + h) * hd, row_bytes);
+    }
+  }
+}
+
+void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
+                     const AttentionBatch& batch, float scale, float* out, ThreadPool& pool) {
+  if (cache.n_kv_heads <= 0 || n_heads % cache.n_kv_heads != 0)
+    throw Error("paged_attention: " + std::to_string(n_heads) +
+                " query heads are not a multiple of " + std::to_string(cache.n_kv_heads) +
+                " kv heads");
+  for (int64_t t = 0; t < batch.T; ++t) {
+    const int64_t pos = batch.positions[t];
+    if (pos < 0 || pos >= batch.max_blocks * cache.block_size)
+      throw Error("paged_attention: position " + std::to_string(pos) +
+                  " is beyond the block table");
+    const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;
+    for (int64_t b = 0; b <= pos / cache.block_size; ++b)
+      if (table[b] < 0 || table[b] >= cache.num_blocks)
+        throw Error("paged_attention: block table entry " + std::to_string(table[b]) +
+                    " is outside the cache of " + std::to_string(cache.num_blocks) + " blocks");
+  }
+  if (active_isa() == Isa::Avx2)
+    avx2::paged_attention(q, n_heads, cache, batch, scale, out, pool);
+  else
+    portable::paged_attention(q, n_heads, cache, batch, scale, out, pool);
+}
+
+}  // namespace medrt::cpu

@@ -1,0 +1,49 @@
+// Per-instruction-set implementations behind the public ops of medrt/kernels.h. dispatch.cpp
+// validates arguments once and forwards to portable:: or avx2:: (kernels never re-check).
+#pragma once
+#include <cstdint>
+
+#include "medrt/kernels.h"
+
+namespace medrt::cpu {
+
+// Fixed-order reduction shared by every dot product in both instruction sets: lane l of an
+// 8-lane accumulator holds the terms k = l (mod 8) summed in increasing k; the lanes are then
+// combined as ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)), the order AVX2's hadd tree produces.
+inline float hsum8(const float* a) {
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// A linear layer's dot products over K are summed in k-blocks of this length (a multiple of 8;
+// the last block takes the rest): each block is one 8-lane accumulation reduced by hsum8, and
+// the block sums are added in block order, then the bias. Blocking bounds the working set of
+// the large-M kernel; the length depends on K alone, so every path sums in the same order.
+inline int64_t dot_block(int64_t K) {
+  constexpr int64_t kMaxBlock = 768;
+  const int64_t n = (K + kMaxBlock - 1) / kMaxBlock;
+  return ((K + n - 1) / n + 7) / 8 * 8;
+}
+
+#define MEDRT_KERNEL_DECLS                                                                    \
+  void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const float* bias,  \
+              float* y, ThreadPool& pool);                                                    \
+  void to_f32(const void* src, DType dtype, int64_t n, float* dst);                          \
+  void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* y);   \
+  void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions, \
+            const float* inv_freq);                                                          \
+  void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, int64_t stride,    \
+                float* out);                                                                 \
+  void add_inplace(float* x, const float* y, int64_t n);                                     \
+  void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,                \
+                       const AttentionBatch& batch, float scale, float* out, ThreadPool& pool);
+
+namespace portable {
+MEDRT_KERNEL_DECLS
+}
+namespace avx2 {
+MEDRT_KERNEL_DECLS
+}
+
+#undef MEDRT_KERNEL_DECLS
+
+}  // namespace medrt::cpu

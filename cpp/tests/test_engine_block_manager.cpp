@@ -1,0 +1,145 @@
+#include <numeric>
+
+#include "check.h"
+#include "engine/block_manager.h"
+#include "medrt/error.h"
+
+using namespace medrt;
+using namespace medrt::engine;
+
+namespace {
+
+Sequence make_seq(uint64_t id, std::vector<int32_t> tokens) {
+  return Sequence(id, std::move(tokens), SamplingParams{}, id);
+}
+
+std::vector<int32_t> range(int32_t begin, int32_t end) {
+  std::vector<int32_t> v(size_t(end - begin));
+  std::iota(v.begin(), v.end(), begin);
+  return v;
+}
+
+// Marks every token computed, as the engine does after the forward pass.
+void compute_all(BlockManager& bm, Sequence& s) {
+  CHECK(bm.allocate(s, s.num_uncomputed_tokens()));
+  s.num_computed_tokens = s.num_tokens();
+  bm.commit(s);
+}
+
+}  // namespace
+
+TEST(allocate_and_free_restore_the_pool) {
+  BlockManager bm(8, 4, true);
+  Sequence a = make_seq(1, range(0, 10));
+  CHECK(bm.allocate(a, 10));
+  CHECK(a.block_table.size() == 3);
+  CHECK(bm.num_free() == 5);
+  for (int32_t b : a.block_table) CHECK(bm.ref_count(b) == 1);
+  CHECK(bm.allocate(a, 2));  // 12 tokens still fit in 3 blocks
+  CHECK(bm.num_free() == 5);
+  bm.free(a);
+  CHECK(a.block_table.empty());
+  CHECK(a.num_computed_tokens == 0);
+  CHECK(bm.num_free() == 8);
+}
+
+TEST(allocate_fails_without_side_effects) {
+  BlockManager bm(2, 4, true);
+  Sequence a = make_seq(1, range(0, 12));
+  CHECK(!bm.allocate(a, 12));
+  CHECK(a.block_table.empty());
+  CHECK(bm.num_free() == 2);
+  CHECK_THROWS(InvalidRequest, BlockManager(0, 4, true), "num_blocks");
+}
+
+TEST(shared_prefix_is_reused_and_counted) {
+  BlockManager bm(16, 4, true);
+  Sequence a = make_seq(1, range(0, 22));  // 5 full blocks + 2 tokens
+  compute_all(bm, a);
+  CHECK(a.block_hashes.size() == 5);
+
+  std::vector<int32_t> tb = range(0, 12);  // 3 full blocks shared, then a different tail
+  tb.push_back(999);
+  tb.push_back(998);
+  Sequence b = make_seq(2, tb);
+  std::vector<int32_t> prefix = bm.find_prefix(b);
+  CHECK(prefix.size() == 3);
+  CHECK(bm.num_free_in(prefix) == 0);  // a still holds them
+  bm.acquire_prefix(b, prefix);
+  CHECK(b.num_computed_tokens == 12);
+  CHECK(bm.prefix_queries() == 3);  // (14 - 1) / 4 full blocks looked up
+  CHECK(bm.prefix_hits() == 3);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(b.block_table[size_t(i)] == a.block_table[size_t(i)]);
+    CHECK(bm.ref_count(a.block_table[size_t(i)]) == 2);
+  }
+  CHECK(bm.ref_count(a.block_table[3]) == 1);
+  int64_t free_before = bm.num_free();
+  CHECK(bm.allocate(b, 2));
+  CHECK(bm.num_free() == free_before - 1);
+  bm.free(a);
+  bm.free(b);
+  CHECK(bm.num_free() == 16);
+}
+
+TEST(prefix_differs_in_first_block_misses) {
+  BlockManager bm(16, 4, true);
+  Sequence a = make_seq(1, range(0, 16));
+  compute_all(bm, a);
+  std::vector<int32_t> tb = range(0, 16);
+  tb[1] = 77;  // the chain makes every later block differ too
+  Sequence b = make_seq(2, tb);
+  CHECK(bm.find_prefix(b).empty());
+}
+
+TEST(last_token_is_always_left_to_compute) {
+  BlockManager bm(16, 4, true);
+  Sequence a = make_seq(1, range(0, 8));
+  compute_all(bm, a);
+  CHECK(a.block_hashes.size() == 2);
+  Sequence b = make_seq(2, range(0, 8));  // identical: only the first block may be reused
+  CHECK(bm.find_prefix(b).size() == 1);
+  Sequence c = make_seq(3, range(0, 9));
+  CHECK(bm.find_prefix(c).size() == 2);
+}
+
+TEST(freed_blocks_stay_cached_until_reallocated) {
+  BlockManager bm(6, 4, true);
+  Sequence a = make_seq(1, range(0, 10));  // blocks: 2 full (hashed) + 1 partial
+  compute_all(bm, a);
+  std::vector<int32_t> a_blocks = a.block_table;
+  bm.free(a);
+  CHECK(bm.num_free() == 6);
+
+  Sequence b = make_seq(2, range(0, 9));
+  std::vector<int32_t> prefix = bm.find_prefix(b);
+  CHECK(prefix.size() == 2);
+  CHECK(bm.num_free_in(prefix) == 2);
+  bm.acquire_prefix(b, prefix);
+  CHECK(bm.num_free() == 4);
+  CHECK(b.block_table[0] == a_blocks[0] && b.block_table[1] == a_blocks[1]);
+  bm.free(b);
+
+  // The partial block held nothing reusable: it is handed out before the cached ones.
+  Sequence c = make_seq(3, range(100, 104));
+  CHECK(bm.allocate(c, 4));
+  CHECK(c.block_table[0] == a_blocks[2]);
+  CHECK(bm.find_prefix(b).size() == 2);
+
+  // Taking the whole pool evicts them.
+  Sequence d = make_seq(4, range(200, 220));
+  CHECK(bm.allocate(d, 20));
+  CHECK(bm.num_free() == 0);
+  CHECK(bm.find_prefix(b).empty());
+}
+
+TEST(prefix_caching_off_never_hits) {
+  BlockManager bm(8, 4, false);
+  Sequence a = make_seq(1, range(0, 12));
+  compute_all(bm, a);
+  CHECK(a.block_hashes.empty());
+  Sequence b = make_seq(2, range(0, 12));
+  CHECK(bm.find_prefix(b).empty());
+  bm.acquire_prefix(b, {});
+  CHECK(bm.prefix_queries() == 0);
+}

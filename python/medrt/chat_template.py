@@ -1,0 +1,133 @@
+"""Chat templates: the checkpoint's Jinja template rendered the way transformers renders it.
+
+Checkpoints ship their prompt format as a Jinja template (tokenizer_config.json's
+``chat_template`` or a ``chat_template.jinja`` file). A template is untrusted code, so it runs
+in Jinja's immutable sandbox, with the globals and filters that templates written for
+transformers rely on: ``raise_exception``, ``strftime_now``, a ``tojson`` that does not escape
+HTML, ``trim_blocks``/``lstrip_blocks``, and ``{% generation %}`` blocks (rendered as-is).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, ClassVar
+
+from medrt.errors import InvalidRequest
+
+Message = Mapping[str, Any]
+
+
+def render_chat_template(
+    template: str,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    special_tokens: Mapping[str, str] | None = None,
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+    **kwargs: Any,
+) -> str:
+    """Renders one conversation.
+
+    ``special_tokens`` (bos_token, eos_token, ...) are visible to the template as variables;
+    ``kwargs`` (for example ``enable_thinking``) override them. Like transformers, keys whose
+    value is None are dropped from each message, since many templates test for a key's
+    presence rather than for None. A template that fails (including ``raise_exception``)
+    raises :class:`medrt.errors.InvalidRequest`.
+    """
+    import jinja2
+
+    _check_messages(messages)
+    chat = [{k: _plain(v) for k, v in m.items() if v is not None} for m in messages]
+    variables = {**(special_tokens or {}), **{k: _plain(v) for k, v in kwargs.items()}}
+    try:
+        return _compile(template).render(
+            messages=chat,
+            tools=_plain(tools),
+            documents=_plain(documents),
+            add_generation_prompt=add_generation_prompt,
+            **variables,
+        )
+    except jinja2.TemplateError as e:
+        raise InvalidRequest(f"chat template: {e}") from e
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        # Errors of the template's own expressions, e.g. tojson over a missing field.
+        raise InvalidRequest(f"chat template: {type(e).__name__}: {e}") from e
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidRequest("messages must be a list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m:
+            raise InvalidRequest(f"messages[{i}] = {m!r}: must be a dict with a 'role' key")
+
+
+def _plain(value: Any) -> Any:
+    """A copy built of plain JSON types: the sandbox must never see objects with methods."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return f"<{type(value).__name__}>"
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str) -> Any:
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(jinja2.ext.Extension):
+        # Training templates mark assistant turns with {% generation %}; for inference the
+        # block renders its body unchanged.
+        tags: ClassVar[set[str]] = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(
+                self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller: Any) -> str:
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True,
+        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise InvalidRequest(f"chat template does not compile: {e}") from e
+
+
+def _raise_exception(message: str) -> None:
+    import jinja2
+
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # Jinja's own tojson HTML-escapes '<', '>' and '&', which would change the prompt.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+

@@ -1,0 +1,180 @@
+"""The ``medrt`` command: pull and import models, list them, generate text and chat."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from medrt.errors import MedrtError
+from medrt.models.registry import DEFAULT_MODEL
+
+EXIT_COMMANDS = ("/exit", "/quit")
+
+
+def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"model directory or known model name (default: {DEFAULT_MODEL}, "
+                        "pulled on first use)")
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 is greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 keeps every token")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the output contains TEXT (repeatable)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: physical cores)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medrt", description="medrt: a medical LLM runtime")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pull", help="download a known model and convert it")
+    p.add_argument("name", help="a known model name (see `medrt models`)")
+
+    p = sub.add_parser("import-gguf", help="convert a Llama/Qwen2 GGUF file to a model directory")
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("dir", help="the model directory to write")
+    p.add_argument("--dtype", choices=("auto", "f16", "bf16", "f32"), default="auto",
+                   help="weight dtype written (auto: bf16 for a bf16 GGUF, else f16; f32 keeps "
+                        "the dequantized weights exact)")
+
+    sub.add_parser("models", help="list known and pulled models")
+
+    p = sub.add_parser("generate", help="complete a prompt")
+    p.add_argument("prompt", nargs="+", help="the prompt (words are joined with spaces)")
+    _add_model_and_sampling(p)
+
+    p = sub.add_parser("chat", help="chat with a model (interactive without --prompt)")
+    p.add_argument("--prompt", "-p", default=None, help="answer this one message and exit")
+    p.add_argument("--system", default=None, help="system message")
+    _add_model_and_sampling(p)
+    return parser
+
+
+def _sampling(args: argparse.Namespace) -> Any:
+    from medrt import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from medrt import LLM
+
+    return LLM(args.model, num_threads=args.threads)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from medrt.models import pull
+
+    print(pull(args.name))
+    return 0
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from medrt.models import import_gguf
+
+    print(import_gguf(args.file, args.dir, dtype=args.dtype, progress=True))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from medrt.models import list_models, medrt_home
+
+    print(f"medrt home: {medrt_home()}")
+    rows = [("NAME", "SIZE", "PATH", "DESCRIPTION")]
+    for m in list_models():
+        size = _human(m.size_bytes) if m.size_bytes is not None else "-"
+        path = str(m.path) if m.path else "(not pulled)"
+        rows.append((m.name, size, path, m.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    with _load(args) as llm:
+        out = llm.generate(" ".join(args.prompt), _sampling(args))
+    print(out[0].outputs[0].text)
+    return 0
+
+
+def _answer(llm: Any, history: list[dict[str, str]], params: Any) -> str:
+    parts = []
+    for chunk in llm.chat(history, params, stream=True):
+        parts.append(chunk)
+        print(chunk, end="", flush=True)
+    print()
+    return "".join(parts)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    params = _sampling(args)
+    history: list[dict[str, str]] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    with _load(args) as llm:
+        if args.prompt is not None:
+            history.append({"role": "user", "content": args.prompt})
+            _answer(llm, history, params)
+            return 0
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print("Type a message; /exit or Ctrl-D quits, Ctrl-C stops an answer.",
+                  file=sys.stderr)
+        while True:
+            try:
+                line = input(">>> " if interactive else "")
+            except EOFError:
+                if interactive:
+                    print(file=sys.stderr)
+                return 0
+            if line.strip() in EXIT_COMMANDS:
+                return 0
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+            try:
+                history.append({"role": "assistant", "content": _answer(llm, history, params)})
+            except KeyboardInterrupt:
+                # The stream's iterator aborts the request when it is dropped; the unanswered
+                # message leaves the history so the next turn starts clean.
+                history.pop()
+                print("\n[stopped]", file=sys.stderr)
+
+
+_COMMANDS = {
+    "pull": cmd_pull,
+    "import-gguf": cmd_import_gguf,
+    "models": cmd_models,
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the medrt command line; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (MedrtError, OSError) as e:
+        message = " ".join(str(e).split())
+        print(f"medrt: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130

@@ -1,0 +1,166 @@
+"""What LLM and AsyncLLM share: loading, prompt preparation, request submission."""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medrt.engine_client import EngineClient, Sink
+from medrt.errors import InvalidCheckpoint, InvalidRequest
+from medrt.request_state import RequestState
+from medrt.sampling_params import SamplingParams
+from medrt.tokenizer import Tokenizer
+
+# A prompt: text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids": ids}.
+PromptType = str | Sequence[int] | Mapping[str, Any]
+Conversation = Sequence[Mapping[str, Any]]
+
+
+@dataclass
+class PreparedRequest:
+    prompt: str | None
+    token_ids: list[int]
+    params: SamplingParams
+    core_params: Any
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A model directory as given, or a known model name pulled by medrt.models."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    from medrt.models import resolve_model  # imported late: it brings the GGUF importer
+
+    return Path(resolve_model(str(model)))
+
+
+class EngineFrontend:
+    """Loads a checkpoint and turns user requests into engine requests."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        tokenizer: str | Path | None = None,
+        block_size: int = 16,
+        kv_cache_memory_bytes: int | None = None,
+        num_kv_blocks: int | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 2048,
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = True,
+        num_threads: int = 0,
+        seed: int = 0,
+    ) -> None:
+        from medrt import _core
+
+        model_dir = resolve_model_dir(model)
+        if not (model_dir / "config.json").is_file():
+            raise InvalidCheckpoint(f"{model_dir}: no config.json")
+        self.model_dir = model_dir
+        self.tokenizer = Tokenizer(tokenizer if tokenizer is not None else model_dir)
+        config = _core.EngineConfig()
+        config.model_dir = str(model_dir)
+        config.block_size = block_size
+        if kv_cache_memory_bytes is not None:
+            config.kv_cache_bytes = kv_cache_memory_bytes
+        if num_kv_blocks is not None:
+            config.num_blocks = num_kv_blocks
+        config.max_num_seqs = max_num_seqs
+        config.max_num_batched_tokens = max_num_batched_tokens
+        config.max_model_len = max_model_len or 0
+        config.enable_prefix_caching = enable_prefix_caching
+        config.num_threads = num_threads
+        config.seed = seed
+        engine = _core.Engine(config)
+        self.model_config: dict[str, Any] = dict(engine.model_config)
+        self.max_model_len: int = engine.max_model_len
+        self._vocab_size = int(self.model_config["vocab_size"])
+        engine_eos = set(self.model_config.get("eos_token_ids") or [])
+        # EOS ids the tokenizer or generation_config.json know and the engine does not (chat
+        # models often end turns with such a token) become stop tokens of every request.
+        self._extra_eos = [t for t in self.tokenizer.eos_token_ids
+                           if t not in engine_eos and 0 <= t < self._vocab_size]
+        self._client = EngineClient(engine)
+        self._finalizer = weakref.finalize(self, self._client.close)
+        self._ids = itertools.count()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Aborts running requests and stops the engine. Idempotent."""
+        self._finalizer()
+
+    def stats(self) -> dict[str, int]:
+        """Engine counters: KV blocks (num_blocks, free_blocks), running/waiting requests,
+        preemptions, prefix-cache queries and hits, steps, prompt and generation tokens."""
+        return dict(self._client.engine.stats())
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self.tokenizer
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _prepare(self, prompt: PromptType, params: SamplingParams | None) -> PreparedRequest:
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequest(f"sampling_params must be a medrt.SamplingParams, "
+                                 f"not {type(params).__name__}")
+        text, ids = self._tokenize_prompt(prompt)
+        if not ids:
+            raise InvalidRequest("the prompt is empty")
+        for tid in ids:
+            if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < self._vocab_size:
+                raise InvalidRequest(
+                    f"prompt token id {tid!r} is outside the vocabulary [0, {self._vocab_size})")
+        if len(ids) >= self.max_model_len:
+            raise InvalidRequest(
+                f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}, "
+                "which leaves no room for a generated token")
+        for tid in params.stop_token_ids or []:
+            if tid >= self._vocab_size:
+                raise InvalidRequest(f"SamplingParams.stop_token_ids: {tid} is outside the "
+                                     f"vocabulary [0, {self._vocab_size})")
+        # A completion that would run past max_model_len ends there with "length" (as in vLLM).
+        core = params.to_core()
+        if not params.ignore_eos and self._extra_eos:
+            core.stop_token_ids = list(core.stop_token_ids) + self._extra_eos
+        return PreparedRequest(text, ids, params, core)
+
+    def _tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, Mapping):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            if isinstance(prompt.get("prompt"), str):
+                return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+            raise InvalidRequest("a prompt dict needs 'prompt' (text) or 'prompt_token_ids'")
+        if isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
+            return None, list(prompt)
+        raise InvalidRequest(f"a prompt is text or a list of token ids, not {type(prompt).__name__}")
+
+    def _render_chat(self, messages: Conversation, add_generation_prompt: bool,
+                     chat_template: str | None, chat_template_kwargs: Mapping[str, Any] | None,
+                     tools: list[dict] | None) -> dict[str, Any]:
+        text = self.tokenizer.render_chat(
+            messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
+            tools=tools, **dict(chat_template_kwargs or {}))
+        # The template writes BOS itself, so the text is encoded without adding it again.
+        return {"prompt": text,
+                "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
+
+    def _submit(self, prepared: PreparedRequest, sink: Sink,
+                request_id: str | None = None) -> RequestState:
+        state = RequestState(request_id if request_id is not None else str(next(self._ids)),
+                             prepared.prompt, prepared.token_ids, prepared.params,
+                             self.tokenizer)
+        state.engine_id = self._client.add_request(prepared.token_ids, prepared.core_params, sink)
+        return state
+
+    def _abort(self, state: RequestState, detach: bool) -> None:
+        self._client.abort(state.engine_id, detach=detach)

@@ -1,0 +1,184 @@
+"""medrt.LLM: blocking generation and chat over the continuous-batching engine."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from medrt.errors import InvalidRequest
+from medrt.frontend import Conversation, EngineFrontend, PreparedRequest, PromptType
+from medrt.outputs import RequestOutput
+from medrt.request_state import RequestState
+from medrt.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class LLM(EngineFrontend):
+    """A model loaded into the engine, for offline and batch use.
+
+    ``model`` is a model directory (Hugging Face layout) or the name of a model that
+    ``medrt.models`` knows and pulls on first use. Engine options keep vLLM's names:
+    ``block_size`` (tokens per KV block), ``kv_cache_memory_bytes`` (KV pool budget,
+    512 MiB by default; the block count follows) or ``num_kv_blocks`` (exact pool size), ``max_num_seqs``,
+    ``max_num_batched_tokens``, ``max_model_len`` (default: the model's context),
+    ``enable_prefix_caching``; ``num_threads`` (0: physical cores) and ``seed`` (for
+    requests without a seed of their own). ``tokenizer`` is a directory to read the tokenizer
+    files from instead of the model directory.
+
+    All requests of one call run together in the engine (continuous batching). The engine
+    computes on its own threads without the GIL. Use as a context manager, or call
+    ``close()``, to stop the engine threads.
+    """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Completes each prompt; returns one finished RequestOutput per prompt, in order.
+
+        A prompt is text (tokenized with BOS as the checkpoint wants), a list of token ids, or
+        a dict with ``prompt`` or ``prompt_token_ids``. ``sampling_params`` is one
+        SamplingParams for all prompts or a list with one per prompt. Every prompt is checked
+        before any is queued.
+        """
+        batch = _as_prompt_list(prompts)
+        params = _params_per_prompt(sampling_params, len(batch))
+        return self._run_batch([self._prepare(p, sp) for p, sp in zip(batch, params)])
+
+    def chat(
+        self,
+        messages: Conversation | Sequence[Conversation],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        stream: bool = False,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+        tools: list[dict] | None = None,
+    ) -> list[RequestOutput] | Iterator[str]:
+        """Answers a conversation (a list of {"role", "content"} dicts) or several.
+
+        The conversation is rendered with the checkpoint's chat template (or
+        ``chat_template``; ``chat_template_kwargs`` reach the template, e.g.
+        ``{"enable_thinking": True}``). Returns a list of finished RequestOutputs, like vLLM.
+
+        With ``stream=True`` (one conversation only) returns an iterator of text chunks: their
+        concatenation is the finished output's text, and no chunk shows the beginning of a
+        stop string that later matches. Leaving the loop early aborts the request.
+        """
+        conversations = _as_conversation_list(messages)
+        params = _params_per_prompt(sampling_params, len(conversations))
+        prepared = [
+            self._prepare(self._render_chat(c, add_generation_prompt, chat_template,
+                                            chat_template_kwargs, tools), sp)
+            for c, sp in zip(conversations, params)]
+        if not stream:
+            return self._run_batch(prepared)
+        if len(prepared) != 1:
+            raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
+        return self._stream_text(prepared[0])
+
+    def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        states: dict[int, RequestState] = {}
+        try:
+            for p in prepared:
+                state = self._submit(p, inbox.put)
+                states[state.engine_id] = state
+            while not all(s.engine_done for s in states.values()):
+                self._apply_next(inbox, states)
+        except Exception:
+            # E.g. a later prompt does not fit the KV pool: the requests already queued are
+            # aborted, and the error is raised once the engine has released them.
+            self._abort_and_wait(inbox, states)
+            raise
+        finally:
+            self._detach_unfinished(states)
+        return [s.output() for s in states.values()]
+
+    def _stream_text(self, prepared: PreparedRequest) -> Iterator[str]:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        state = self._submit(prepared, inbox.put)
+        states = {state.engine_id: state}
+        try:
+            while not state.engine_done:
+                self._apply_next(inbox, states)
+                delta = state.take_delta_text()
+                if delta:
+                    yield delta
+        except (Exception, GeneratorExit):
+            # Leaving the loop early closes the generator: the request is aborted, and close()
+            # returns once the engine has released it (its KV blocks are free).
+            self._abort_and_wait(inbox, states)
+            raise
+        finally:
+            self._detach_unfinished(states)
+
+    def _apply_next(self, inbox: queue.SimpleQueue, states: dict[int, RequestState]) -> None:
+        received, item = inbox.get()
+        if isinstance(item, BaseException):
+            # The engine failed or was closed: the client has dropped every request.
+            for state in states.values():
+                state.engine_done = True
+            raise item
+        state = states[item.request_id]
+        state.process(item, received)
+        if state.needs_abort:
+            state.needs_abort = False
+            self._abort(state, detach=False)
+
+    def _abort_and_wait(self, inbox: queue.SimpleQueue, states: dict[int, RequestState]) -> None:
+        for state in states.values():
+            if not state.engine_done:
+                self._abort(state, detach=False)
+        while not all(s.engine_done for s in states.values()):
+            self._apply_next(inbox, states)
+
+    def _detach_unfinished(self, states: dict[int, RequestState]) -> None:
+        # Only reached with requests still running on KeyboardInterrupt and the like: abort
+        # them without waiting.
+        for state in states.values():
+            if not state.engine_done:
+                self._abort(state, detach=True)
+
+
+def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
+    if isinstance(prompts, (str, Mapping)):
+        return [prompts]
+    if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+        raise InvalidRequest(f"prompts must be text, token ids or a list of them, "
+                             f"not {type(prompts).__name__}")
+    if prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts]  # one prompt given as token ids
+    if not prompts:
+        raise InvalidRequest("no prompts given")
+    return list(prompts)
+
+
+def _as_conversation_list(messages: Conversation | Sequence[Conversation]) -> list[Conversation]:
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidRequest("messages must be a list of {'role': ..., 'content': ...} dicts "
+                             "or a list of such lists")
+    if all(isinstance(m, Mapping) for m in messages):
+        return [messages]  # type: ignore[list-item]
+    return list(messages)  # type: ignore[arg-type]
+
+
+def _params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,
+                       n: int) -> list[SamplingParams | None]:
+    if params is None or isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise InvalidRequest(f"got {len(params)} sampling_params for {n} prompts")
+    return params

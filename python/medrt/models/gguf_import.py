@@ -1,0 +1,325 @@
+"""GGUF (llama.cpp) -> Hugging Face model directory, without torch.
+
+Reads the file with the `gguf` package, dequantizes every tensor to f32 with
+``gguf.quants.dequantize``, undoes llama.cpp's row permutation of Llama's q/k projections
+(its converter interleaves each head's two rotary halves for the GPT-J style rope it runs),
+renames tensors to the Hugging Face layout, and writes config.json, generation_config.json,
+the tokenizer files and safetensors shards of at most ``SHARD_BYTES`` each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from safetensors import TensorSpec, serialize_file
+from tqdm import tqdm
+
+from medrt.errors import InvalidCheckpoint
+from medrt.models.gguf_metadata import read_metadata
+from medrt.models.gguf_tokenizer import eos_token_ids, write_tokenizer_files
+
+DTYPES = ("auto", "f16", "bf16", "f32")
+SHARD_BYTES = 4 << 30
+
+_ARCHS = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2")}
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
+_OUT_DTYPE = {"f32": ("float32", 4), "f16": ("float16", 2), "bf16": ("bfloat16", 2)}
+_TORCH_DTYPE = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+def hf_name(gguf_name: str) -> str:
+    """The Hugging Face tensor name for a llama.cpp tensor name; InvalidCheckpoint if unknown."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _LAYER_RE.fullmatch(gguf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    raise InvalidCheckpoint(f"GGUF tensor '{gguf_name}' has no Hugging Face equivalent")
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's q/k permutation: per head, rows (pair i, half h) -> (half h, i)."""
+    rows = w.shape[0]
+    return (
+        w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's q/k permutation (what its converter applies to a Hugging Face Llama)."""
+    rows = w.shape[0]
+    return (
+        w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def _require(meta: Mapping[str, Any], key: str) -> Any:
+    value = meta.get(key)
+    if value is None:
+        raise InvalidCheckpoint(f"GGUF metadata key '{key}' is missing")
+    return value
+
+
+def _f32(value: Any) -> float:
+    # GGUF stores these as f32: write the shortest decimal that reads back as the same f32
+    # (1e-06, not 9.999999974752427e-07), as the original config.json had it.
+    return float(str(np.float32(value)))
+
+
+def _llama3_rope_scaling(
+    factors: np.ndarray, head_dim: int, theta: float, original_ctx: int
+) -> dict[str, Any]:
+    # llama.cpp stores Llama 3.x rope scaling only as the per-frequency divisors it computed
+    # (rope_freqs.weight). Recover the rope_scaling parameters by checking the divisors against
+    # the published Llama 3.1/3.2 low/high frequency factors.
+    factor = float(factors.max())
+    low, high = 1.0, 4.0
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (original_ctx / wavelen - low) / (high - low)
+    expected = np.where(
+        wavelen < original_ctx / high,
+        1.0,
+        np.where(wavelen > original_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)),
+    )
+    if expected.shape != factors.shape or not np.allclose(expected, factors, rtol=1e-3):
+        raise InvalidCheckpoint(
+            "GGUF rope_freqs.weight does not match Llama 3 rope scaling "
+            f"(factor {factor}, low 1, high 4, original context {original_ctx})"
+        )
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": original_ctx,
+    }
+
+
+def hf_config(meta: Mapping[str, Any], reader: gguf.GGUFReader, dtype: str) -> dict[str, Any]:
+    """config.json for the GGUF's architecture and hyper-parameters (dtype: f16|bf16|f32)."""
+    arch = _require(meta, "general.architecture")
+    if arch not in _ARCHS:
+        raise InvalidCheckpoint(
+            f"GGUF architecture '{arch}' is not supported (supported: {', '.join(_ARCHS)})"
+        )
+    cls, model_type = _ARCHS[arch]
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise InvalidCheckpoint("GGUF file has no token_embd.weight tensor")
+    hidden = int(_require(meta, f"{arch}.embedding_length"))
+    n_heads = int(_require(meta, f"{arch}.attention.head_count"))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // n_heads))
+    rope_dim = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
+    if rope_dim != head_dim:
+        raise InvalidCheckpoint(
+            f"GGUF rope.dimension_count {rope_dim} != head dim {head_dim}: partial rotary "
+            "embeddings are not supported"
+        )
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling != "none":
+        raise InvalidCheckpoint(f"GGUF rope scaling type '{scaling}' is not supported")
+    theta = _f32(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    ctx = int(_require(meta, f"{arch}.context_length"))
+    cfg: dict[str, Any] = {
+        "architectures": [cls],
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "intermediate_size": int(_require(meta, f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(_require(meta, f"{arch}.block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", n_heads)),
+        "head_dim": head_dim,
+        "max_position_embeddings": ctx,
+        "rms_norm_eps": _f32(_require(meta, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_theta": theta,
+        "vocab_size": int(tensors["token_embd.weight"].shape[1]),
+        "hidden_act": "silu",
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "torch_dtype": _TORCH_DTYPE[dtype],
+    }
+    if arch == "llama":
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        cfg["mlp_bias"] = False
+    else:
+        cfg["use_sliding_window"] = False
+    if "rope_freqs.weight" in tensors:
+        factors = gguf.quants.dequantize(
+            tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type
+        )
+        original = int(meta.get(f"{arch}.rope.scaling.original_context_length", 8192))
+        cfg["rope_scaling"] = _llama3_rope_scaling(
+            np.asarray(factors, np.float64).reshape(-1), head_dim, theta, original
+        )
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    if bos is not None:
+        cfg["bos_token_id"] = int(bos)
+    eos = eos_token_ids(meta)
+    if eos:
+        cfg["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    return cfg
+
+
+def _auto_dtype(reader: gguf.GGUFReader) -> str:
+    # f16 holds dequantized GGUF blocks (f16 scales times small integers) more closely than
+    # bf16 does; a model stored in bf16 keeps bf16, since its values may not fit f16's range.
+    bf16 = any(t.tensor_type == gguf.GGMLQuantizationType.BF16 for t in reader.tensors)
+    return "bf16" if bf16 else "f16"
+
+
+def _to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "f32":
+        return np.ascontiguousarray(x, np.float32)
+    if dtype == "f16":
+        return np.ascontiguousarray(x, np.float16)
+    # bf16 bits, rounded to nearest even (as torch rounds); NaN stays a quiet NaN.
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint16), rounded)
+
+
+def _converted(
+    reader: gguf.GGUFReader, cfg: dict[str, Any], dtype: str
+) -> Iterator[tuple[str, np.ndarray]]:
+    permute = cfg["model_type"] == "llama"
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue  # folded into config.json's rope_scaling
+        name = hf_name(t.name)
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise InvalidCheckpoint(
+                f"GGUF tensor '{t.name}': type {t.tensor_type.name} cannot be dequantized"
+            ) from e
+        w = w.reshape([int(d) for d in reversed(t.shape)])
+        if permute and ".q_proj." in name:
+            w = unpermute_rope_rows(w, cfg["num_attention_heads"])
+        elif permute and ".k_proj." in name:
+            w = unpermute_rope_rows(w, cfg["num_key_value_heads"])
+        # Norm weights and biases are tiny; f32 keeps them exact whatever the weight dtype.
+        yield name, _to_dtype(w, dtype if w.ndim > 1 else "f32")
+
+
+def _save(tensors: dict[str, np.ndarray], path: Path, dtype_names: dict[str, str]) -> None:
+    specs = {
+        name: TensorSpec(
+            dtype=dtype_names[name], shape=a.shape, data_ptr=a.ctypes.data, data_len=a.nbytes
+        )
+        for name, a in tensors.items()
+    }
+    serialize_file(specs, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # safetensors creates the file owner-only
+
+
+def _plan_shards(reader: gguf.GGUFReader, dtype: str) -> list[int]:
+    """Shard index of every tensor (in file order) so that no shard exceeds SHARD_BYTES."""
+    shard, used, plan = 0, 0, []
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue
+        itemsize = _OUT_DTYPE[dtype][1] if len(t.shape) > 1 else 4
+        size = int(np.prod([int(d) for d in t.shape])) * itemsize
+        if used and used + size > SHARD_BYTES:
+            shard, used = shard + 1, 0
+        used += size
+        plan.append(shard)
+    return plan
+
+
+def import_gguf(
+    gguf_path: str | Path,
+    out_dir: str | Path,
+    dtype: str = "auto",
+    progress: bool = False,
+) -> Path:
+    """Converts a Llama or Qwen2 GGUF file into a Hugging Face model directory.
+
+    ``dtype`` is the weight dtype written: "f16", "bf16", "f32" (exact dequantized values) or
+    "auto" (bf16 when the GGUF stores bf16 tensors, f16 otherwise). ``progress`` shows a tqdm
+    bar over the tensors on stderr. Returns the directory.
+    """
+    if dtype not in DTYPES:
+        raise InvalidCheckpoint(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    meta = read_metadata(gguf_path)
+    try:
+        reader = gguf.GGUFReader(gguf_path)
+    except (OSError, ValueError) as e:
+        raise InvalidCheckpoint(f"{gguf_path}: not a readable GGUF file: {e}") from e
+    if dtype == "auto":
+        dtype = _auto_dtype(reader)
+    cfg = hf_config(meta, reader, dtype)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_tokenizer_files(meta, out_dir, cfg["max_position_embeddings"])
+
+    plan = _plan_shards(reader, dtype)
+    n_shards = plan[-1] + 1 if plan else 1
+    files = (
+        ["model.safetensors"]
+        if n_shards == 1
+        else [f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors" for i in range(n_shards)]
+    )
+    bar = tqdm(total=len(plan), unit="tensor", desc="converting", disable=not progress)
+    weight_map: dict[str, str] = {}
+    pending: dict[str, np.ndarray] = {}
+    dtype_names: dict[str, str] = {}
+    total_size = 0
+    for i, (name, w) in enumerate(_converted(reader, cfg, dtype)):
+        if pending and plan[i] != plan[i - 1]:
+            _save(pending, out_dir / files[plan[i - 1]], dtype_names)
+            pending.clear()
+        pending[name] = w
+        dtype_names[name] = _OUT_DTYPE[dtype if w.ndim > 1 else "f32"][0]
+        weight_map[name] = files[plan[i]]
+        total_size += w.nbytes
+        bar.update()
+    _save(pending, out_dir / files[-1], dtype_names)
+    bar.close()
+    if n_shards > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    _write_json(out_dir / "config.json", cfg)
+    gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
+    pad = meta.get("tokenizer.ggml.padding_token_id")
+    if pad is not None:
+        gen["pad_token_id"] = int(pad)
+    _write_json(out_dir / "generation_config.json", gen)
+    return out_dir
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

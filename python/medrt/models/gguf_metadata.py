@@ -1,0 +1,73 @@
+"""GGUF metadata (the key/value section) read straight from the file.
+
+gguf.GGUFReader builds a numpy view per array element, which takes seconds for a 150,000-token
+vocabulary; the tokenizer and config only need the decoded values, so they are read here in
+one pass. Tensors are still read with gguf.GGUFReader.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from medrt.errors import InvalidCheckpoint
+
+# GGUF value types: id -> (struct format, numpy dtype) for the fixed-size ones.
+_SCALARS = {
+    0: ("<B", np.uint8), 1: ("<b", np.int8), 2: ("<H", np.uint16), 3: ("<h", np.int16),
+    4: ("<I", np.uint32), 5: ("<i", np.int32), 6: ("<f", np.float32), 7: ("<?", np.bool_),
+    10: ("<Q", np.uint64), 11: ("<q", np.int64), 12: ("<d", np.float64),
+}
+_STRING, _ARRAY = 8, 9
+
+
+def _read(f: BinaryIO, n: int) -> bytes:
+    b = f.read(n)
+    if len(b) != n:
+        raise InvalidCheckpoint(f"{f.name}: GGUF metadata is truncated")
+    return b
+
+
+def _scalar(f: BinaryIO, fmt: str) -> Any:
+    return struct.unpack(fmt, _read(f, struct.calcsize(fmt)))[0]
+
+
+def _string(f: BinaryIO) -> str:
+    return _read(f, _scalar(f, "<Q")).decode("utf-8", errors="replace")
+
+
+def _value(f: BinaryIO, vtype: int) -> Any:
+    if vtype == _STRING:
+        return _string(f)
+    if vtype in _SCALARS:
+        return _scalar(f, _SCALARS[vtype][0])
+    if vtype == _ARRAY:
+        etype, count = _scalar(f, "<I"), _scalar(f, "<Q")
+        if etype in _SCALARS:
+            dtype = np.dtype(_SCALARS[etype][1]).newbyteorder("<")
+            return np.frombuffer(_read(f, dtype.itemsize * count), dtype).tolist()
+        return [_value(f, etype) for _ in range(count)]
+    raise InvalidCheckpoint(f"{f.name}: unknown GGUF value type {vtype}")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """All key/value pairs of a GGUF file (version 2 or 3), decoded to Python values."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise InvalidCheckpoint(f"{path}: not a GGUF file (bad magic)")
+            version = _scalar(f, "<I")
+            if version not in (2, 3):
+                raise InvalidCheckpoint(f"{path}: GGUF version {version} is not supported")
+            _scalar(f, "<Q")  # tensor count
+            n_kv = _scalar(f, "<Q")
+            meta: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key = _string(f)
+                meta[key] = _value(f, _scalar(f, "<I"))
+            return meta
+    except OSError as e:
+        raise InvalidCheckpoint(f"{path}: cannot read: {e}") from e

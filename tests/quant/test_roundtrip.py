@@ -1,0 +1,151 @@
+"""A tiny model through quantize -> medrt directory -> dequantizing loader, and the checks a
+loader makes on config.json."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from medrt_train.quant.format import FORMAT_NAME, FORMAT_VERSION, validate  # noqa: E402
+from medrt_train.quant.gptq import GPTQOptions  # noqa: E402
+from medrt_train.quant.loader import load_dequantized  # noqa: E402
+from medrt_train.quant.quantize import quantize_model  # noqa: E402
+from medrt_train.quant.recipes import load_recipe  # noqa: E402
+from medrt_train.quant.types import QuantFormatError, dequantize, parse_type, quantize_rtn  # noqa: E402,E501
+
+TOKENS = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+def _tiny(path: Path, arch: str = "llama", tied: bool = True) -> Path:
+    torch.manual_seed(0)
+    kw = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    if arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
+    model.save_pretrained(path)
+    return path
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(TOKENS).logits
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return _tiny(tmp_path_factory.mktemp("src") / "llama")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("recipe,tol", [("int8", 0.02), ("paper", 0.15), ("int4", 0.25)])
+def test_rtn_roundtrip_matches_the_fake_quantized_model(tmp_path, arch, recipe, tol):
+    src = _tiny(tmp_path / "src", arch)
+    out = tmp_path / "q"
+    quantize_model(src, out, load_recipe(recipe), "rtn", log=lambda _: None)
+    loaded = _logits(load_dequantized(out))
+
+    # The same model with each linear weight quantized and dequantized in place.
+    original = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    ref = _logits(original)
+    rec = load_recipe(recipe)
+    for name, module in original.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+            wt = rec.type_for(name, "linear")
+            w = dequantize(wt, quantize_rtn(wt, module.weight.detach().numpy()))
+            module.weight.data = torch.from_numpy(w)
+    np.testing.assert_allclose(loaded, _logits(original), atol=2e-3)
+    # And close to the unquantized model, within what the type costs.
+    assert (loaded - ref).abs().max() < tol * ref.abs().max()
+
+
+def test_gptq_roundtrip_writes_calibration_and_loads(tmp_path, llama):
+    out = tmp_path / "q"
+    calib = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(2))
+    info = {"data": "unit", "source": "random", "samples": 4, "seq_len": 32, "sha256": "x"}
+    section = quantize_model(llama, out, load_recipe("int4"), "gptq", calib, info,
+                             GPTQOptions(block_size=32), log=lambda _: None)
+    config = json.loads((out / "config.json").read_text())
+    q = config["quantization"]
+    assert (q["format"], q["version"]) == (FORMAT_NAME, FORMAT_VERSION)
+    assert q["method"]["name"] == "gptq" and q["calibration"] == info
+    assert q["modules"]["model.layers.1.mlp.down_proj"] == \
+        {"type": "int4", "group_size": 64, "shape": [64, 128]}
+    assert section["modules"] == q["modules"]
+    assert validate(out)["model.embed_tokens"] == parse_type("f16")
+    ref = _logits(transformers.AutoModelForCausalLM.from_pretrained(llama, dtype=torch.float32))
+    assert (_logits(load_dequantized(out)) - ref).abs().max() < 0.25 * ref.abs().max()
+
+
+def test_untied_lm_head_can_be_quantized(tmp_path, llama):
+    out = tmp_path / "q"
+    recipe = load_recipe("int8").with_overrides(lm_head="int8")
+    quantize_model(llama, out, recipe, "rtn", log=lambda _: None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    assert config["quantization"]["modules"]["lm_head"]["type"] == "int8"
+    assert config["quantization"]["modules"]["model.embed_tokens"]["type"] == "f16"
+    load_dequantized(out)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, llama) -> Path:
+    out = tmp_path_factory.mktemp("q") / "paper"
+    quantize_model(llama, out, load_recipe("paper"), "rtn", log=lambda _: None)
+    return out
+
+
+def _broken(quantized: Path, tmp_path: Path, edit) -> Path:
+    bad = tmp_path / "bad"
+    shutil.copytree(quantized, bad)
+    config = json.loads((bad / "config.json").read_text())
+    edit(config["quantization"])
+    (bad / "config.json").write_text(json.dumps(config))
+    return bad
+
+
+def test_validation_rejects_a_missing_tensor(quantized, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(quantized, bad)
+    tensors = load_file(bad / "model.safetensors")
+    del tensors["model.layers.0.mlp.up_proj.scales"]
+    save_file(tensors, bad / "model.safetensors")
+    with pytest.raises(QuantFormatError,
+                       match=r"model.layers.0.mlp.up_proj: tensor .*up_proj.scales is missing"):
+        load_dequantized(bad)
+
+
+def test_validation_rejects_a_wrong_version(quantized, tmp_path):
+    bad = _broken(quantized, tmp_path, lambda q: q.update(version=FORMAT_VERSION + 1))
+    with pytest.raises(QuantFormatError, match="quantization.version is 2"):
+        validate(bad)
+
+
+def test_validation_rejects_a_group_size_that_does_not_divide_the_input(quantized, tmp_path):
+    def edit(q):
+        q["modules"]["model.layers.1.mlp.gate_proj"] = {"type": "int4", "group_size": 128,
+                                                         "shape": [128, 64]}
+    bad = _broken(quantized, tmp_path, edit)
+    with pytest.raises(QuantFormatError, match="model.layers.1.mlp.gate_proj: group size 128 "
+                                               "does not divide the input dimension 64"):
+        validate(bad)
+
+
+def test_validation_rejects_a_wrong_shape_and_unknown_type(quantized, tmp_path):
+    def shape(q):
+        q["modules"]["model.layers.0.self_attn.q_proj"]["shape"] = [64, 32]
+    with pytest.raises(QuantFormatError, match=r"q_proj.qweight is I8\[64, 64\], expected I8"):
+        validate(_broken(quantized, tmp_path, shape))
+    shutil.rmtree(tmp_path / "bad")
+
+    def kind(q):
+        q["modules"]["model.norm"] = {"type": "int3"}
+    with pytest.raises(QuantFormatError, match="module model.norm: unknown weight type"):
+        validate(_broken(quantized, tmp_path, kind))

@@ -1,0 +1,116 @@
+"""The `medrt` command, run as a separate process on a tiny model, against medrt.LLM in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import medrt
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "medrt-home"
+
+
+def run_medrt(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MEDRT_HOME=str(home))
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO / "python"), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "medrt", *args], input=stdin, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _greedy(n: int) -> medrt.SamplingParams:
+    return medrt.SamplingParams(max_tokens=n, temperature=0.0)
+
+
+def test_models_lists_known_and_pulled(home: Path, tiny_llama: Path) -> None:
+    r = run_medrt(home, "models")
+    assert r.returncode == 0, r.stderr
+    assert str(home) in r.stdout
+    assert "smollm2-135m-instruct" in r.stdout and "(not pulled)" in r.stdout
+
+    pulled = home / "models" / "my-tiny"
+    shutil.copytree(tiny_llama, pulled)
+    (pulled / ".medrt-complete").write_text("{}\n")
+    r = run_medrt(home, "models")
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("my-tiny"))
+    assert str(pulled) in line and ("KB" in line or "MB" in line)
+
+
+def test_generate_matches_llm(home: Path, tiny_llama: Path) -> None:
+    with medrt.LLM(tiny_llama) as llm:
+        want = llm.generate("The patient reports", _greedy(12))[0].outputs[0].text
+    r = run_medrt(home, "generate", "--model", str(tiny_llama), "--max-tokens", "12",
+                  "The", "patient", "reports")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
+    assert want
+
+
+def test_chat_one_shot_and_repl_keep_history(home: Path, tiny_qwen2: Path) -> None:
+    first, second = "Is ibuprofen safe?", "And with food?"
+    with medrt.LLM(tiny_qwen2) as llm:
+        system = {"role": "system", "content": "Be brief."}
+        a1 = llm.chat([system, {"role": "user", "content": first}],
+                      _greedy(10))[0].outputs[0].text
+        history = [system, {"role": "user", "content": first},
+                   {"role": "assistant", "content": a1}, {"role": "user", "content": second}]
+        a2 = llm.chat(history, _greedy(10))[0].outputs[0].text
+
+    r = run_medrt(home, "chat", "--model", str(tiny_qwen2), "--max-tokens", "10",
+                  "--system", "Be brief.", "--prompt", first)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == a1 + "\n"
+
+    r = run_medrt(home, "chat", "--model", str(tiny_qwen2), "--max-tokens", "10",
+                  "--system", "Be brief.", stdin=f"{first}\n\n{second}\n/exit\nnot read\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == a1 + "\n" + a2 + "\n"
+
+    r = run_medrt(home, "chat", "--model", str(tiny_qwen2), "--max-tokens", "10",
+                  "--system", "Be brief.", stdin=f"{first}\n")  # end of input quits too
+    assert r.returncode == 0 and r.stdout == a1 + "\n"
+
+
+def test_import_gguf(home: Path, tiny_qwen2: Path, tmp_path: Path) -> None:
+    from test_gguf_import import write_gguf
+
+    gguf_file = write_gguf(tiny_qwen2, tmp_path / "tiny.gguf")
+    out = tmp_path / "converted"
+    r = run_medrt(home, "import-gguf", str(gguf_file), str(out), "--dtype", "f32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    with medrt.LLM(out) as a, medrt.LLM(tiny_qwen2) as b:
+        prompt = "Vaccination prevents influenza"
+        assert a.generate(prompt, _greedy(8))[0].outputs[0].token_ids == \
+            b.generate(prompt, _greedy(8))[0].outputs[0].token_ids
+
+
+@pytest.mark.parametrize("args", [
+    ("generate", "--model", "/nonexistent/model", "hello"),
+    ("chat", "--model", "no-such-model", "--prompt", "hi"),
+    ("pull", "no-such-model"),
+    ("import-gguf", "/nonexistent.gguf", "/tmp/never-written"),
+])
+def test_errors_are_one_line(home: Path, args: tuple[str, ...]) -> None:
+    r = run_medrt(home, *args)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medrt: error: ")
+
+
+def test_bad_sampling_value_is_an_error(home: Path, tiny_llama: Path) -> None:
+    r = run_medrt(home, "generate", "--model", str(tiny_llama), "--temperature", "-1", "hi")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "temperature" in r.stderr

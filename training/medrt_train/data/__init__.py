@@ -1,0 +1,1 @@
+"""Readers for the data sets medrt trains, calibrates and evaluates on."""

@@ -1,0 +1,191 @@
+"""`medrt-train eval`: what quantization cost. Perplexity and mean per-token KL divergence to
+the unquantized model on PubMedQA `test` text, PubMedQA `test` accuracy scored as
+lm-evaluation-harness does (log-likelihood of " yes", " no", " maybe" after its prompt), and
+weight bytes by type. Several models are scored in one pass so the reference runs once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from medrt_train.data.pubmedqa import ANSWERS, DEFAULT_PATH, Question, load_split
+
+
+@torch.no_grad()
+def score_texts(models: dict, reference, tokenizer, texts: list[str], max_len: int = 512
+                ) -> dict[str, dict]:
+    """Per model: perplexity, mean per-token KL(reference || model) in nats, token count.
+
+    Each text is scored alone, truncated to `max_len` tokens; every token after the first is
+    predicted. `reference` may be None (then no KL).
+    """
+    sums = {name: {"nll": 0.0, "kl": 0.0} for name in models}
+    ref_nll, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_len]
+        if ids.shape[1] < 2:
+            continue
+        target = ids[0, 1:]
+        ref_logp = None
+        if reference is not None:
+            ref_logp = torch.log_softmax(reference(ids).logits[0, :-1].float(), dim=-1)
+            ref_nll -= ref_logp.gather(1, target[:, None]).sum().item()
+        for name, model in models.items():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+            sums[name]["nll"] -= logp.gather(1, target[:, None]).sum().item()
+            if ref_logp is not None:
+                sums[name]["kl"] += (ref_logp.exp() * (ref_logp - logp)).sum().item()
+        count += target.numel()
+    out = {}
+    for name, s in sums.items():
+        out[name] = {"perplexity": math.exp(s["nll"] / count), "tokens": count}
+        if reference is not None:
+            out[name]["kl_mean"] = s["kl"] / count
+            out[name]["reference_perplexity"] = math.exp(ref_nll / count)
+    return out
+
+
+def perplexity_and_kl(model, reference, tokenizer, texts: list[str], max_len: int = 512
+                      ) -> dict:
+    """Perplexity of `model` on `texts` and its mean per-token KL divergence (nats) from
+    `reference` (None: perplexity only): keys perplexity, kl_mean, reference_perplexity,
+    tokens."""
+    return score_texts({"model": model}, reference, tokenizer, texts, max_len)["model"]
+
+
+def _choice_tokens(tokenizer, prompt: str) -> tuple[list[int], list[list[int]]]:
+    # As lm-evaluation-harness: encode context+continuation whole and split off the context,
+    # so a tokenizer that merges across the boundary is scored the same way.
+    ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    conts = []
+    for answer in ANSWERS:
+        whole = tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
+        conts.append(whole[len(ctx):])
+    return ctx, conts
+
+
+@torch.no_grad()
+def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question]) -> dict[str, dict]:
+    """Per model: accuracy and answer counts, picking the answer of highest log-likelihood."""
+    results = {name: {"correct": 0, "predicted": dict.fromkeys(ANSWERS, 0)} for name in models}
+    for q in questions:
+        ctx, conts = _choice_tokens(tokenizer, q.prompt())
+        for name, model in models.items():
+            if all(len(c) == 1 for c in conts):
+                logits = model(torch.tensor([ctx]), logits_to_keep=1).logits[0, -1].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                scores = [logp[c[0]].item() for c in conts]
+            else:
+                scores = []
+                for c in conts:
+                    ids = torch.tensor([ctx + c])
+                    lp = torch.log_softmax(model(ids).logits[0, len(ctx) - 1:-1].float(), -1)
+                    scores.append(lp.gather(1, torch.tensor(c)[:, None]).sum().item())
+            pick = ANSWERS[max(range(len(ANSWERS)), key=scores.__getitem__)]
+            results[name]["predicted"][pick] += 1
+            results[name]["correct"] += int(pick == q.answer)
+    for r in results.values():
+        r["accuracy"] = r["correct"] / max(len(questions), 1)
+        r["questions"] = len(questions)
+    return results
+
+
+def load_model(model_dir: Path):
+    """A transformers model from a plain Hugging Face directory or a medrt quantized one."""
+    from transformers import AutoModelForCausalLM
+
+    from medrt_train.quant.loader import is_quantized_dir, load_dequantized
+
+    if is_quantized_dir(model_dir):
+        return load_dequantized(model_dir)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def describe_dir(model_dir: Path) -> dict:
+    """Recipe, method and weight bytes (linear layers, whole model, by type, cuts vs f16)."""
+    from medrt_train.quant.sizes import dir_bytes, summarize
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    section = config.get("quantization") or {}
+    method = section.get("method", {}).get("name", "-") if section else "-"
+    return {"recipe": section.get("recipe", "unquantized"), "method": method,
+            **summarize(dir_bytes(model_dir))}
+
+
+def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts: int,
+             questions: int, max_len: int) -> list[dict]:
+    """One row per model, with every figure of the table."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
+    test = load_split("test", data)
+    loaded = {name: load_model(path) for name, path in models.items()}
+    ref_model = load_model(reference) if reference is not None else None
+    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in test[:texts]], max_len)
+    acc = pubmedqa_accuracy(loaded, tokenizer, test[:questions]) if questions else {}
+    rows = []
+    for name, path in models.items():
+        row = {"model": name, "path": str(path), **describe_dir(path), **ppl[name]}
+        if name in acc:
+            row.update(pubmedqa_accuracy=acc[name]["accuracy"],
+                       pubmedqa_questions=acc[name]["questions"],
+                       pubmedqa_predicted=acc[name]["predicted"])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The evaluation rows as a Markdown table."""
+    head = ("| model | recipe | method | perplexity | Δppl | KL nats/token | PubMedQA acc | "
+            "linear MiB | model MiB | cut linear | cut model | bytes by type |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        ref = r.get("reference_perplexity")
+        dppl = f"{100 * (r['perplexity'] / ref - 1):+.2f}%" if ref else "-"
+        kl = f"{r['kl_mean']:.4f}" if "kl_mean" in r else "-"
+        acc = f"{100 * r['pubmedqa_accuracy']:.1f}%" if "pubmedqa_accuracy" in r else "-"
+        types = ", ".join(f"{t} {b / 2**20:.1f}M" for t, b in sorted(r["bytes_by_type"].items()))
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {r['method']} | {r['perplexity']:.3f} | {dppl} | "
+            f"{kl} | {acc} | {r['linear_bytes'] / 2**20:.1f} | {r['total_bytes'] / 2**20:.1f} | "
+            f"{100 * r['linear_cut']:.1f}% | {100 * r['total_cut']:.1f}% | {types} |")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+",
+                   help="model directories (Hugging Face or medrt quantized), as PATH or NAME=PATH")
+    p.add_argument("--reference", type=Path, help="unquantized model for KL and Δppl")
+    p.add_argument("--data", type=Path, default=DEFAULT_PATH, help="PubMedQA ori_pqal.json")
+    p.add_argument("--texts", type=int, default=200,
+                   help="PubMedQA test entries scored for perplexity/KL (of 200)")
+    p.add_argument("--questions", type=int, default=200,
+                   help="PubMedQA test questions scored for accuracy (of 200; 0: skip)")
+    p.add_argument("--max-len", type=int, default=512, help="tokens per perplexity text")
+    p.add_argument("--json", type=Path, help="write the rows as JSON here")
+    p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+
+
+def run(args: argparse.Namespace) -> int:
+    models = {}
+    for spec in args.models:
+        name, sep, path = spec.partition("=")
+        models[name if sep else Path(spec).name] = Path(path if sep else spec)
+    try:
+        rows = evaluate(models, args.reference, args.data, args.texts, args.questions,
+                        args.max_len)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"medrt-train eval: {exc}", file=sys.stderr)
+        return 2
+    table = markdown_table(rows)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0

@@ -1,0 +1,218 @@
+"""Weight types of medrt's quantized format: parameters, codes, packing, dequantization.
+
+Everything here is numpy and is the reference the C++ kernels are tested against; the layout
+is specified bit by bit in docs/quantized-format.md. A quantized linear layer `M` with weight
+[out, in] is stored as tensors `M.qweight`, `M.scales` and, for int4, `M.zeros`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# NF4 code table exactly as bitsandbytes defines it (QLoRA, Dettmers et al. 2023): quantiles
+# of N(0, 1) normalised to [-1, 1], with an exact zero at index 7.
+NF4_TABLE = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+], dtype=np.float32)
+_NF4_MIDPOINTS = (NF4_TABLE[1:] + NF4_TABLE[:-1]) / 2
+
+FLOAT_TYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}  # numpy has no bf16
+QUANT_TYPES = ("int8", "nf4", "int4")
+INT4_GROUP_SIZES = (32, 64, 128)
+NF4_GROUP_SIZE = 64
+# 4-bit codes are packed per chunk of 32 consecutive input elements (see pack_nibbles).
+NIBBLE_CHUNK = 32
+
+
+class QuantFormatError(ValueError):
+    """A quantized checkpoint or a type spec that breaks docs/quantized-format.md."""
+
+
+@dataclass(frozen=True)
+class WeightType:
+    """One storage type: `int8`, `nf4`, `int4` (with a group size) or a float dtype."""
+
+    name: str
+    group_size: int | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.name in QUANT_TYPES
+
+    def __str__(self) -> str:
+        return f"int4-g{self.group_size}" if self.name == "int4" else self.name
+
+    def to_json(self) -> dict:
+        out: dict = {"type": self.name}
+        if self.group_size is not None:
+            out["group_size"] = self.group_size
+        return out
+
+
+def parse_type(spec: str, group_size: int | None = None) -> WeightType:
+    """Parse `int8`, `nf4`, `int4`, `int4-g64`, `f16`, `bf16` or `f32` (group size optional)."""
+    name, _, suffix = spec.strip().lower().partition("-g")
+    if suffix:
+        if not suffix.isdigit():
+            raise QuantFormatError(f"bad weight type {spec!r}: expected e.g. int4-g64")
+        if group_size is not None and group_size != int(suffix):
+            raise QuantFormatError(f"weight type {spec!r} contradicts group_size {group_size}")
+        group_size = int(suffix)
+    if name == "int4":
+        group_size = 64 if group_size is None else group_size
+        if group_size not in INT4_GROUP_SIZES:
+            raise QuantFormatError(
+                f"int4 group size {group_size} is not one of {INT4_GROUP_SIZES}")
+        return WeightType("int4", group_size)
+    if name == "nf4":
+        if group_size not in (None, NF4_GROUP_SIZE):
+            raise QuantFormatError(f"nf4 uses groups of {NF4_GROUP_SIZE}, not {group_size}")
+        return WeightType("nf4", NF4_GROUP_SIZE)
+    if name == "int8" or name in FLOAT_TYPES:
+        if group_size is not None:
+            raise QuantFormatError(f"{name} takes no group size (got {group_size})")
+        return WeightType(name)
+    raise QuantFormatError(
+        f"unknown weight type {spec!r}: expected one of int8, nf4, int4[-g32|-g64|-g128], "
+        "f16, bf16, f32")
+
+
+def tensor_specs(wt: WeightType, out_features: int, in_features: int
+                 ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor suffix -> (shape, safetensors dtype) of a quantized [out, in] weight."""
+    if wt.name == "int8":
+        return {"qweight": ((out_features, in_features), "I8"),
+                "scales": ((out_features,), "F32")}
+    if wt.name not in ("nf4", "int4"):
+        raise QuantFormatError(f"{wt} is not a quantized type")
+    groups = in_features // wt.group_size
+    specs = {"qweight": ((out_features, in_features // 2), "U8"),
+             "scales": ((out_features, groups), "F16")}
+    if wt.name == "int4":
+        specs["zeros"] = ((out_features, groups), "F16")
+    return specs
+
+
+def check_shape(wt: WeightType, out_features: int, in_features: int, where: str) -> None:
+    """Raise QuantFormatError naming `where` when `wt` cannot store an [out, in] weight."""
+    if wt.group_size is not None and in_features % wt.group_size:
+        raise QuantFormatError(
+            f"{where}: group size {wt.group_size} does not divide the input dimension "
+            f"{in_features}")
+
+
+# ---- parameters and codes; `w` is [rows, k] where k is one group (or a whole int8 row) ----
+
+def fit_params(wt: WeightType, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-row parameters for the values `w` [rows, k], already rounded to their stored dtype."""
+    if wt.name == "int8":
+        scale = np.abs(w).max(axis=1) / 127.0
+        return (np.where(scale > 0, scale, 1.0).astype(np.float32),)
+    if wt.name == "nf4":
+        absmax = np.abs(w).max(axis=1).astype(np.float16)
+        return (np.where(absmax > 0, absmax, np.float16(1.0)),)
+    lo = np.minimum(w.min(axis=1), 0.0)
+    hi = np.maximum(w.max(axis=1), 0.0)
+    scale = ((hi - lo) / 15.0).astype(np.float16)
+    scale = np.where(scale > 0, scale, np.float16(1.0))
+    zero = np.clip(np.round(-lo / scale.astype(np.float32)), 0, 15).astype(np.float16)
+    return scale, zero
+
+
+def encode(wt: WeightType, w: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Nearest code of each value of `w` [rows, k] given per-row `params` (unpacked ints)."""
+    p = [x.astype(np.float32)[:, None] for x in params]
+    if wt.name == "int8":
+        return np.clip(np.round(w / p[0]), -127, 127).astype(np.int8)
+    if wt.name == "nf4":
+        return np.searchsorted(_NF4_MIDPOINTS, w / p[0]).astype(np.uint8)
+    return np.clip(np.round(w / p[0]) + p[1], 0, 15).astype(np.uint8)
+
+
+def decode(wt: WeightType, codes: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Values of `codes` [rows, k] under per-row `params`, as float32."""
+    p = [x.astype(np.float32)[:, None] for x in params]
+    if wt.name == "int8":
+        return codes.astype(np.float32) * p[0]
+    if wt.name == "nf4":
+        return NF4_TABLE[codes] * p[0]
+    return (codes.astype(np.float32) - p[1]) * p[0]
+
+
+# ---- packing ----
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """Pack 4-bit codes [rows, in] into bytes [rows, in/2].
+
+    Per chunk of 32 consecutive inputs, byte j (0..15) holds element j in its low nibble and
+    element j+16 in its high nibble, so a SIMD kernel gets two runs of 16 contiguous weights
+    from one 16-byte load with a mask and a shift (the layout of llama.cpp's Q4 blocks).
+    """
+    rows, cols = codes.shape
+    c = codes.astype(np.uint8).reshape(rows, cols // NIBBLE_CHUNK, 2, NIBBLE_CHUNK // 2)
+    return (c[:, :, 0, :] | (c[:, :, 1, :] << 4)).reshape(rows, cols // 2)
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """Inverse of pack_nibbles: bytes [rows, in/2] -> codes [rows, in] (uint8, 0..15)."""
+    rows, half = packed.shape
+    b = packed.reshape(rows, half // (NIBBLE_CHUNK // 2), 1, NIBBLE_CHUNK // 2)
+    return np.concatenate([b & 0x0F, b >> 4], axis=2).reshape(rows, half * 2)
+
+
+# ---- whole weights ----
+
+def _grouped(w: np.ndarray, group: int) -> np.ndarray:
+    rows, cols = w.shape
+    return w.reshape(rows * (cols // group), group)
+
+
+def quantize_rtn(wt: WeightType, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Round-to-nearest quantization of a float weight [out, in] into its stored tensors."""
+    w = np.asarray(w, dtype=np.float32)
+    rows, cols = w.shape
+    check_shape(wt, rows, cols, "weight")
+    if wt.name == "int8":
+        (scale,) = fit_params(wt, w)
+        return {"qweight": encode(wt, w, (scale,)), "scales": scale}
+    g = _grouped(w, wt.group_size)
+    params = fit_params(wt, g)
+    codes = encode(wt, g, params).reshape(rows, cols)
+    return assemble(wt, codes, [p.reshape(rows, -1) for p in params])
+
+
+def assemble(wt: WeightType, codes: np.ndarray, params: list[np.ndarray]
+             ) -> dict[str, np.ndarray]:
+    """Stored tensors from unpacked codes [out, in] and per-group params [out, groups]."""
+    if wt.name == "int8":
+        return {"qweight": codes.astype(np.int8),
+                "scales": params[0].reshape(-1).astype(np.float32)}
+    out = {"qweight": pack_nibbles(codes), "scales": params[0].astype(np.float16)}
+    if wt.name == "int4":
+        out["zeros"] = params[1].astype(np.float16)
+    return out
+
+
+def dequantize(wt: WeightType, tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """Reference dequantizer: stored tensors -> float32 weight [out, in]."""
+    if wt.name == "int8":
+        return decode(wt, tensors["qweight"], (tensors["scales"],))
+    codes = unpack_nibbles(tensors["qweight"])
+    rows, cols = codes.shape
+    params = [tensors["scales"].reshape(-1)]
+    if wt.name == "int4":
+        params.append(tensors["zeros"].reshape(-1))
+    return decode(wt, _grouped(codes, wt.group_size), tuple(params)).reshape(rows, cols)
+
+
+def stored_bytes(wt: WeightType, out_features: int, in_features: int) -> int:
+    """Bytes a weight [out, in] takes in type `wt` (float types: elements x width)."""
+    if not wt.quantized:
+        return out_features * in_features * (4 if wt.name == "f32" else 2)
+    width = {"I8": 1, "U8": 1, "F16": 2, "F32": 4}
+    return sum(int(np.prod(shape)) * width[dt]
+               for shape, dt in tensor_specs(wt, out_features, in_features).values())
