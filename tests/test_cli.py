@@ -76,9 +76,14 @@ def test_chat_one_shot_and_repl_keep_history(home: Path, tiny_qwen2: Path) -> No
     assert r.returncode == 0, r.stderr
     assert r.stdout == a1 + "\n" + a2 + "\n"
 
+    # A turn the model cannot take (longer than its context) is reported and skipped; the
+    # conversation goes on without it. End of input quits.
+    too_long = "pain " * 3000
     r = run_medrt(home, "chat", "--model", str(tiny_qwen2), "--max-tokens", "10",
-                  "--system", "Be brief.", stdin=f"{first}\n")  # end of input quits too
+                  "--system", "Be brief.", stdin=f"{too_long}\n{first}\n")
     assert r.returncode == 0 and r.stdout == a1 + "\n"
+    assert "[stopped]" in r.stderr and "max_model_len" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_import_gguf(home: Path, tiny_qwen2: Path, tmp_path: Path) -> None:
@@ -101,6 +106,7 @@ def test_import_gguf(home: Path, tiny_qwen2: Path, tmp_path: Path) -> None:
     ("chat", "--model", "no-such-model", "--prompt", "hi"),
     ("pull", "no-such-model"),
     ("import-gguf", "/nonexistent.gguf", "/tmp/never-written"),
+    ("import-gguf", "/nonexistent.gguf", "/"),  # not an empty directory
 ])
 def test_errors_are_one_line(home: Path, args: tuple[str, ...]) -> None:
     r = run_medrt(home, *args)

@@ -35,7 +35,7 @@ def make_engine(model_dir: Path, **overrides: Any) -> _core.Engine:
         "num_blocks": 512,
         "max_num_seqs": 16,
         "max_num_batched_tokens": 64,
-        "num_threads": 2,
+        "num_threads": 1,
     }
     cfg.update(overrides)
     return _core.Engine(_core.EngineConfig(**cfg))
@@ -101,11 +101,12 @@ def mixed_requests(n: int) -> list[tuple[list[int], _core.SamplingParams]]:
 def test_batch_invariance_with_staggered_arrivals(tiny_model_dir: Any, model: str) -> None:
     model_dir = tiny_model_dir(model)
     reqs = mixed_requests(16)
-    alone = [run_alone(model_dir, prompt, p, num_threads=1) for prompt, p in reqs]
+    alone = [run_alone(model_dir, prompt, p) for prompt, p in reqs]
     assert len({tuple(r.tokens) for r in alone}) > 8, "requests should differ"
 
-    # A small token budget splits prompts into chunks that differ from the lone runs.
-    engine = make_engine(model_dir, max_num_batched_tokens=24)
+    # A small token budget splits prompts into chunks that differ from the lone runs; a second
+    # thread splits the kernels' work differently.
+    engine = make_engine(model_dir, max_num_batched_tokens=24, num_threads=2)
     results: dict[int, Result] = {}
     ids: list[int] = []
     for start, end, steps in ((0, 5, 3), (5, 10, 2), (10, 16, 0)):
@@ -259,6 +260,25 @@ def test_stop_tokens_min_tokens_and_logprobs(tiny_llama: Path) -> None:
         assert top[0][0] == token and math.isclose(top[0][1], chosen)  # greedy: the best one
         assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)
         assert sum(math.exp(v) for _, v in top) <= 1.0 + 1e-5
+
+
+def test_model_eos_stops_unless_ignored(tiny_llama: Path) -> None:
+    prompt = random_prompt(random.Random(6), 5)
+    eos = 2  # helpers.tiny_models.EOS_ID
+    # A near-uniform distribution reaches EOS within a few hundred tokens for some seeds.
+    engine = make_engine(tiny_llama, num_blocks=16 * 80)
+    results: dict[int, Result] = {}
+    ids = [engine.add_request(prompt, params(max_tokens=300, temperature=50.0, seed=seed))
+           for seed in range(16)]
+    drain(engine, results)
+    seed = next((s for s, i in enumerate(ids) if eos in results[i].tokens), None)
+    assert seed is not None, "no seed produced EOS"
+    free = results[ids[seed]]
+    hot = {"max_tokens": 300, "temperature": 50.0, "seed": seed}
+    got = run_alone(tiny_llama, prompt, params(ignore_eos=False, **hot))
+    assert got.tokens == free.tokens[: free.tokens.index(eos) + 1]
+    assert (got.finish_reason, got.stop_token_id) == ("stop", eos)
+    assert free.finish_reason == "length" and free.stop_token_id == -1
 
 
 def test_max_model_len_stops_with_length(tiny_llama: Path) -> None:

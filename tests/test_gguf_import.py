@@ -287,6 +287,15 @@ def test_unknown_tensor_is_named(hf_models: dict[str, Path], tmp_path: Path) -> 
         import_gguf(path, tmp_path / "out")
 
 
+def test_refuses_a_non_empty_directory(hf_models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"someone else's model")
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        import_gguf(write_gguf(hf_models["qwen2"], tmp_path / "m.gguf"), out)
+    assert (out / "model.safetensors").read_bytes() == b"someone else's model"
+
+
 def test_not_a_gguf_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf at all" * 10)

@@ -4,6 +4,7 @@ test_smollm2.py."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import zipfile
 from pathlib import Path
@@ -11,10 +12,11 @@ from pathlib import Path
 import pytest
 from medrt.errors import InvalidCheckpoint
 from medrt.models import list_models, pull, registry, resolve_model
-from medrt.models import pull as pull_module
 from medrt.models.registry import KnownModel
 from test_gguf_import import write_gguf
 
+# The package exports the function pull, which hides the module of the same name.
+pull_module = importlib.import_module("medrt.models.pull")
 NAME = "tiny-test-model"
 DOWNLOADS: list[str] = []
 

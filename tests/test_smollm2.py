@@ -69,6 +69,10 @@ def test_pulled_model_is_f32_and_complete(smollm2: tuple[Path, Path]) -> None:
 
 def test_greedy_chat_matches_transformers_from_gguf(smollm2: tuple[Path, Path],
                                                     reference: tuple[Any, Any]) -> None:
+    """medrt's greedy answers are transformers' greedy answers. Checked teacher-forced: one
+    transformers forward pass over prompt + medrt's tokens must pick each of those tokens as
+    its argmax, which is exactly "greedy decoding yields this sequence", at the cost of one
+    pass instead of 64 decode steps."""
     model, tok = reference
     eos = tok.eos_token_id
     with medrt.LLM(smollm2[0]) as llm:
@@ -77,15 +81,15 @@ def test_greedy_chat_matches_transformers_from_gguf(smollm2: tuple[Path, Path],
     for prompt, out in zip(PROMPTS, outs):
         ids = _reference_ids(tok, prompt)
         assert out.prompt_token_ids == ids, prompt
-        with torch.no_grad():
-            gen = model.generate(torch.tensor([ids]), max_new_tokens=N_TOKENS, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=eos)
-        want = gen[0, len(ids):].tolist()
         got = list(out.outputs[0].token_ids)
-        strip = (lambda t: t[:-1] if t and t[-1] == eos else t)
-        assert strip(got) == strip(want), prompt
-        assert len(strip(got)) > 16, "the answers are long enough to compare"
-        assert out.outputs[0].text == tok.decode(strip(want), skip_special_tokens=True)
+        assert len(got) == N_TOKENS or got[-1] == eos, "stops only at max_tokens or EOS"
+        assert len(got) > 16, "the answers are long enough to compare"
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + got])).logits[0]
+        want = logits[len(ids) - 1:-1].argmax(-1).tolist()
+        assert got == want, prompt
+        text = tok.decode([t for t in got if t != eos], skip_special_tokens=True)
+        assert out.outputs[0].text == text
 
 
 def test_logits_match_transformers_from_gguf(smollm2: tuple[Path, Path],
@@ -99,5 +103,5 @@ def test_logits_match_transformers_from_gguf(smollm2: tuple[Path, Path],
     got = _core.Model(str(smollm2[0])).prefill_logits(ids)
     assert got.shape == want.shape
     diff = float(np.abs(got - want).max())
-    assert diff < 2e-3, f"max abs logit difference {diff}"
+    assert diff < 1e-3, f"max abs logit difference {diff}"  # measured: 6e-5, logits to 38
     assert (got.argmax(-1) == want.argmax(-1)).all()

@@ -14,9 +14,11 @@ using namespace medrt;
 
 namespace {
 
+// Every instruction set this CPU can run.
 std::vector<cpu::Isa> isas() {
   std::vector<cpu::Isa> v{cpu::Isa::Portable};
-  if (cpu::detected_isa() == cpu::Isa::Avx2) v.push_back(cpu::Isa::Avx2);
+  if (cpu::detected_isa() != cpu::Isa::Portable) v.push_back(cpu::Isa::Avx2);
+  if (cpu::detected_isa() == cpu::Isa::Avx512) v.push_back(cpu::Isa::Avx512);
   return v;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "check.h"
@@ -15,9 +16,11 @@ using namespace medrt;
 
 namespace {
 
+// Every instruction set this CPU can run.
 std::vector<cpu::Isa> isas() {
   std::vector<cpu::Isa> v{cpu::Isa::Portable};
-  if (cpu::detected_isa() == cpu::Isa::Avx2) v.push_back(cpu::Isa::Avx2);
+  if (cpu::detected_isa() != cpu::Isa::Portable) v.push_back(cpu::Isa::Avx2);
+  if (cpu::detected_isa() == cpu::Isa::Avx512) v.push_back(cpu::Isa::Avx512);
   return v;
 }
 
@@ -162,21 +165,34 @@ TEST(linear_rows_independent_of_batch_and_threads) {
 }
 
 TEST(linear_isas_agree) {
-  if (cpu::detected_isa() != cpu::Isa::Avx2) return;
   std::mt19937 rng(4);
   ThreadPool pool(2);
   const int64_t M = 40, K = 777, N = 45;
   for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
     Weight w = make_weight(N, K, dt, rng);
     auto x = random_vec(M * K, rng);
-    std::vector<float> a(size_t(M * N)), b(size_t(M * N));
-    cpu::set_isa(cpu::Isa::Portable);
-    cpu::linear(x.data(), M, K, w.view, nullptr, a.data(), pool);
-    cpu::set_isa(cpu::Isa::Avx2);
-    cpu::linear(x.data(), M, K, w.view, nullptr, b.data(), pool);
-    for (size_t i = 0; i < a.size(); ++i) CHECK_NEAR(a[i], b[i], 2e-5 * (1 + std::fabs(a[i])));
+    std::vector<std::vector<float>> outs;
+    for (cpu::Isa isa : isas()) {
+      cpu::set_isa(isa);
+      outs.emplace_back(size_t(M * N));
+      cpu::linear(x.data(), M, K, w.view, nullptr, outs.back().data(), pool);
+    }
+    for (size_t i = 1; i < outs.size(); ++i)
+      for (size_t j = 0; j < outs[0].size(); ++j)
+        CHECK_NEAR(outs[i][j], outs[0][j], 2e-5 * (1 + std::fabs(outs[0][j])));
   }
   cpu::set_isa(cpu::detected_isa());
+}
+
+TEST(set_isa_reports_the_choice) {
+  for (cpu::Isa isa : isas()) {
+    cpu::set_isa(isa);
+    CHECK(cpu::active_isa() == isa);
+  }
+  cpu::set_isa(cpu::detected_isa());
+  CHECK(std::string(cpu::isa_name(cpu::Isa::Avx512)) == "avx512");
+  if (cpu::detected_isa() != cpu::Isa::Avx512)
+    CHECK_THROWS(InvalidRequest, cpu::set_isa(cpu::Isa::Avx512), "lacks");
 }
 
 TEST(linear_rejects_mismatched_weight) {

@@ -150,11 +150,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             history.append({"role": "user", "content": line})
             try:
                 history.append({"role": "assistant", "content": _answer(llm, history, params)})
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, MedrtError) as e:
                 # The stream's iterator aborts the request when it is dropped; the unanswered
                 # message leaves the history so the next turn starts clean.
                 history.pop()
-                print("\n[stopped]", file=sys.stderr)
+                print(f"\n[stopped] {_one_line(e)}".rstrip(), file=sys.stderr)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 _COMMANDS = {
@@ -172,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except (MedrtError, OSError) as e:
-        message = " ".join(str(e).split())
-        print(f"medrt: error: {message}", file=sys.stderr)
+        print(f"medrt: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -65,17 +65,27 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def run_measured(cmd: list[str]) -> tuple[str, int]:
+# OpenMP-threaded peers (llama.cpp, torch) get OMP_WAIT_POLICY from --omp-wait-policy.
+PEER_ENV: dict[str, str] = {}
+LOADAVG: list[float] = []
+
+
+def run_measured(cmd: list[str], peer: bool = False) -> tuple[str, int]:
     """cmd's stdout + stderr and its peak RSS in bytes (wait4 gives one child's own rusage)."""
-    _log("$ " + shlex.join(cmd))
+    env = dict(os.environ, **PEER_ENV) if peer else None
+    _log(
+        "$ " + "".join(f"{k}={v} " for k, v in (PEER_ENV if peer else {}).items()) + shlex.join(cmd)
+    )
+    LOADAVG.append(float(Path("/proc/loadavg").read_text().split()[0]))
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}:\n{text[-4000:]}")
+    LOADAVG.append(float(Path("/proc/loadavg").read_text().split()[0]))
     return text, usage.ru_maxrss * 1024
 
 
@@ -110,7 +120,8 @@ def bench_llama_cpp_python(gguf: Path, s: Settings) -> tuple[list[dict], int]:
         [
             sys.executable, str(HERE / "peers.py"), "llama-cpp-python", "--gguf", str(gguf),
             "-t", str(s.threads), "-p", str(s.p), "-n", str(s.n), "-r", str(s.reps),
-        ]
+        ],
+        peer=True,
     )  # fmt: skip
     return json_lines(text), rss
 
@@ -127,7 +138,7 @@ def bench_llama_batched(binary: Path, gguf: Path, s: Settings) -> tuple[list[dic
     per_b: dict[int, list[float]] = {}
     peak = 0
     for rep in range(s.reps + 1):
-        text, rss = run_measured(cmd)
+        text, rss = run_measured(cmd, peer=True)
         peak = max(peak, rss)
         if rep == 0:
             continue
@@ -157,7 +168,8 @@ def bench_transformers(model: Path, s: Settings, dtype: str) -> tuple[list[dict]
             "--dtype", dtype, "-t", str(s.threads), "-p", str(s.p), "-n", str(s.n),
             "--batched", ",".join(map(str, s.batched)), "--batched-prompt",
             str(s.batched_prompt), "--batched-gen", str(s.batched_gen), "-r", str(s.reps),
-        ]
+        ],
+        peer=True,
     )  # fmt: skip
     return json_lines(text), rss
 
@@ -230,12 +242,20 @@ def main() -> None:
     ap.add_argument("--batched-gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--hf-dtype", default="float32")
+    ap.add_argument(
+        "--omp-wait-policy",
+        choices=["active", "passive"],
+        help="OMP_WAIT_POLICY for llama.cpp and torch; passive stops their threads spinning at "
+        "barriers, which on an oversubscribed machine costs a time slice per barrier",
+    )
     ap.add_argument("--note", action="append", default=[], help="a line for the report")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args()
     if "llama.cpp" in args.engines.split(",") and not args.llama_src:
         raise SystemExit("--llama-src is needed to convert the models for llama.cpp")
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.omp_wait_policy:
+        PEER_ENV["OMP_WAIT_POLICY"] = args.omp_wait_policy
     base = Settings(
         threads=args.threads,
         p=args.p,
@@ -252,7 +272,14 @@ def main() -> None:
         results.append(bench_model(name, s, args))
         (args.work_dir / "results.json").write_text(json.dumps(results, indent=1))
     command = "python scripts/bench/run.py " + shlex.join(sys.argv[1:])
-    report.write(args.out, results, command, date, args.note)
+    notes = [
+        (
+            f"1-minute load average sampled around each engine run: {min(LOADAVG):.1f} to "
+            f"{max(LOADAVG):.1f} on {os.cpu_count()} logical CPUs"
+        ),
+        *args.note,
+    ]
+    report.write(args.out, results, command, date, notes)
     _log(f"wrote {args.out}")
 
 

@@ -1,7 +1,6 @@
 """GPTQ on a tiny layer: lower output error than round-to-nearest on the same inputs."""
 import numpy as np
 import pytest
-
 from medrt_train.quant.gptq import GPTQOptions, gptq_quantize
 from medrt_train.quant.types import dequantize, parse_type, quantize_rtn
 

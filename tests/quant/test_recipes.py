@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from medrt_train.quant.recipes import BUILTIN, load_recipe, recipe_from_dict
 from medrt_train.quant.types import QuantFormatError, parse_type
 

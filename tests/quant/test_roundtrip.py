@@ -10,20 +10,21 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from medrt_train.quant.format import FORMAT_NAME, FORMAT_VERSION, validate  # noqa: E402
-from medrt_train.quant.gptq import GPTQOptions  # noqa: E402
-from medrt_train.quant.loader import load_dequantized  # noqa: E402
-from medrt_train.quant.quantize import quantize_model  # noqa: E402
-from medrt_train.quant.recipes import load_recipe  # noqa: E402
-from medrt_train.quant.types import QuantFormatError, dequantize, parse_type, quantize_rtn  # noqa: E402,E501
+from medrt_train.quant.format import FORMAT_NAME, FORMAT_VERSION, validate
+from medrt_train.quant.gptq import GPTQOptions
+from medrt_train.quant.loader import load_dequantized
+from medrt_train.quant.quantize import quantize_model
+from medrt_train.quant.recipes import load_recipe
+from medrt_train.quant.types import QuantFormatError, dequantize, parse_type, quantize_rtn
 
 TOKENS = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1))
 
 
 def _tiny(path: Path, arch: str = "llama", tied: bool = True) -> Path:
     torch.manual_seed(0)
-    kw = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    kw = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "tie_word_embeddings": tied}
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
     else:
@@ -149,3 +150,21 @@ def test_validation_rejects_a_wrong_shape_and_unknown_type(quantized, tmp_path):
         q["modules"]["model.norm"] = {"type": "int3"}
     with pytest.raises(QuantFormatError, match="module model.norm: unknown weight type"):
         validate(_broken(quantized, tmp_path, kind))
+
+
+def test_shards_and_index_are_written_and_read_back(tmp_path):
+    from medrt_train.quant.format import TensorIndex
+    from medrt_train.quant.writer import ShardWriter
+
+    writer = ShardWriter(tmp_path, shard_bytes=256)
+    arrays = {f"t{i}": np.full((8, 8), i, dtype=np.float16) for i in range(3)}  # 128 B each
+    for name, a in arrays.items():
+        writer.add(name, a)
+    writer.close()
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {"t0": "model-00001-of-00002.safetensors",
+                                   "t1": "model-00001-of-00002.safetensors",
+                                   "t2": "model-00002-of-00002.safetensors"}
+    read = TensorIndex(tmp_path)
+    assert read.meta("t2") == ((8, 8), "F16")
+    np.testing.assert_array_equal(read.numpy("t1"), arrays["t1"])

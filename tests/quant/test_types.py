@@ -1,7 +1,6 @@
 """Weight types: error bounds, packing order, NF4 table (docs/quantized-format.md)."""
 import numpy as np
 import pytest
-
 from medrt_train.quant.types import (
     NF4_TABLE,
     QuantFormatError,

@@ -52,7 +52,8 @@ def _char_tokenizer(out: Path):
 
     chars = [chr(c) for c in range(32, 127)]
     vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[EOS]"] + chars)}
-    core = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=1000))
+    core = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]",
+                                      max_input_chars_per_word=1000))
     core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
@@ -70,7 +71,8 @@ def _model(out: Path, arch: str, vocab: int, hidden: int, layers: int, seed: int
                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                  max_position_embeddings=512, tie_word_embeddings=False,
                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                 bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
+                 bos_token_id=tok.bos_token_id if tok.bos_token_id is not None
+                 else tok.eos_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out, safe_serialization=True)

@@ -48,7 +48,8 @@ def test_encoding_masks_prompt_and_weights_entities(tiny_pair) -> None:
 
 def test_curriculum_orders_basic_to_complex() -> None:
     lex = EntityLexicon.from_file()
-    basic = Instruction("How can I stay healthy?", "Exercise and sleep well.", category="prevention")
+    basic = Instruction("How can I stay healthy?", "Exercise and sleep well.",
+                        category="prevention")
     hard = Instruction("Can I take warfarin with ibuprofen?",
                        "No: ibuprofen interacts with warfarin and raises the bleeding risk; "
                        "paracetamol 500 mg is an alternative.", category="medication")

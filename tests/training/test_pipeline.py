@@ -142,3 +142,20 @@ def test_yaml_config_and_flag_precedence(tiny_pair, tmp_path: Path) -> None:
         main(["sft", "--config", str(cfg)])
     with pytest.raises(SystemExit, match="--model"):
         main(["sft", "--data", "x.jsonl", "--out", str(tmp_path / "p")])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
+def test_qlora_without_gpu_says_so(tiny_pair, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="QLoRA .* needs a CUDA GPU"):
+        main(["sft", "--model", str(tiny_pair["student"]), "--data", str(tiny_pair["corpus"]),
+              "--out", str(tmp_path), "--qlora", "--max-steps", "1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_qlora_on_gpu(tiny_pair, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    assert main(["sft", "--model", str(tiny_pair["teacher"]), "--data", str(tiny_pair["corpus"]),
+                 "--out", str(tmp_path), "--qlora", "--max-steps", "2", *FAST]) == 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert all(r["ce"] > 0 for r in _log(tmp_path))

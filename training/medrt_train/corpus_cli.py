@@ -73,14 +73,15 @@ def run(args: argparse.Namespace) -> int:
     responses = generate(model, tokenizer, prompts, settings, desc="teacher answers")
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = out_dir / "corpus.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({
-                "id": f"{rec.source}-{rec.id or i}", "question": q, "category": cat,
-                "system": sysp, "response": resp, "reference": rec.answer,
-                "provenance": {"source": rec.source, "category": cat, "teacher": str(args.teacher),
-                               "generation": settings.to_dict(), "created": created},
-            }) + "\n" for i, (rec, q, cat, sysp, resp) in enumerate(zip(records, questions, categories,
-                                                          systems, responses)))
+    rows = []
+    for i, (rec, q, cat, sysp, resp) in enumerate(zip(records, questions, categories, systems,
+                                                      responses)):
+        provenance = {"source": rec.source, "category": cat, "teacher": str(args.teacher),
+                      "generation": settings.to_dict(), "created": created}
+        rows.append(json.dumps({"id": f"{rec.source}-{rec.id or i}", "question": q,
+                                "category": cat, "system": sysp, "response": resp,
+                                "reference": rec.answer, "provenance": provenance}) + "\n")
+    path.write_text("".join(rows), encoding="utf-8")
     counts = {c: categories.count(c) for c in sorted(set(categories))}
     print(f"corpus: {len(records)} records -> {path} {counts}")
     return 0

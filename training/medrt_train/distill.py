@@ -77,7 +77,8 @@ def _sequence_level_data(teacher, t_tok, items: list[Instruction], args: argpars
     prompts = [prompt_text(t_tok, it.system, it.question) for it in items]
     responses = generate(teacher, t_tok, prompts, settings, desc="teacher generations")
     with open(cache, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"id": it.id, "response": r}) + "\n" for it, r in zip(items, responses))
+        f.writelines(json.dumps({"id": it.id, "response": r}) + "\n"
+                     for it, r in zip(items, responses))
     return [Instruction(it.question, r, it.system, it.category, it.id)
             for it, r in zip(items, responses)]
 
@@ -112,21 +113,23 @@ def run(args: argparse.Namespace) -> int:
     items = load_instructions(args.data)
     if args.limit:
         items = items[:args.limit]
-    needs_teacher_logits = mode == "token" and any(weights[k] > 0 for k in ("kl", "hidden", "entity"))
+    needs_teacher_logits = mode == "token" and any(weights[k] > 0
+                                                   for k in ("kl", "hidden", "entity"))
     teacher = None
     generate_targets = mode == "sequence" and args.seq_kd_source == "generate"
     if needs_teacher_logits or generate_targets or args.student_from_teacher:
         teacher = load_model(args.teacher, default_dtype()).eval().requires_grad_(False)
 
+    # Full training keeps f32 master weights; a LoRA base may sit in bf16 on GPUs.
+    student_dtype = torch.float32 if args.mode == "full" else default_dtype()
     student_base = args.student
     if args.student_from_teacher:
-        student = student_from_teacher(teacher.float(), args.student_from_teacher)
+        student = student_from_teacher(teacher, args.student_from_teacher).to(student_dtype)
         student_base = str(out_dir / "student_init")
         if accelerator.is_main_process:
             save_hf(student, s_tok, student_base)
-        teacher.to(default_dtype())
     else:
-        student = load_model(args.student, torch.float32 if args.mode == "full" else default_dtype())
+        student = load_model(args.student, student_dtype)
     if mode == "sequence" and args.seq_kd_source == "generate":
         teacher.to(accelerator.device)
         items = _sequence_level_data(teacher, t_tok, items, args, out_dir)
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         order = curriculum_order([complexity(it, lexicon) for it in items],
                                  args.curriculum_stages, args.seed)
     else:
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        order = torch.randperm(len(items),
+                               generator=torch.Generator().manual_seed(args.seed)).tolist()
     examples = [encode(s_tok, items[i], args.max_len, lexicon) for i in order]
 
     s_width = student.config.hidden_size

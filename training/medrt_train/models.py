@@ -67,7 +67,8 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None,
     return model
 
 
-def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> None:
+def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+            out_dir: str | Path) -> None:
     """Saves a model and its tokenizer as a Hugging Face directory (safetensors)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,9 @@ class Engine {
   // Background mode: the loop thread steps while there is work and sleeps otherwise.
   void start();
   void stop();
-  // Blocks until outputs are available or the timeout passes; returns what is queued.
+  // Blocks until outputs are available or the timeout passes; returns what is queued. Returns
+  // at once when the loop is not running; rethrows (once) an error that failed the loop, whose
+  // requests then end with FinishReason::Abort.
   std::vector<RequestOutput> wait_outputs(std::chrono::milliseconds timeout);
 
   EngineStats stats() const;

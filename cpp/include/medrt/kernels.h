@@ -15,8 +15,11 @@
 
 namespace medrt::cpu {
 
-enum class Isa { Portable, Avx2 };
-Isa detected_isa();        // best ISA this CPU supports (MEDRT_ISA=portable|avx2 overrides)
+// Avx512 runs linear() with 16-lane kernels (AVX-512F/BW/VL) and every other op on the AVX2
+// kernels; each ISA has its own fixed summation order, so results differ across ISAs in the
+// last bits but never within one.
+enum class Isa { Portable, Avx2, Avx512 };
+Isa detected_isa();        // best ISA this CPU supports (MEDRT_ISA=portable|avx2|avx512 caps it)
 Isa active_isa();          // ISA the kernels use now
 void set_isa(Isa isa);     // throws InvalidRequest if the CPU lacks it
 const char* isa_name(Isa isa);

@@ -2,10 +2,11 @@
 // free, how many sequences share each block, and which full blocks hold which tokens.
 //
 // Prefix caching: every full block whose K/V are computed gets a hash chained from the
-// previous block's hash and its own token ids, so equal hashes mean equal prefixes. A block
-// whose last user leaves keeps its hash and goes to the back of the free list; it can be
+// previous block's hash and its own token ids, so equal hashes mean equal prefixes. A hashed
+// block whose last user leaves keeps its hash and goes to the back of the free list; it can be
 // revived by a prefix hit until allocation reaches it at the front (least recently freed
-// first). A sequence's blocks are released newest first, so the shared prefix outlives its tail.
+// first). Unhashed blocks go to the front: they hold nothing worth keeping. A sequence's blocks
+// are released newest first, so a shared prefix outlives its tail.
 #pragma once
 #include <cstdint>
 #include <list>

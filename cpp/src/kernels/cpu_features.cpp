@@ -9,22 +9,29 @@
 namespace medrt::cpu {
 namespace {
 
-bool cpu_has_avx2_fma() {
+bool cpu_supports(Isa isa) {
+  if (isa == Isa::Portable) return true;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (isa == Isa::Avx2) return avx2;
+  return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
 #else
   return false;
 #endif
 }
 
 Isa initial_isa() {
-  Isa best = cpu_has_avx2_fma() ? Isa::Avx2 : Isa::Portable;
+  Isa best = cpu_supports(Isa::Avx512) ? Isa::Avx512
+             : cpu_supports(Isa::Avx2) ? Isa::Avx2
+                                       : Isa::Portable;
   if (const char* env = std::getenv("MEDRT_ISA")) {
-    std::string v(env);
+    // The variable caps the choice: it never selects an ISA the CPU lacks.
+    const std::string v(env);
     if (v == "portable") return Isa::Portable;
-    if (v == "avx2" && best == Isa::Avx2) return Isa::Avx2;
+    if (v == "avx2" && best != Isa::Portable) return Isa::Avx2;
   }
   return best;
 }
@@ -40,11 +47,19 @@ Isa detected_isa() { return initial_isa(); }
 Isa active_isa() { return current().load(std::memory_order_relaxed); }
 
 void set_isa(Isa isa) {
-  if (isa == Isa::Avx2 && !cpu_has_avx2_fma())
-    throw InvalidRequest("this CPU lacks AVX2/FMA/F16C; use the portable kernels");
+  if (!cpu_supports(isa))
+    throw InvalidRequest(std::string("this CPU lacks the ") + isa_name(isa) +
+                         " instructions; use a lower instruction set");
   current().store(isa);
 }
 
-const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "portable"; }
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    case Isa::Portable: break;
+  }
+  return "portable";
+}
 
 }  // namespace medrt::cpu

@@ -10,10 +10,13 @@
 namespace medrt::cpu {
 namespace {
 
+// AVX-512 machines run the AVX2 kernels for every op but linear (kernels.h).
+bool simd() { return active_isa() != Isa::Portable; }
+
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
 void convert(const void* src, DType dtype, int64_t n, float* dst) {
-  if (active_isa() == Isa::Avx2)
+  if (simd())
     avx2::to_f32(src, dtype, n, dst);
   else
     portable::to_f32(src, dtype, n, dst);
@@ -45,10 +48,11 @@ void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const Ten
       for (int64_t n = 0; n < W.shape[0]; ++n) y[m * W.shape[0] + n] = b ? b[n] : 0.0f;
     return;
   }
-  if (active_isa() == Isa::Avx2)
-    avx2::linear(x, M, K, W, b, y, pool);
-  else
-    portable::linear(x, M, K, W, b, y, pool);
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512::linear(x, M, K, W, b, y, pool);
+    case Isa::Avx2: return avx2::linear(x, M, K, W, b, y, pool);
+    case Isa::Portable: return portable::linear(x, M, K, W, b, y, pool);
+  }
 }
 
 void embedding(const int32_t* tokens, int64_t T, const TensorView& table, float* out) {
@@ -68,7 +72,7 @@ void embedding(const int32_t* tokens, int64_t T, const TensorView& table, float*
 void rmsnorm(const float* x, int64_t T, int64_t D, const TensorView& w, float eps, float* y) {
   std::vector<float> buf;
   const float* wf = as_f32(w, D, "rmsnorm weight", buf);
-  if (active_isa() == Isa::Avx2)
+  if (simd())
     avx2::rmsnorm(x, T, D, wf, eps, y);
   else
     portable::rmsnorm(x, T, D, wf, eps, y);
@@ -78,7 +82,7 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t*
           const float* inv_freq) {
   if (head_dim % 2 != 0)
     throw Error("rope: head_dim must be even, got " + std::to_string(head_dim));
-  if (active_isa() == Isa::Avx2)
+  if (simd())
     avx2::rope(x, T, n_heads, head_dim, positions, inv_freq);
   else
     portable::rope(x, T, n_heads, head_dim, positions, inv_freq);
@@ -86,14 +90,14 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t*
 
 void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, int64_t stride,
               float* out) {
-  if (active_isa() == Isa::Avx2)
+  if (simd())
     avx2::silu_mul(gate, up, T, F, stride, out);
   else
     portable::silu_mul(gate, up, T, F, stride, out);
 }
 
 void add_inplace(float* x, const float* y, int64_t n) {
-  if (active_isa() == Isa::Avx2)
+  if (simd())
     avx2::add_inplace(x, y, n);
   else
     portable::add_inplace(x, y, n);
@@ -135,7 +139,7 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
         throw Error("paged_attention: block table entry " + std::to_string(table[b]) +
                     " is outside the cache of " + std::to_string(cache.num_blocks) + " blocks");
   }
-  if (active_isa() == Isa::Avx2)
+  if (simd())
     avx2::paged_attention(q, n_heads, cache, batch, scale, out, pool);
   else
     portable::paged_attention(q, n_heads, cache, batch, scale, out, pool);

@@ -1,5 +1,6 @@
 // Per-instruction-set implementations behind the public ops of medrt/kernels.h. dispatch.cpp
-// validates arguments once and forwards to portable:: or avx2:: (kernels never re-check).
+// validates arguments once and forwards to portable::, avx2:: or avx512:: (kernels never
+// re-check).
 #pragma once
 #include <cstdint>
 
@@ -7,9 +8,10 @@
 
 namespace medrt::cpu {
 
-// Fixed-order reduction shared by every dot product in both instruction sets: lane l of an
-// 8-lane accumulator holds the terms k = l (mod 8) summed in increasing k; the lanes are then
-// combined as ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)), the order AVX2's hadd tree produces.
+// Fixed-order reduction shared by every dot product in every instruction set: lane l of an
+// 8-lane accumulator holds the terms k = l (mod 8) summed in increasing k (AVX-512 first folds
+// its 16 lanes to 8, lane l + lane l+8); the lanes are then combined as
+// ((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7)), the order AVX2's hadd tree produces.
 inline float hsum8(const float* a) {
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
@@ -18,6 +20,7 @@ inline float hsum8(const float* a) {
 // the last block takes the rest): each block is one 8-lane accumulation reduced by hsum8, and
 // the block sums are added in block order, then the bias. Blocking bounds the working set of
 // the large-M kernel; the length depends on K alone, so every path sums in the same order.
+// (AVX-512 uses the same rule rounded to multiples of 16: gemm_avx512.cpp dot_block16.)
 inline int64_t dot_block(int64_t K) {
   constexpr int64_t kMaxBlock = 768;
   const int64_t n = (K + kMaxBlock - 1) / kMaxBlock;
@@ -42,6 +45,11 @@ MEDRT_KERNEL_DECLS
 }
 namespace avx2 {
 MEDRT_KERNEL_DECLS
+}
+
+namespace avx512 {
+void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const float* bias,
+            float* y, ThreadPool& pool);
 }
 
 #undef MEDRT_KERNEL_DECLS

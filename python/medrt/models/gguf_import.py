@@ -269,11 +269,15 @@ def import_gguf(
 
     ``dtype`` is the weight dtype written: "f16", "bf16", "f32" (exact dequantized values) or
     "auto" (bf16 when the GGUF stores bf16 tensors, f16 otherwise). ``progress`` shows a tqdm
-    bar over the tensors on stderr. Returns the directory.
+    bar over the tensors on stderr. ``out_dir`` must be new or empty (FileExistsError
+    otherwise), so that no file of another model is left beside the new one. Returns the
+    directory.
     """
     if dtype not in DTYPES:
         raise InvalidCheckpoint(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not an empty directory")
     meta = read_metadata(gguf_path)
     try:
         reader = gguf.GGUFReader(gguf_path)

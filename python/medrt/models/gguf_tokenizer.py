@@ -1,10 +1,16 @@
 """Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json) from GGUF metadata
 (the dict medrt.models.gguf_metadata.read_metadata returns).
 
-Only byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``: Llama 3, Qwen2, SmolLM)
-are supported. The pre-tokenizer follows llama.cpp's choice for each ``tokenizer.ggml.pre``
-value: a sequence of regex splits applied one after the other, each match kept as its own
-piece, then the GPT-2 byte-to-unicode mapping.
+Two vocabulary kinds are supported:
+- byte-level BPE (``tokenizer.ggml.model == "gpt2"``: Llama 3, Qwen2, SmolLM). The
+  pre-tokenizer follows llama.cpp's choice for each ``tokenizer.ggml.pre`` value: a sequence
+  of regex splits applied one after the other, each match kept as its own piece, then the
+  GPT-2 byte-to-unicode mapping.
+- SentencePiece BPE (``"llama"``: Llama 2, TinyLlama, Mistral). GGUF keeps only token scores,
+  so the merges are rebuilt from them as transformers does (a pair merges with the rank of
+  the merged token's score); spaces become "▁", with a leading one when
+  ``tokenizer.ggml.add_space_prefix`` says so, and bytes outside the vocabulary fall back to
+  the <0xXX> tokens.
 """
 
 from __future__ import annotations
@@ -84,19 +90,36 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
     kind = meta.get("tokenizer.ggml.model")
     if kind is None:
         raise InvalidCheckpoint("GGUF file has no tokenizer (tokenizer.ggml.model is missing)")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise InvalidCheckpoint(
-            f"GGUF tokenizer model '{kind}' is not supported; only byte-level BPE ('gpt2', as "
-            "in Llama 3, Qwen2 and SmolLM) can be imported"
+            f"GGUF tokenizer model '{kind}' is not supported; only byte-level BPE ('gpt2': "
+            "Llama 3, Qwen2, SmolLM) and SentencePiece BPE ('llama') can be imported"
         )
-    spec = _pre_tokenizer_for(meta)
     tokens: list[str] = meta.get("tokenizer.ggml.tokens")
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
-    merges: list[str] = meta.get("tokenizer.ggml.merges") or []
-
     vocab: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)  # a duplicated string keeps its first id, as llama.cpp does
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)  # a duplicated string keeps its first id, as llama.cpp does
+    tok = _byte_level_bpe(meta, vocab) if kind == "gpt2" else _sentencepiece_bpe(meta, vocab)
+
+    # Control tokens become special added tokens (skipped when decoding with
+    # skip_special_tokens); user-defined ones (e.g. <think>) plain added tokens, which llama.cpp
+    # matches in any text.
+    added = [
+        AddedToken(tokens[i], special=(t != _USER_DEFINED), normalized=False)
+        for i, t in enumerate(types)
+        if t in (_CONTROL, _USER_DEFINED, _UNKNOWN) and vocab[tokens[i]] == i
+    ]
+    tok.add_tokens(added)
+    post = _post_processor(meta, tokens)
+    if post is not None:
+        tok.post_processor = post
+    return tok
+
+
+def _byte_level_bpe(meta: Mapping[str, Any], vocab: dict[str, int]) -> Tokenizer:
+    spec = _pre_tokenizer_for(meta)
+    merges: list[str] = meta.get("tokenizer.ggml.merges") or []
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges))
     if spec.nfc:
@@ -106,17 +129,31 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
+    return tok
 
-    # Control tokens are special (never produced from plain text when special tokens are not
-    # parsed, skipped when decoding with skip_special_tokens); user-defined tokens are matched
-    # in any text, as llama.cpp matches them.
-    added = [
-        AddedToken(tokens[i], special=(t != _USER_DEFINED), normalized=False)
-        for i, t in enumerate(types)
-        if t in (_CONTROL, _USER_DEFINED, _UNKNOWN) and vocab[tokens[i]] == i
-    ]
-    tok.add_tokens(added)
-    tok.post_processor = _post_processor(meta, tokens)
+
+def _sentencepiece_bpe(meta: Mapping[str, Any], vocab: dict[str, int]) -> Tokenizer:
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None:
+        raise InvalidCheckpoint("GGUF SentencePiece vocabulary has no tokenizer.ggml.scores")
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    merges = []
+    for merged, i in vocab.items():
+        local = [(merged[:k], merged[k:]) for k in range(1, len(merged))
+                 if merged[:k] in vocab and merged[k:] in vocab]
+        local.sort(key=lambda p: (vocab[p[0]], vocab[p[1]]))
+        merges += [(scores[i], p) for p in local]
+    merges.sort(key=lambda m: -m[0])  # stable: equal scores keep vocabulary order
+    unk = _special(meta, tokens, "unknown")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[p for _, p in merges], unk_token=unk,
+                               fuse_unk=True, byte_fallback=True))
+    space = "\u2581"
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    replace = normalizers.Replace(" ", space)
+    tok.normalizer = (normalizers.Sequence([normalizers.Prepend(space), replace]) if prefix
+                      else replace)
+    steps = [decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
     return tok
 
 
@@ -126,23 +163,29 @@ def _special(meta: Mapping[str, Any], tokens: list[str], name: str) -> str | Non
 
 
 def _adds_bos(meta: Mapping[str, Any]) -> bool:
-    # llama.cpp's default when the key is absent: Llama 3 vocabularies add BOS, others do not.
-    default = _pre_tokenizer_for(meta) is _LLAMA3
+    # llama.cpp's default when the key is absent: SentencePiece and Llama 3 vocabularies add
+    # BOS, other byte-level ones do not.
+    sentencepiece = meta.get("tokenizer.ggml.model") == "llama"
+    default = sentencepiece or _pre_tokenizer_for(meta) is _LLAMA3
     return bool(meta.get("tokenizer.ggml.add_bos_token", default))
 
 
-def _post_processor(meta: Mapping[str, Any], tokens: list[str]) -> processors.PostProcessor:
-    bos = _special(meta, tokens, "bos") if _adds_bos(meta) else None
-    eos = _special(meta, tokens, "eos") if meta.get("tokenizer.ggml.add_eos_token") else None
-    if bos is None and eos is None:
-        return processors.ByteLevel(trim_offsets=False)
-    ids = {t: tokens.index(t) for t in (bos, eos) if t is not None}
-    head = f"{bos} " if bos else ""
-    tail = f" {eos}" if eos else ""
+def _post_processor(
+    meta: Mapping[str, Any], tokens: list[str]
+) -> processors.PostProcessor | None:
+    bos_id = meta.get("tokenizer.ggml.bos_token_id") if _adds_bos(meta) else None
+    eos_id = meta.get("tokenizer.ggml.eos_token_id") if meta.get("tokenizer.ggml.add_eos_token") \
+        else None
+    if bos_id is None and eos_id is None:
+        byte_level = meta.get("tokenizer.ggml.model") == "gpt2"
+        return processors.ByteLevel(trim_offsets=False) if byte_level else None
+    head = f"{tokens[bos_id]} " if bos_id is not None else ""
+    tail = f" {tokens[eos_id]}" if eos_id is not None else ""
+    specials = [(tokens[i], i) for i in dict.fromkeys((bos_id, eos_id)) if i is not None]
     return processors.TemplateProcessing(
         single=f"{head}$A:0{tail}",
         pair=f"{head}$A:0{tail} {head}$B:1{tail}",
-        special_tokens=list(ids.items()),
+        special_tokens=specials,
     )
 
 

@@ -47,13 +47,15 @@ class TensorIndex:
             self.files = {name: self.dir / f for name, f in weight_map.items()}
         elif (self.dir / "model.safetensors").is_file():
             with safe_open(self.dir / "model.safetensors", framework="numpy") as f:
-                self.files = {name: self.dir / "model.safetensors" for name in f.keys()}
+                keys = f.keys()
+            self.files = dict.fromkeys(keys, self.dir / "model.safetensors")
         else:
             raise QuantFormatError(f"{self.dir}: no model.safetensors or its index")
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
         for path in sorted(set(self.files.values())):
             with safe_open(path, framework="numpy") as f:
-                for name in f.keys():
+                keys = f.keys()
+                for name in keys:
                     sl = f.get_slice(name)
                     self._meta[name] = (tuple(sl.get_shape()), sl.get_dtype())
 

@@ -34,8 +34,9 @@ def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
 
 
 def gptq_quantize(wt: WeightType, weight: np.ndarray, hessian: np.ndarray,
-                  options: GPTQOptions = GPTQOptions()) -> dict[str, np.ndarray]:
+                  options: GPTQOptions | None = None) -> dict[str, np.ndarray]:
     """Quantize `weight` [out, in] given the input Hessian `hessian` [in, in] (X^T X / n)."""
+    options = options or GPTQOptions()
     w = np.array(weight, dtype=np.float32)
     rows, cols = w.shape
     check_shape(wt, rows, cols, "weight")

@@ -3,9 +3,9 @@ layer at a time: memory holds one layer (plus calibration activations), never th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -77,13 +77,14 @@ def _is_tied(config, model) -> bool:
 
 def quantize_model(src: Path, out: Path, recipe: Recipe, method: str,
                    calibration: torch.Tensor | None = None, calibration_info: dict | None = None,
-                   options: GPTQOptions = GPTQOptions(),
+                   options: GPTQOptions | None = None,
                    log: Callable[[str], None] = print) -> dict:
     """Write `out` from `src` under `recipe`; `method` is rtn or gptq (which needs
     `calibration` token ids [samples, seq_len]). Returns the quantization section written."""
     from transformers import AutoConfig
 
     src, out = Path(src), Path(out)
+    options = options or GPTQOptions()
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method {method!r} is not rtn or gptq")
     if method == "gptq" and calibration is None:
@@ -176,7 +177,7 @@ def _gptq_layers(model, config, index: TensorIndex, plan: dict[str, ModulePlan],
         hessians = {n: torch.zeros(m.in_features, m.in_features) for n, m in linears.items()}
         counts = dict.fromkeys(linears, 0)
 
-        def hook(name):
+        def hook(name, hessians=hessians, counts=counts):
             def accumulate(_module, inputs):
                 x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
                 hessians[name].addmm_(x.T, x)

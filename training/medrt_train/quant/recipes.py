@@ -12,6 +12,9 @@ from pathlib import Path
 
 from medrt_train.quant.types import QuantFormatError, WeightType, parse_type
 
+F16 = WeightType("f16")
+F32 = WeightType("f32")
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -25,10 +28,10 @@ class Recipe:
 
     name: str
     rules: tuple[Rule, ...] = ()
-    default: WeightType = WeightType("f16")
-    embeddings: WeightType = WeightType("f16")
-    lm_head: WeightType = WeightType("f16")
-    float_dtype: WeightType = WeightType("f32")
+    default: WeightType = F16
+    embeddings: WeightType = F16
+    lm_head: WeightType = F16
+    float_dtype: WeightType = F32
     method: str = "rtn"
 
     def type_for(self, module: str, kind: str) -> WeightType:
@@ -42,7 +45,7 @@ class Recipe:
                 "lm_head": self.lm_head}[kind]
 
     def with_overrides(self, embeddings: str | None = None, lm_head: str | None = None
-                       ) -> "Recipe":
+                       ) -> Recipe:
         """Copy with the embeddings or LM head type replaced (CLI overrides)."""
         out = self
         if embeddings:

@@ -73,10 +73,10 @@ def size_table(rows: list[ModuleBytes]) -> str:
     """A Markdown table of the summary."""
     s = summarize(rows)
     lines = ["| | bytes | f16 bytes | cut vs f16 |", "|---|---:|---:|---:|",
-             f"| linear layers | {_mib(s['linear_bytes'])} | {_mib(s['linear_f16_bytes'])} | "
-             f"{100 * s['linear_cut']:.1f}% |",
-             f"| whole model | {_mib(s['total_bytes'])} | {_mib(s['total_f16_bytes'])} | "
-             f"{100 * s['total_cut']:.1f}% |"]
+             (f"| linear layers | {_mib(s['linear_bytes'])} | {_mib(s['linear_f16_bytes'])} | "
+              f"{100 * s['linear_cut']:.1f}% |"),
+             (f"| whole model | {_mib(s['total_bytes'])} | {_mib(s['total_f16_bytes'])} | "
+              f"{100 * s['total_cut']:.1f}% |")]
     lines += [f"| {t} | {_mib(b)} | | |" for t, b in sorted(s["bytes_by_type"].items())]
     return "\n".join(lines)
 

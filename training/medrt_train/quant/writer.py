@@ -19,7 +19,7 @@ class ShardWriter:
     """Collects tensors and writes them in shards of at most `shard_bytes`, so that memory
     holds one shard, not the model."""
 
-    def __init__(self, out_dir: Path, shard_bytes: int = 2 << 30) -> None:
+    def __init__(self, out_dir: Path, shard_bytes: int = 512 << 20) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_bytes = shard_bytes

@@ -1,0 +1,89 @@
+"""medrt-train eval on a tiny model, a word-level tokenizer and a fake PubMedQA file."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from medrt_train import evaluate
+from medrt_train.cli import main
+from medrt_train.data.pubmedqa import Question
+from medrt_train.quant.quantize import quantize_model
+from medrt_train.quant.recipes import load_recipe
+
+WORDS = ["[UNK]", "[EOS]", "Abstract:", "Question:", "Answer:", "yes", "no", "maybe",
+         "the", "drug", "helps", "patients", "trial", "shows", "effect", "does", "?", "."]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                eos_token="[EOS]")
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+TEXTS = ["the drug helps patients .", "the trial shows the effect ? yes the drug helps ."]
+
+
+def test_perplexity_and_kl_of_a_model_to_itself_and_to_another():
+    tok, model = _tokenizer(), _model()
+    same = evaluate.perplexity_and_kl(model, model, tok, TEXTS)
+    assert same["tokens"] == 4 + 10
+    assert same["kl_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert same["perplexity"] == pytest.approx(same["reference_perplexity"])
+    other = evaluate.perplexity_and_kl(_model(1), model, tok, TEXTS)
+    assert other["kl_mean"] > 1e-3
+    # Perplexity by hand for the first text.
+    ids = tok(TEXTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+    nll = -logp.gather(1, ids[0, 1:, None]).mean()
+    alone = evaluate.perplexity_and_kl(model, None, tok, TEXTS[:1])
+    assert alone["perplexity"] == pytest.approx(float(nll.exp()), rel=1e-5)
+    assert "kl_mean" not in alone
+
+
+def test_pubmedqa_picks_the_most_likely_answer_as_lm_eval_does():
+    tok, model = _tokenizer(), _model()
+    qs = [Question(str(i), "does the drug help patients ?", ("the trial shows the effect .",),
+                   "the drug helps .", answer) for i, answer in enumerate(("yes", "no", "maybe"))]
+    res = evaluate.pubmedqa_accuracy({"m": model}, tok, qs)["m"]
+    ids = tok(qs[0].prompt(), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        last = model(ids).logits[0, -1]
+    best = ("yes", "no", "maybe")[int(torch.argmax(last[[5, 6, 7]]))]
+    assert res["predicted"][best] == 3
+    assert res["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
+    src = tmp_path / "src"
+    _model().save_pretrained(src)
+    _tokenizer().save_pretrained(src)
+    quantize_model(src, tmp_path / "q", load_recipe("paper"), "rtn", log=lambda _: None)
+    entries = {f"{i:05d}": {"QUESTION": "does the drug help ?", "CONTEXTS": ["the trial ."],
+                            "LONG_ANSWER": "the drug helps .", "final_decision": "yes"}
+               for i in range(803)}
+    data = tmp_path / "ori_pqal.json"
+    data.write_text(json.dumps(entries))
+    out = tmp_path / "rows.json"
+    assert main(["eval", f"paper={tmp_path / 'q'}", "--reference", str(src), "--data", str(data),
+                 "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "paper" and row["recipe"] == "paper" and row["method"] == "rtn"
+    assert row["tokens"] == 3 * 11 and row["pubmedqa_questions"] == 3
+    assert row["kl_mean"] >= 0 and row["bytes_by_type"]["nf4"] > 0
+    assert 0.5 < row["linear_cut"] < 0.75
+    assert "| paper | paper | rtn |" in capsys.readouterr().out
