@@ -12,7 +12,7 @@ import pytest
 import medrt
 from medrt.errors import InvalidRequest
 
-pytest.importorskip("medrt._core")
+import medrt._core  # noqa: F401  (a missing extension must fail, not skip)
 
 PROMPTS = ["The patient reports chest pain", "Metformin is", "Call emergency services",
            "Take ibuprofen with food"]

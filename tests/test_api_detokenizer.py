@@ -266,8 +266,8 @@ def qwen2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     vocab = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/ggml-vocab-qwen2.gguf"
     if not vocab.is_file():
         pytest.skip(f"no Qwen2 vocabulary at {vocab}")
-    metadata = pytest.importorskip("medrt.models.gguf_metadata")
-    converter = pytest.importorskip("medrt.models.gguf_tokenizer")
+    from medrt.models import gguf_metadata as metadata
+    from medrt.models import gguf_tokenizer as converter
     out = tmp_path_factory.mktemp("qwen2")
     converter.write_tokenizer_files(metadata.read_metadata(vocab), out)
     return Tokenizer(out)

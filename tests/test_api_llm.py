@@ -11,7 +11,7 @@ import pytest
 import medrt
 from medrt.errors import CapacityError, Cancelled, InvalidCheckpoint, InvalidRequest
 
-pytest.importorskip("medrt._core")
+import medrt._core  # noqa: F401  (a missing extension must fail, not skip)
 
 PROMPT = "The patient reports chest pain"
 CHAT = [{"role": "system", "content": "Answer briefly."},

@@ -19,6 +19,29 @@ TEST(parallel_for_covers_range_once) {
   }
 }
 
+TEST(parallel_for_back_to_back_jobs_each_run_once) {
+  // Thousands of short jobs in a row: a worker waking late must never run a chunk of a job
+  // that is already over, and the caller must never return before every chunk is done.
+  for (int threads : {2, 3, 4}) {
+    ThreadPool pool(threads);
+    std::vector<int> hits(64, 0);
+    int64_t total = 0;
+    for (int rep = 0; rep < 3000; ++rep) {
+      const int64_t n = 1 + rep % 64;
+      pool.parallel_for(n, [&](int, int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      });
+      total += n;
+    }
+    int64_t sum = 0;
+    for (int h : hits) sum += h;
+    CHECK(sum == total);
+    std::vector<std::atomic<int>> ran(static_cast<size_t>(threads));
+    pool.run_on_all([&](int i) { ran[size_t(i)]++; });
+    for (auto& r : ran) CHECK(r.load() == 1);
+  }
+}
+
 TEST(physical_cores_positive) { CHECK(ThreadPool::physical_cores() >= 1); }
 
 TEST(f16_roundtrip_exact) {

@@ -77,6 +77,11 @@ def test_sft_distill_merge_export_end_to_end(tiny_pair, tmp_path: Path) -> None:
     gen = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert gen.shape[1] > ids.shape[1]
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+    # Adapter mode loads in transformers too (the base path is recorded in the adapter).
+    adapter = AutoModelForCausalLM.from_pretrained(out / "kd" / "adapter").eval()
+    with torch.no_grad():
+        diff = (adapter(ids).logits - model.eval()(ids).logits).abs().max()
+    assert diff <= 1e-4
 
 
 def test_mismatched_tokenizers_switch_to_sequence_level(tiny_pair, tmp_path: Path,

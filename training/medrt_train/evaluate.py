@@ -24,6 +24,8 @@ def score_texts(models: dict, reference, tokenizer, texts: list[str], max_len: i
     Each text is scored alone, truncated to `max_len` tokens; every token after the first is
     predicted. `reference` may be None (then no KL).
     """
+    if not texts:
+        raise ValueError("no texts to score")
     sums = {name: {"nll": 0.0, "kl": 0.0} for name in models}
     ref_nll, count = 0.0, 0
     for text in texts:
@@ -126,7 +128,8 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
     test = load_split("test", data)
     loaded = {name: load_model(path) for name, path in models.items()}
     ref_model = load_model(reference) if reference is not None else None
-    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in test[:texts]], max_len)
+    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in test[:texts]], max_len) \
+        if texts else {name: {} for name in models}
     acc = pubmedqa_accuracy(loaded, tokenizer, test[:questions]) if questions else {}
     rows = []
     for name, path in models.items():
@@ -146,12 +149,13 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         ref = r.get("reference_perplexity")
+        ppl = f"{r['perplexity']:.3f}" if "perplexity" in r else "-"
         dppl = f"{100 * (r['perplexity'] / ref - 1):+.2f}%" if ref else "-"
         kl = f"{r['kl_mean']:.4f}" if "kl_mean" in r else "-"
         acc = f"{100 * r['pubmedqa_accuracy']:.1f}%" if "pubmedqa_accuracy" in r else "-"
         types = ", ".join(f"{t} {b / 2**20:.1f}M" for t, b in sorted(r["bytes_by_type"].items()))
         lines.append(
-            f"| {r['model']} | {r['recipe']} | {r['method']} | {r['perplexity']:.3f} | {dppl} | "
+            f"| {r['model']} | {r['recipe']} | {r['method']} | {ppl} | {dppl} | "
             f"{kl} | {acc} | {r['linear_bytes'] / 2**20:.1f} | {r['total_bytes'] / 2**20:.1f} | "
             f"{100 * r['linear_cut']:.1f}% | {100 * r['total_cut']:.1f}% | {types} |")
     return "\n".join(lines)
@@ -163,7 +167,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", type=Path, help="unquantized model for KL and Δppl")
     p.add_argument("--data", type=Path, default=DEFAULT_PATH, help="PubMedQA ori_pqal.json")
     p.add_argument("--texts", type=int, default=200,
-                   help="PubMedQA test entries scored for perplexity/KL (of 200)")
+                   help="PubMedQA test entries scored for perplexity/KL (of 200; 0: skip)")
     p.add_argument("--questions", type=int, default=200,
                    help="PubMedQA test questions scored for accuracy (of 200; 0: skip)")
     p.add_argument("--max-len", type=int, default=512, help="tokens per perplexity text")

