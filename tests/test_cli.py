@@ -12,7 +12,8 @@ from pathlib import Path
 import medrt
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# The child process must import the same medrt as this one (installed, or python/ in a dev tree).
+MEDRT_ROOT = Path(medrt.__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def home(tmp_path: Path) -> Path:
 def run_medrt(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, MEDRT_HOME=str(home))
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "python"), os.environ.get("PYTHONPATH")) if p)
+        p for p in (str(MEDRT_ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-m", "medrt", *args], input=stdin, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
