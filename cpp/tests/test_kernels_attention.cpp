@@ -7,20 +7,13 @@
 #include <vector>
 
 #include "check.h"
+#include "isas.h"
 #include "medrt/error.h"
 #include "medrt/kernels.h"
 
 using namespace medrt;
 
 namespace {
-
-// Every instruction set this CPU can run.
-std::vector<cpu::Isa> isas() {
-  std::vector<cpu::Isa> v{cpu::Isa::Portable};
-  if (cpu::detected_isa() != cpu::Isa::Portable) v.push_back(cpu::Isa::Avx2);
-  if (cpu::detected_isa() == cpu::Isa::Avx512) v.push_back(cpu::Isa::Avx512);
-  return v;
-}
 
 struct Setup {
   int64_t n_heads, H, hd, bs, blocks, max_blocks;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "check.h"
+#include "isas.h"
 #include "medrt/dtype.h"
 #include "medrt/error.h"
 #include "medrt/kernels.h"
@@ -13,14 +14,6 @@
 using namespace medrt;
 
 namespace {
-
-// Every instruction set this CPU can run.
-std::vector<cpu::Isa> isas() {
-  std::vector<cpu::Isa> v{cpu::Isa::Portable};
-  if (cpu::detected_isa() != cpu::Isa::Portable) v.push_back(cpu::Isa::Avx2);
-  if (cpu::detected_isa() == cpu::Isa::Avx512) v.push_back(cpu::Isa::Avx512);
-  return v;
-}
 
 std::vector<float> random_vec(int64_t n, std::mt19937& rng, float scale = 1.0f) {
   std::uniform_real_distribution<float> dist(-scale, scale);

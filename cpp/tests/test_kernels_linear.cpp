@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "check.h"
+#include "isas.h"
 #include "medrt/dtype.h"
 #include "medrt/error.h"
 #include "medrt/kernels.h"
@@ -15,14 +16,6 @@
 using namespace medrt;
 
 namespace {
-
-// Every instruction set this CPU can run.
-std::vector<cpu::Isa> isas() {
-  std::vector<cpu::Isa> v{cpu::Isa::Portable};
-  if (cpu::detected_isa() != cpu::Isa::Portable) v.push_back(cpu::Isa::Avx2);
-  if (cpu::detected_isa() == cpu::Isa::Avx512) v.push_back(cpu::Isa::Avx512);
-  return v;
-}
 
 // A weight tensor in `dtype` plus its exact f32 values (what the kernel must multiply by).
 struct Weight {
