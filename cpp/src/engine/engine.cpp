@@ -70,6 +70,7 @@ struct Engine::Impl {
   std::unique_ptr<engine::BlockManager> blocks;
   std::unique_ptr<engine::Scheduler> scheduler;
   std::unique_ptr<engine::Sampler> sampler;
+  std::vector<float> logits;  // [rows sampled this step, vocab]; grows, never shrinks
 
   // Live requests, touched only by the stepping thread; the scheduler holds pointers to them.
   std::map<uint64_t, std::unique_ptr<Sequence>> seqs;
@@ -236,7 +237,8 @@ struct Engine::Impl {
     int64_t prefill = 0, sampled = 0;
     if (!sched.empty()) {
       ForwardBatch fb = build_batch(sched);
-      std::vector<float> logits(fb.logit_rows.size() * size_t(vocab));
+      if (logits.size() < fb.logit_rows.size() * size_t(vocab))
+        logits.resize(fb.logit_rows.size() * size_t(vocab));
       model->forward(fb, *kv, logits.data());
       for (const ScheduledSeq& s : sched)
         if (!(s.num_tokens == 1 && s.seq->num_output_tokens() > 0 && s.sample)) prefill += s.num_tokens;
