@@ -30,9 +30,6 @@ class ThreadPool {
   void parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn,
                     int64_t grain = 1);
 
-  // Runs fn(i) once for each i in [0, size()), spread over the threads as parallel_for does.
-  void run_on_all(const std::function<void(int)>& fn);
-
   static int physical_cores();
 
  private:

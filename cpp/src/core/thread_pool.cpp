@@ -92,12 +92,6 @@ void ThreadPool::run_chunks(int thread_index, uint64_t generation) {
   }
 }
 
-void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
-  parallel_for(n_threads_, [&](int, int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) fn(int(i));
-  });
-}
-
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn,
                               int64_t grain) {
   if (n <= 0) return;
