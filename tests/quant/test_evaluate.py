@@ -87,3 +87,23 @@ def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
     assert row["kl_mean"] >= 0 and row["bytes_by_type"]["nf4"] > 0
     assert 0.5 < row["linear_cut"] < 0.75
     assert "| paper | paper | rtn |" in capsys.readouterr().out
+
+
+def test_calibration_and_method_choice_never_read_the_same_entries(tmp_path: Path):
+    from medrt_train.data.pubmedqa import load_split
+    from medrt_train.quant.calibration import calibration_texts
+
+    entries = {f"{i:05d}": {"QUESTION": f"q{i}", "CONTEXTS": ["c"], "LONG_ANSWER": "a",
+                            "final_decision": "yes"} for i in range(1000)}
+    data = tmp_path / "ori_pqal.json"
+    data.write_text(json.dumps(entries))
+    ids = {s: [q.pubmed_id for q in load_split(s, data)]
+           for s in ("dev", "dev-calib", "dev-held-out", "test")}
+    assert (len(ids["dev-calib"]), len(ids["dev-held-out"]), len(ids["test"])) == (600, 200, 200)
+    assert ids["dev-calib"] + ids["dev-held-out"] == ids["dev"]
+    assert not set(ids["dev"]) & set(ids["test"])
+    texts, source = calibration_texts(data)
+    assert source == "pubmedqa:dev-calib" and len(texts) == 600
+    assert {t.split("\n")[0] for t in texts} == {f"q{int(i)}" for i in ids["dev-calib"]}
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_split("train", data)

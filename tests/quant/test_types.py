@@ -46,13 +46,17 @@ def test_int4_error_within_half_a_step_per_group(group):
     assert t["qweight"].dtype == np.uint8 and t["qweight"].shape == (48, 128)
     assert t["scales"].shape == t["zeros"].shape == (48, 256 // group)
     assert t["scales"].dtype == t["zeros"].dtype == np.float16
-    zeros = t["zeros"].astype(np.float32)
-    assert np.all((zeros >= 0) & (zeros <= 15) & (zeros == np.round(zeros)))
-    step = np.repeat(t["scales"].astype(np.float32), group, axis=1)
+    # The 16 levels run from the group's minimum to its maximum: the zero point is fractional.
+    scales, zeros = (t[k].astype(np.float32) for k in ("scales", "zeros"))
+    groups = w.reshape(48, 256 // group, group)
+    np.testing.assert_allclose(-zeros * scales, groups.min(axis=2), atol=5e-3)
+    np.testing.assert_allclose((15 - zeros) * scales, groups.max(axis=2), atol=5e-3)
+    step = np.repeat(scales, group, axis=1)
     err = np.abs(dequantize(wt, t) - w)
-    # Half a step inside the group; at its ends the integer zero and the f16 scale can leave
-    # the grid short of the extreme value by another 15 * 2^-11 of a step at most.
-    assert np.all(err <= step * (0.5 + 15 * 2**-11))
+    # Half a step, plus the f16 rounding of the scale (15 * 2^-11 of a step at the far end)
+    # and of the zero point (|zero| * 2^-11 of a step).
+    slack = np.repeat(15 * 2**-11 + np.abs(zeros) * 2**-11, group, axis=1)
+    assert np.all(err <= step * (0.5 + slack))
 
 
 def test_nf4_error_within_half_the_gap_of_the_code():

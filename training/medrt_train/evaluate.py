@@ -120,20 +120,21 @@ def describe_dir(model_dir: Path) -> dict:
 
 
 def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts: int,
-             questions: int, max_len: int) -> list[dict]:
-    """One row per model, with every figure of the table."""
+             questions: int, max_len: int, split: str = "test") -> list[dict]:
+    """One row per model, with every figure of the table, on PubMedQA `split`."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
-    test = load_split("test", data)
+    entries = load_split(split, data)
     loaded = {name: load_model(path) for name, path in models.items()}
     ref_model = load_model(reference) if reference is not None else None
-    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in test[:texts]], max_len) \
+    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in entries[:texts]], max_len) \
         if texts else {name: {} for name in models}
-    acc = pubmedqa_accuracy(loaded, tokenizer, test[:questions]) if questions else {}
+    acc = pubmedqa_accuracy(loaded, tokenizer, entries[:questions]) if questions else {}
     rows = []
     for name, path in models.items():
-        row = {"model": name, "path": str(path), **describe_dir(path), **ppl[name]}
+        row = {"model": name, "path": str(path), "split": split, **describe_dir(path),
+               **ppl[name]}
         if name in acc:
             row.update(pubmedqa_accuracy=acc[name]["accuracy"],
                        pubmedqa_questions=acc[name]["questions"],
@@ -171,6 +172,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", type=int, default=200,
                    help="PubMedQA test questions scored for accuracy (of 200; 0: skip)")
     p.add_argument("--max-len", type=int, default=512, help="tokens per perplexity text")
+    p.add_argument("--split", choices=("test", "dev-held-out"), default="test",
+                   help="test for reported figures; dev-held-out (the 200 dev entries "
+                        "calibration never reads) for choosing methods and settings")
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
 
@@ -182,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         models[name if sep else Path(spec).name] = Path(path if sep else spec)
     try:
         rows = evaluate(models, args.reference, args.data, args.texts, args.questions,
-                        args.max_len)
+                        args.max_len, args.split)
     except (ValueError, FileNotFoundError) as exc:
         print(f"medrt-train eval: {exc}", file=sys.stderr)
         return 2

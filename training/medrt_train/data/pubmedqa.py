@@ -1,5 +1,9 @@
 """PubMedQA (PQA-L) with medrt's fixed split: ids sorted as strings, first 800 `dev`, last 200
-`test` (../shared/data/pubmedqa/README.md). `test` is for reported figures only."""
+`test` (../shared/data/pubmedqa/README.md). `test` is for reported figures only.
+
+`dev` is cut once more so that choosing a method never looks at the text it was calibrated
+on: `dev-calib` (its first 600 entries) is what quantization calibrates on, `dev-held-out`
+(its last 200) is what methods and settings are compared on."""
 from __future__ import annotations
 
 import json
@@ -8,6 +12,8 @@ from pathlib import Path
 
 DEFAULT_PATH = Path(__file__).resolve().parents[3].parent / "shared/data/pubmedqa/ori_pqal.json"
 DEV_SIZE = 800
+DEV_CALIB_SIZE = 600
+SPLITS = ("dev", "dev-calib", "dev-held-out", "test")
 ANSWERS = ("yes", "no", "maybe")
 
 
@@ -30,14 +36,16 @@ class Question:
 
 
 def load_split(split: str, path: Path | str | None = None) -> list[Question]:
-    """The `dev` (800) or `test` (200) questions, in id order."""
-    if split not in ("dev", "test"):
-        raise ValueError(f"PubMedQA split must be 'dev' or 'test', not {split!r}")
+    """The `dev` (800), `dev-calib` (600), `dev-held-out` (200) or `test` (200) questions, in
+    id order."""
+    if split not in SPLITS:
+        raise ValueError(f"PubMedQA split must be one of {', '.join(SPLITS)}, not {split!r}")
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
         raise FileNotFoundError(f"PubMedQA not found at {path} (see shared/data/pubmedqa)")
     data = json.loads(path.read_text())
     ids = sorted(data)
-    ids = ids[:DEV_SIZE] if split == "dev" else ids[DEV_SIZE:]
+    ids = {"dev": ids[:DEV_SIZE], "dev-calib": ids[:DEV_CALIB_SIZE],
+           "dev-held-out": ids[DEV_CALIB_SIZE:DEV_SIZE], "test": ids[DEV_SIZE:]}[split]
     return [Question(i, data[i]["QUESTION"], tuple(data[i]["CONTEXTS"]),
                      data[i]["LONG_ANSWER"], data[i]["final_decision"]) for i in ids]

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from medrt_train.quant.calibrated import METHODS
 from medrt_train.quant.gptq import GPTQOptions
 from medrt_train.quant.recipes import load_recipe
 from medrt_train.quant.sizes import plan_bytes, size_table
@@ -17,15 +18,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, nargs="?", help="output directory (omit with --dry-run)")
     p.add_argument("--recipe", default="paper",
                    help="paper, int4, int8, or a YAML file of rules (docs/quantization.md)")
-    p.add_argument("--method", choices=("rtn", "gptq"),
-                   help="round-to-nearest or GPTQ (default: the recipe's)")
+    p.add_argument("--method", choices=METHODS,
+                   help="rtn (round-to-nearest), or calibrated: gptq, awq, awq-gptq (AWQ "
+                        "scaling then GPTQ) (default: the recipe's)")
     p.add_argument("--embeddings", help="override the embeddings' type (e.g. f16, int8)")
     p.add_argument("--lm-head", help="override the LM head's type (e.g. f16, int8, nf4)")
     p.add_argument("--calib-data", type=Path,
                    help="PubMedQA ori_pqal.json (its dev split is used), a .jsonl corpus or "
                         ".txt; never evaluation text")
-    p.add_argument("--calib-samples", type=int, default=32)
-    p.add_argument("--calib-seq-len", type=int, default=256)
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--calib-seq-len", type=int, default=512)
     p.add_argument("--no-act-order", action="store_true", help="GPTQ in natural column order")
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--block-size", type=int, default=128)
@@ -55,9 +57,9 @@ def _quantize(args: argparse.Namespace, recipe, method: str) -> int:
     from medrt_train.quant.quantize import quantize_model
 
     tokens = info = None
-    if method == "gptq":
+    if method != "rtn":
         if args.calib_data is None:
-            raise ValueError("gptq needs --calib-data (PubMedQA ori_pqal.json or a corpus)")
+            raise ValueError(f"{method} needs --calib-data (PubMedQA ori_pqal.json or a corpus)")
         texts, source = calibration_texts(args.calib_data)
         tokenizer = AutoTokenizer.from_pretrained(args.src)
         tokens = calibration_batch(texts, tokenizer, args.calib_samples, args.calib_seq_len)

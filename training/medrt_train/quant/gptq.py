@@ -5,7 +5,9 @@ layer's calibration inputs, so the layer's output error is what gets minimised.
 Groups stay contiguous along the input dimension, as the format requires. With activation
 order the columns are visited by decreasing Hessian diagonal, so group parameters are fixed
 up front from the original weights ("static groups"); without it each group's parameters are
-fitted when its first column is reached, on the already-updated weights.
+fitted when its first column is reached, on the already-updated weights. Either way a group's
+scale and zero come from the weighted range search (range_search.py) with the Hessian
+diagonal as the weights.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medrt_train.quant.range_search import fit_params_weighted
 from medrt_train.quant.types import WeightType, assemble, check_shape, decode, encode, fit_params
 
 
@@ -49,9 +52,11 @@ def gptq_quantize(wt: WeightType, weight: np.ndarray, hessian: np.ndarray,
     n_groups = cols // gs
     params = [np.zeros((rows, n_groups), dtype=p.dtype) for p in fit_params(wt, w[:1, :gs])]
     fitted = np.zeros(n_groups, dtype=bool)
+    importance = np.diag(h).astype(np.float32)
     if options.act_order:
         for g in range(n_groups):
-            for arr, p in zip(params, fit_params(wt, w[:, g * gs:(g + 1) * gs])):
+            span = slice(g * gs, (g + 1) * gs)
+            for arr, p in zip(params, fit_params_weighted(wt, w[:, span], importance[span])):
                 arr[:, g] = p
         fitted[:] = True
         perm = np.argsort(-np.diag(h), kind="stable")
@@ -73,7 +78,8 @@ def gptq_quantize(wt: WeightType, weight: np.ndarray, hessian: np.ndarray,
             if not fitted[g]:
                 # Natural order: this is the group's first column and the block holds all of it.
                 span = w1[:, i:i + gs] if i + gs <= i2 - i1 else w[:, i1 + i:i1 + i + gs]
-                for arr, p in zip(params, fit_params(wt, span)):
+                for arr, p in zip(params, fit_params_weighted(wt, span,
+                                                              importance[col:col + gs])):
                     arr[:, g] = p
                 fitted[g] = True
             p = tuple(arr[:, g] for arr in params)

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medrt_train.quant.calibrated import METHODS, CalibratedMethod, quantize_layers
 from medrt_train.quant.format import TensorIndex
-from medrt_train.quant.gptq import GPTQOptions, gptq_quantize
+from medrt_train.quant.gptq import GPTQOptions
 from medrt_train.quant.recipes import Recipe
-from medrt_train.quant.types import WeightType, check_shape, dequantize, quantize_rtn
+from medrt_train.quant.types import WeightType, check_shape, quantize_rtn
 from medrt_train.quant.writer import ShardWriter, copy_side_files, write_config
 
 _TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -79,16 +80,17 @@ def quantize_model(src: Path, out: Path, recipe: Recipe, method: str,
                    calibration: torch.Tensor | None = None, calibration_info: dict | None = None,
                    options: GPTQOptions | None = None,
                    log: Callable[[str], None] = print) -> dict:
-    """Write `out` from `src` under `recipe`; `method` is rtn or gptq (which needs
-    `calibration` token ids [samples, seq_len]). Returns the quantization section written."""
+    """Write `out` from `src` under `recipe`; `method` is rtn, or a calibrated method (gptq,
+    awq, awq-gptq: calibrated.py) which needs `calibration` token ids [samples, seq_len].
+    Returns the quantization section written."""
     from transformers import AutoConfig
 
     src, out = Path(src), Path(out)
-    options = options or GPTQOptions()
-    if method not in ("rtn", "gptq"):
-        raise ValueError(f"method {method!r} is not rtn or gptq")
-    if method == "gptq" and calibration is None:
-        raise ValueError("gptq needs calibration token ids")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    calibrated = None if method == "rtn" else CalibratedMethod.named(method, options)
+    if calibrated is not None and calibration is None:
+        raise ValueError(f"{method} needs calibration token ids")
     config = AutoConfig.from_pretrained(src)
     model = meta_model(config)
     plan = plan_modules(model, recipe)
@@ -108,15 +110,13 @@ def quantize_model(src: Path, out: Path, recipe: Recipe, method: str,
         return torch.from_numpy(index.numpy(name))
 
     writer = ShardWriter(out)
-    by_gptq = set()
-    if method == "gptq":
-        by_gptq = {n for n, p in plan.items()
-                   if p.kind == "linear" and p.wtype.quantized and ".layers." in n}
+    layers = f"{_layers_prefix(model)}." if method != "rtn" else None
     for module, p in plan.items():
-        if module not in by_gptq:
+        if layers is None or not module.startswith(layers):
             _write_module(writer, module, p.wtype, source(module), index)
-    if by_gptq:
-        _gptq_layers(model, config, index, plan, by_gptq, calibration, options, writer, log)
+    if layers is not None:
+        _calibrated_layers(model, config, index, plan, layers, calibration, calibrated, writer,
+                           log)
     writer.close()
     copy_side_files(src, out)
 
@@ -128,8 +128,8 @@ def quantize_model(src: Path, out: Path, recipe: Recipe, method: str,
         modules[module] = entry
     section = {
         "recipe": recipe.name,
-        "method": {"name": method, **(options.to_json() if method == "gptq" else {})},
-        "calibration": calibration_info if method == "gptq" else None,
+        "method": {"name": method, **(calibrated.to_json() if calibrated else {})},
+        "calibration": calibration_info if calibrated else None,
         "modules": modules,
     }
     write_config(json.loads((src / "config.json").read_text()), out, section, tied)
@@ -138,68 +138,60 @@ def quantize_model(src: Path, out: Path, recipe: Recipe, method: str,
 
 def _write_module(writer: ShardWriter, module: str, wt: WeightType, weight: torch.Tensor,
                   index: TensorIndex) -> None:
-    if wt.quantized:
-        for suffix, t in quantize_rtn(wt, weight.float().numpy()).items():
-            writer.add(f"{module}.{suffix}", t)
-    else:
-        writer.add(f"{module}.weight", weight.to(_TORCH_DTYPES[wt.name]))
-    _write_bias(writer, module, index)
-
-
-def _write_bias(writer: ShardWriter, module: str, index: TensorIndex) -> None:
+    _write_weight(writer, module, wt, weight)
     # Biases are few and small; f32 keeps them exact whatever the weight type.
     if f"{module}.bias" in index.files:
         writer.add(f"{module}.bias", torch.from_numpy(index.numpy(f"{module}.bias")).float())
 
 
-def _gptq_layers(model, config, index: TensorIndex, plan: dict[str, ModulePlan],
-                 targets: set[str], tokens: torch.Tensor, options: GPTQOptions,
-                 writer: ShardWriter, log: Callable[[str], None]) -> None:
-    """Run the calibration batch through the decoder one layer at a time; quantize each
-    layer's linears with GPTQ on their own inputs, then feed the quantized layer's output on.
-    """
+def _write_weight(writer: ShardWriter, module: str, wt: WeightType, weight: torch.Tensor
+                  ) -> None:
+    if wt.quantized:
+        for suffix, t in quantize_rtn(wt, weight.float().numpy()).items():
+            writer.add(f"{module}.{suffix}", t)
+    else:
+        writer.add(f"{module}.weight", weight.to(_TORCH_DTYPES[wt.name]))
+
+
+def _layers_prefix(model) -> str:
     base = model.get_decoder()
+    return next(n for n, m in model.named_modules() if m is base.layers)
+
+
+def _calibrated_layers(model, config, index: TensorIndex, plan: dict[str, ModulePlan],
+                       layers: str, tokens: torch.Tensor, method: CalibratedMethod,
+                       writer: ShardWriter, log: Callable[[str], None]) -> None:
+    """Every module inside the decoder layers goes through calibrated.quantize_layers: the
+    quantized linear layers by the method, the rest (norms, whose weights AWQ may rescale,
+    and float linear layers) from the layer as it stands after scaling."""
     emb_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
     emb = torch.from_numpy(index.numpy(f"{emb_name}.weight")).float()
     hidden = nn.functional.embedding(tokens, emb)
     del emb
-    rotary = type(base.rotary_emb)(config=config)
-    positions = torch.arange(tokens.shape[1]).unsqueeze(0)
-    cos_sin = rotary(hidden[:1], positions)
-    prefix = next(n for n, m in model.named_modules() if m is base.layers) + "."
-    micro = 4
-    for i, layer in enumerate(base.layers):
-        layer.to_empty(device="cpu")
+
+    def load_layer(i: int, layer: nn.Module) -> None:
         for pname, param in layer.named_parameters():
-            param.data.copy_(torch.from_numpy(index.numpy(f"{prefix}{i}.{pname}")))
-        linears = {f"{prefix}{i}.{n}": m for n, m in layer.named_modules()
-                   if f"{prefix}{i}.{n}" in targets}
-        hessians = {n: torch.zeros(m.in_features, m.in_features) for n, m in linears.items()}
-        counts = dict.fromkeys(linears, 0)
+            param.data.copy_(torch.from_numpy(index.numpy(f"{layers}{i}.{pname}")))
 
-        def hook(name, hessians=hessians, counts=counts):
-            def accumulate(_module, inputs):
-                x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
-                hessians[name].addmm_(x.T, x)
-                counts[name] += x.shape[0]
-            return accumulate
+    def types_of(i: int) -> dict[str, WeightType]:
+        head = f"{layers}{i}."
+        return {n[len(head):]: p.wtype for n, p in plan.items()
+                if n.startswith(head) and p.kind == "linear" and p.wtype.quantized}
 
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
-        with torch.no_grad():
-            for b in range(0, hidden.shape[0], micro):
-                layer(hidden[b:b + micro], position_embeddings=cos_sin)
-        for h in handles:
-            h.remove()
-        for name, m in linears.items():
-            wt = plan[name].wtype
-            h = (hessians.pop(name) / counts[name]).numpy()
-            tensors = gptq_quantize(wt, m.weight.detach().numpy(), h, options)
-            for suffix, t in tensors.items():
-                writer.add(f"{name}.{suffix}", t)
-            _write_bias(writer, name, index)
-            m.weight.data.copy_(torch.from_numpy(dequantize(wt, tensors)))
-        with torch.no_grad():
-            for b in range(0, hidden.shape[0], micro):
-                hidden[b:b + micro] = layer(hidden[b:b + micro], position_embeddings=cos_sin)
-        layer.to("meta")
-        log(f"gptq: layer {i + 1}/{len(base.layers)} done")
+    def write_layer(i: int, layer: nn.Module, tensors: dict[str, dict]) -> None:
+        for rel, module in layer.named_modules():
+            name = f"{layers}{i}.{rel}"
+            if name not in plan:
+                continue
+            if rel in tensors:
+                for suffix, t in tensors[rel].items():
+                    writer.add(f"{name}.{suffix}", t)
+            else:
+                # A copy: the writer keeps tensors until its shard is full, and the layer's
+                # storage is released when the loop moves on.
+                _write_weight(writer, name, plan[name].wtype, module.weight.detach().clone())
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                writer.add(f"{name}.bias", bias.detach().float().clone())
+
+    quantize_layers(model, config, load_layer, hidden, types_of, method, write_layer, log)

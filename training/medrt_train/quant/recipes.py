@@ -10,6 +10,7 @@ import fnmatch
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from medrt_train.quant.calibrated import METHODS
 from medrt_train.quant.types import QuantFormatError, WeightType, parse_type
 
 F16 = WeightType("f16")
@@ -84,8 +85,8 @@ def recipe_from_dict(data: dict, where: str = "recipe") -> Recipe:
         except QuantFormatError as exc:
             raise QuantFormatError(f"{where}: rule {i} ({item['match']}): {exc}") from None
     method = str(data.get("method", "rtn"))
-    if method not in ("rtn", "gptq"):
-        raise QuantFormatError(f"{where}: method {method!r} is not rtn or gptq")
+    if method not in METHODS:
+        raise QuantFormatError(f"{where}: method {method!r} is not one of {', '.join(METHODS)}")
     float_dtype = parse_type(str(data.get("float_dtype", "f32")))
     if float_dtype.quantized:
         raise QuantFormatError(f"{where}: float_dtype must be f32, f16 or bf16")

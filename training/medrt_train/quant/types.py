@@ -115,11 +115,20 @@ def fit_params(wt: WeightType, w: np.ndarray) -> tuple[np.ndarray, ...]:
     if wt.name == "nf4":
         absmax = np.abs(w).max(axis=1).astype(np.float16)
         return (np.where(absmax > 0, absmax, np.float16(1.0)),)
-    lo = np.minimum(w.min(axis=1), 0.0)
-    hi = np.maximum(w.max(axis=1), 0.0)
+    return int4_params(w.min(axis=1), w.max(axis=1))
+
+
+def int4_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero whose 16 levels run from `lo` to `hi` (per row).
+
+    The zero point is kept fractional (f16), as GGUF Q4_1's float minimum is: rounding it to
+    an integer, as GPTQ's reference code does, moves the grid off the group's range by up to
+    half a step and forces 0 inside it, which costs accuracy for nothing (the kernel's cost of
+    a zero point is the same either way; docs/quantized-format.md).
+    """
     scale = ((hi - lo) / 15.0).astype(np.float16)
     scale = np.where(scale > 0, scale, np.float16(1.0))
-    zero = np.clip(np.round(-lo / scale.astype(np.float32)), 0, 15).astype(np.float16)
+    zero = (-lo / scale.astype(np.float32)).astype(np.float16)
     return scale, zero
 
 
@@ -130,7 +139,7 @@ def encode(wt: WeightType, w: np.ndarray, params: tuple[np.ndarray, ...]) -> np.
         return np.clip(np.round(w / p[0]), -127, 127).astype(np.int8)
     if wt.name == "nf4":
         return np.searchsorted(_NF4_MIDPOINTS, w / p[0]).astype(np.uint8)
-    return np.clip(np.round(w / p[0]) + p[1], 0, 15).astype(np.uint8)
+    return np.clip(np.round(w / p[0] + p[1]), 0, 15).astype(np.uint8)
 
 
 def decode(wt: WeightType, codes: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
