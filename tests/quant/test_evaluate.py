@@ -79,14 +79,19 @@ def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
     data = tmp_path / "ori_pqal.json"
     data.write_text(json.dumps(entries))
     out = tmp_path / "rows.json"
-    assert main(["eval", f"paper={tmp_path / 'q'}", "--reference", str(src), "--data", str(data),
-                 "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
-    (row,) = json.loads(out.read_text())
+    assert main(["eval", f"paper={tmp_path / 'q'}", f"f32={src}", "--reference", str(src),
+                 "--data", str(data), "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
+    row, ref_row = json.loads(out.read_text())
+    # The reference listed as a row is scored once, as the reference: KL exactly 0.
+    assert ref_row["kl_mean"] == 0.0 and ref_row["recipe"] == "unquantized"
+    assert ref_row["perplexity"] == pytest.approx(ref_row["reference_perplexity"])
     assert row["model"] == "paper" and row["recipe"] == "paper" and row["method"] == "rtn"
     assert row["tokens"] == 3 * 11 and row["pubmedqa_questions"] == 3
     assert row["kl_mean"] >= 0 and row["bytes_by_type"]["nf4"] > 0
     assert 0.5 < row["linear_cut"] < 0.75
-    assert "| paper | paper | rtn |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| paper | paper | rtn |" in captured.out
+    assert "texts: 3/3 scored" in captured.err and "questions: 3/3 scored" in captured.err
 
 
 def test_calibration_and_method_choice_never_read_the_same_entries(tmp_path: Path):

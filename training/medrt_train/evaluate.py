@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -17,18 +18,20 @@ from medrt_train.data.pubmedqa import ANSWERS, DEFAULT_PATH, Question, load_spli
 
 
 @torch.no_grad()
-def score_texts(models: dict, reference, tokenizer, texts: list[str], max_len: int = 512
-                ) -> dict[str, dict]:
+def score_texts(models: dict, reference, tokenizer, texts: list[str], max_len: int = 512,
+                log=None) -> dict[str, dict]:
     """Per model: perplexity, mean per-token KL(reference || model) in nats, token count.
 
     Each text is scored alone, truncated to `max_len` tokens; every token after the first is
-    predicted. `reference` may be None (then no KL).
+    predicted. `reference` may be None (then no KL). `log` (a callable) hears progress.
     """
     if not texts:
         raise ValueError("no texts to score")
     sums = {name: {"nll": 0.0, "kl": 0.0} for name in models}
     ref_nll, count = 0.0, 0
+    progress = _Progress("texts", len(texts), log)
     for text in texts:
+        progress.step()
         ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_len]
         if ids.shape[1] < 2:
             continue
@@ -38,11 +41,13 @@ def score_texts(models: dict, reference, tokenizer, texts: list[str], max_len: i
             ref_logp = torch.log_softmax(reference(ids).logits[0, :-1].float(), dim=-1)
             ref_nll -= ref_logp.gather(1, target[:, None]).sum().item()
         for name, model in models.items():
-            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+            logp = ref_logp if model is reference else \
+                torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
             sums[name]["nll"] -= logp.gather(1, target[:, None]).sum().item()
             if ref_logp is not None:
                 sums[name]["kl"] += (ref_logp.exp() * (ref_logp - logp)).sum().item()
         count += target.numel()
+    progress.done()
     out = {}
     for name, s in sums.items():
         out[name] = {"perplexity": math.exp(s["nll"] / count), "tokens": count}
@@ -50,6 +55,27 @@ def score_texts(models: dict, reference, tokenizer, texts: list[str], max_len: i
             out[name]["kl_mean"] = s["kl"] / count
             out[name]["reference_perplexity"] = math.exp(ref_nll / count)
     return out
+
+
+class _Progress:
+    """A line every 10% of a long scoring loop, so an hour-long eval on a CPU is not silent."""
+
+    def __init__(self, what: str, total: int, log):
+        self.what, self.total, self.log = what, total, log
+        self.done_count, self.start = 0, time.monotonic()
+
+    def step(self) -> None:
+        if self.log and self.done_count and self.done_count % max(self.total // 10, 1) == 0:
+            self._report()
+        self.done_count += 1
+
+    def done(self) -> None:
+        if self.log:
+            self._report()
+
+    def _report(self) -> None:
+        elapsed = time.monotonic() - self.start
+        self.log(f"{self.what}: {self.done_count}/{self.total} scored, {elapsed:.0f} s")
 
 
 def perplexity_and_kl(model, reference, tokenizer, texts: list[str], max_len: int = 512
@@ -72,10 +98,13 @@ def _choice_tokens(tokenizer, prompt: str) -> tuple[list[int], list[list[int]]]:
 
 
 @torch.no_grad()
-def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question]) -> dict[str, dict]:
+def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question], log=None
+                      ) -> dict[str, dict]:
     """Per model: accuracy and answer counts, picking the answer of highest log-likelihood."""
     results = {name: {"correct": 0, "predicted": dict.fromkeys(ANSWERS, 0)} for name in models}
+    progress = _Progress("questions", len(questions), log)
     for q in questions:
+        progress.step()
         ctx, conts = _choice_tokens(tokenizer, q.prompt())
         for name, model in models.items():
             if all(len(c) == 1 for c in conts):
@@ -91,6 +120,7 @@ def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question]) -> dic
             pick = ANSWERS[max(range(len(ANSWERS)), key=scores.__getitem__)]
             results[name]["predicted"][pick] += 1
             results[name]["correct"] += int(pick == q.answer)
+    progress.done()
     for r in results.values():
         r["accuracy"] = r["correct"] / max(len(questions), 1)
         r["questions"] = len(questions)
@@ -120,17 +150,20 @@ def describe_dir(model_dir: Path) -> dict:
 
 
 def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts: int,
-             questions: int, max_len: int, split: str = "test") -> list[dict]:
+             questions: int, max_len: int, split: str = "test", log=None) -> list[dict]:
     """One row per model, with every figure of the table, on PubMedQA `split`."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
     entries = load_split(split, data)
-    loaded = {name: load_model(path) for name, path in models.items()}
     ref_model = load_model(reference) if reference is not None else None
-    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in entries[:texts]], max_len) \
+    # The reference listed as a row too (for its accuracy) is the same object, scored once.
+    loaded = {name: ref_model if reference is not None and Path(path).resolve() ==
+              Path(reference).resolve() else load_model(path) for name, path in models.items()}
+    ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in entries[:texts]], max_len,
+                      log) \
         if texts else {name: {} for name in models}
-    acc = pubmedqa_accuracy(loaded, tokenizer, entries[:questions]) if questions else {}
+    acc = pubmedqa_accuracy(loaded, tokenizer, entries[:questions], log) if questions else {}
     rows = []
     for name, path in models.items():
         row = {"model": name, "path": str(path), "split": split, **describe_dir(path),
@@ -186,7 +219,9 @@ def run(args: argparse.Namespace) -> int:
         models[name if sep else Path(spec).name] = Path(path if sep else spec)
     try:
         rows = evaluate(models, args.reference, args.data, args.texts, args.questions,
-                        args.max_len, args.split)
+                        args.max_len, args.split,
+                        log=lambda line: print(f"medrt-train eval: {line}", file=sys.stderr,
+                                               flush=True))
     except (ValueError, FileNotFoundError) as exc:
         print(f"medrt-train eval: {exc}", file=sys.stderr)
         return 2
