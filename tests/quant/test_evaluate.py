@@ -66,6 +66,16 @@ def test_pubmedqa_picks_the_most_likely_answer_as_lm_eval_does():
     best = ("yes", "no", "maybe")[int(torch.argmax(last[[5, 6, 7]]))]
     assert res["predicted"][best] == 3
     assert res["accuracy"] == pytest.approx(1 / 3)
+    assert "agreement" not in res
+    # Agreement with a reference: a model agrees with itself on every question; another
+    # model agrees exactly where its pick equals the reference's.
+    other = _model(3)
+    both = evaluate.pubmedqa_accuracy({"same": model, "other": other}, tok, qs, reference=model)
+    assert both["same"]["agreement"] == 1.0
+    with torch.no_grad():
+        other_last = other(ids).logits[0, -1]
+    other_best = ("yes", "no", "maybe")[int(torch.argmax(other_last[[5, 6, 7]]))]
+    assert both["other"]["agreement"] == float(other_best == best)
 
 
 def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
@@ -84,6 +94,7 @@ def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
     row, ref_row = json.loads(out.read_text())
     # The reference listed as a row is scored once, as the reference: KL exactly 0.
     assert ref_row["kl_mean"] == 0.0 and ref_row["recipe"] == "unquantized"
+    assert ref_row["pubmedqa_agreement"] == 1.0 and 0.0 <= row["pubmedqa_agreement"] <= 1.0
     assert ref_row["perplexity"] == pytest.approx(ref_row["reference_perplexity"])
     assert row["model"] == "paper" and row["recipe"] == "paper" and row["method"] == "rtn"
     assert row["tokens"] == 3 * 11 and row["pubmedqa_questions"] == 3
@@ -91,6 +102,7 @@ def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
     assert 0.5 < row["linear_cut"] < 0.75
     captured = capsys.readouterr()
     assert "| paper | paper | rtn |" in captured.out
+    assert "same answer as reference" in captured.out
     assert "texts: 3/3 scored" in captured.err and "questions: 3/3 scored" in captured.err
 
 

@@ -97,33 +97,46 @@ def _choice_tokens(tokenizer, prompt: str) -> tuple[list[int], list[list[int]]]:
     return ctx, conts
 
 
+def _pick(model, ctx: list[int], conts: list[list[int]]) -> str:
+    """The answer whose continuation has the highest log-likelihood after `ctx`."""
+    if all(len(c) == 1 for c in conts):
+        logits = model(torch.tensor([ctx]), logits_to_keep=1).logits[0, -1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        scores = [logp[c[0]].item() for c in conts]
+    else:
+        scores = []
+        for c in conts:
+            ids = torch.tensor([ctx + c])
+            lp = torch.log_softmax(model(ids).logits[0, len(ctx) - 1:-1].float(), -1)
+            scores.append(lp.gather(1, torch.tensor(c)[:, None]).sum().item())
+    return ANSWERS[max(range(len(ANSWERS)), key=scores.__getitem__)]
+
+
 @torch.no_grad()
-def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question], log=None
-                      ) -> dict[str, dict]:
-    """Per model: accuracy and answer counts, picking the answer of highest log-likelihood."""
-    results = {name: {"correct": 0, "predicted": dict.fromkeys(ANSWERS, 0)} for name in models}
+def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question], log=None,
+                      reference=None) -> dict[str, dict]:
+    """Per model: accuracy and answer counts, picking the answer of highest log-likelihood;
+    with a `reference` model also `agreement`, the share of questions where the model picks
+    what the reference picks (paired, so far less noisy than two accuracies side by side)."""
+    results = {name: {"correct": 0, "agree": 0, "predicted": dict.fromkeys(ANSWERS, 0)}
+               for name in models}
     progress = _Progress("questions", len(questions), log)
     for q in questions:
         progress.step()
         ctx, conts = _choice_tokens(tokenizer, q.prompt())
+        ref_pick = _pick(reference, ctx, conts) if reference is not None else None
         for name, model in models.items():
-            if all(len(c) == 1 for c in conts):
-                logits = model(torch.tensor([ctx]), logits_to_keep=1).logits[0, -1].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                scores = [logp[c[0]].item() for c in conts]
-            else:
-                scores = []
-                for c in conts:
-                    ids = torch.tensor([ctx + c])
-                    lp = torch.log_softmax(model(ids).logits[0, len(ctx) - 1:-1].float(), -1)
-                    scores.append(lp.gather(1, torch.tensor(c)[:, None]).sum().item())
-            pick = ANSWERS[max(range(len(ANSWERS)), key=scores.__getitem__)]
+            pick = ref_pick if model is reference else _pick(model, ctx, conts)
             results[name]["predicted"][pick] += 1
             results[name]["correct"] += int(pick == q.answer)
+            results[name]["agree"] += int(pick == ref_pick)
     progress.done()
     for r in results.values():
         r["accuracy"] = r["correct"] / max(len(questions), 1)
         r["questions"] = len(questions)
+        agree = r.pop("agree")
+        if reference is not None:
+            r["agreement"] = agree / max(len(questions), 1)
     return results
 
 
@@ -163,7 +176,8 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
     ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in entries[:texts]], max_len,
                       log) \
         if texts else {name: {} for name in models}
-    acc = pubmedqa_accuracy(loaded, tokenizer, entries[:questions], log) if questions else {}
+    acc = pubmedqa_accuracy(loaded, tokenizer, entries[:questions], log, ref_model) \
+        if questions else {}
     rows = []
     for name, path in models.items():
         row = {"model": name, "path": str(path), "split": split, **describe_dir(path),
@@ -172,6 +186,8 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
             row.update(pubmedqa_accuracy=acc[name]["accuracy"],
                        pubmedqa_questions=acc[name]["questions"],
                        pubmedqa_predicted=acc[name]["predicted"])
+            if "agreement" in acc[name]:
+                row["pubmedqa_agreement"] = acc[name]["agreement"]
         rows.append(row)
     return rows
 
@@ -179,18 +195,21 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
 def markdown_table(rows: list[dict]) -> str:
     """The evaluation rows as a Markdown table."""
     head = ("| model | recipe | method | perplexity | Δppl | KL nats/token | PubMedQA acc | "
-            "linear MiB | model MiB | cut linear | cut model | bytes by type |")
-    lines = [head, "|" + "---|" * 12]
+            "same answer as reference | linear MiB | model MiB | cut linear | cut model | "
+            "bytes by type |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         ref = r.get("reference_perplexity")
         ppl = f"{r['perplexity']:.3f}" if "perplexity" in r else "-"
         dppl = f"{100 * (r['perplexity'] / ref - 1):+.2f}%" if ref else "-"
         kl = f"{r['kl_mean']:.4f}" if "kl_mean" in r else "-"
         acc = f"{100 * r['pubmedqa_accuracy']:.1f}%" if "pubmedqa_accuracy" in r else "-"
+        agree = f"{100 * r['pubmedqa_agreement']:.1f}%" if "pubmedqa_agreement" in r else "-"
         types = ", ".join(f"{t} {b / 2**20:.1f}M" for t, b in sorted(r["bytes_by_type"].items()))
         lines.append(
             f"| {r['model']} | {r['recipe']} | {r['method']} | {ppl} | {dppl} | "
-            f"{kl} | {acc} | {r['linear_bytes'] / 2**20:.1f} | {r['total_bytes'] / 2**20:.1f} | "
+            f"{kl} | {acc} | {agree} | {r['linear_bytes'] / 2**20:.1f} | "
+            f"{r['total_bytes'] / 2**20:.1f} | "
             f"{100 * r['linear_cut']:.1f}% | {100 * r['total_cut']:.1f}% | {types} |")
     return "\n".join(lines)
 
