@@ -90,7 +90,8 @@ def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
     data.write_text(json.dumps(entries))
     out = tmp_path / "rows.json"
     assert main(["eval", f"paper={tmp_path / 'q'}", f"f32={src}", "--reference", str(src),
-                 "--data", str(data), "--json", str(out), "--markdown", str(tmp_path / "t.md")]) == 0
+                 "--data", str(data), "--json", str(out),
+                 "--markdown", str(tmp_path / "t.md")]) == 0
     row, ref_row = json.loads(out.read_text())
     # The reference listed as a row is scored once, as the reference: KL exactly 0.
     assert ref_row["kl_mean"] == 0.0 and ref_row["recipe"] == "unquantized"

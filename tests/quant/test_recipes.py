@@ -8,7 +8,8 @@ from medrt_train.quant.types import QuantFormatError, parse_type
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
 MODULES = [("model.layers.3.self_attn.q_proj", "linear"),
-           ("model.layers.3.mlp.down_proj", "linear"), ("model.layers.0.mlp.gate_proj", "linear"), ("model.embed_tokens", "embedding"),
+           ("model.layers.3.mlp.down_proj", "linear"), ("model.layers.0.mlp.gate_proj", "linear"),
+           ("model.embed_tokens", "embedding"),
            ("lm_head", "lm_head"), ("model.norm", "other")]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrt_train.quant.types import WeightType, decode, encode, fit_params
+from medrt_train.quant.types import WeightType, dequantize, quantize_rtn
 
 ALPHAS = tuple(i / 20 for i in range(21))
 
@@ -58,11 +58,7 @@ def decoder_scale_groups(layer: nn.Module, config) -> list[ScaleGroup]:
 
 def _pseudo_quantize(wt: WeightType, w: torch.Tensor) -> torch.Tensor:
     """Round-to-nearest in `wt` and back, as float32 (what the output error is measured on)."""
-    rows, cols = w.shape
-    gs = wt.group_size or cols
-    g = w.detach().numpy().reshape(rows * (cols // gs), gs)
-    params = fit_params(wt, g)
-    return torch.from_numpy(decode(wt, encode(wt, g, params), params).reshape(rows, cols))
+    return torch.from_numpy(dequantize(wt, quantize_rtn(wt, w.detach().numpy())))
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from torch import nn
 from medrt_train.quant.awq import ALPHAS, apply_scale, decoder_scale_groups, search_scale
 from medrt_train.quant.gptq import GPTQOptions, gptq_quantize
 from medrt_train.quant.range_search import fit_params_weighted
-from medrt_train.quant.types import WeightType, assemble, dequantize, encode
+from medrt_train.quant.types import WeightType, dequantize, quantize_groups
 
 METHODS = ("rtn", "gptq", "awq", "awq-gptq")
 
@@ -62,12 +62,8 @@ def quantize_weight(wt: WeightType, weight: np.ndarray, inputs: np.ndarray,
     if method.gptq:
         return gptq_quantize(wt, weight, inputs, method.gptq_options)
     rows, cols = weight.shape
-    gs = wt.group_size or cols
-    importance = np.tile(inputs.astype(np.float32), rows).reshape(-1, gs)
-    groups = np.asarray(weight, dtype=np.float32).reshape(-1, gs)
-    params = fit_params_weighted(wt, groups, importance)
-    codes = encode(wt, groups, params).reshape(rows, cols)
-    return assemble(wt, codes, [p.reshape(rows, -1) for p in params])
+    importance = np.tile(inputs.astype(np.float32), rows).reshape(-1, wt.group_size or cols)
+    return quantize_groups(wt, weight, lambda groups: fit_params_weighted(wt, groups, importance))
 
 
 class _Inputs:

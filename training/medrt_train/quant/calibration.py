@@ -14,9 +14,9 @@ def calibration_texts(path: Path) -> tuple[list[str], str]:
     """Texts and a description of where they came from.
 
     `ori_pqal.json` (PubMedQA) gives its `dev-calib` part only (the first 600 `dev`
-    entries; `dev-held-out` is kept for comparing methods, `test` for figures); a `.jsonl` corpus gives each
-    line's `text`, or its `prompt`/`response` (or chat `messages`) joined; a `.txt` file gives
-    its blank-line separated paragraphs.
+    entries; `dev-held-out` is kept for comparing methods, `test` for figures); a `.jsonl`
+    corpus gives each line's `text`, or its `prompt`/`response` (or chat `messages`) joined;
+    a `.txt` file gives its blank-line separated paragraphs.
     """
     path = Path(path)
     if path.suffix == ".json":

@@ -70,6 +70,10 @@ def plan_modules(model, recipe: Recipe) -> dict[str, ModulePlan]:
     return plan
 
 
+def _name_of(model, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 def _is_tied(config, model) -> bool:
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     return bool(getattr(config, "tie_word_embeddings", False)) and head is not None and \
@@ -95,8 +99,8 @@ def quantize_model(src: Path, out: Path, recipe: Recipe, method: str,
     model = meta_model(config)
     plan = plan_modules(model, recipe)
     tied = _is_tied(config, model)
-    head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
-    emb_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+    head_name = _name_of(model, model.get_output_embeddings())
+    emb_name = _name_of(model, model.get_input_embeddings())
     if tied and plan[head_name].wtype == plan[emb_name].wtype:
         del plan[head_name]  # stored once, as the embedding
     else:
@@ -154,8 +158,7 @@ def _write_weight(writer: ShardWriter, module: str, wt: WeightType, weight: torc
 
 
 def _layers_prefix(model) -> str:
-    base = model.get_decoder()
-    return next(n for n, m in model.named_modules() if m is base.layers)
+    return _name_of(model, model.get_decoder().layers)
 
 
 def _calibrated_layers(model, config, index: TensorIndex, plan: dict[str, ModulePlan],
@@ -164,7 +167,7 @@ def _calibrated_layers(model, config, index: TensorIndex, plan: dict[str, Module
     """Every module inside the decoder layers goes through calibrated.quantize_layers: the
     quantized linear layers by the method, the rest (norms, whose weights AWQ may rescale,
     and float linear layers) from the layer as it stands after scaling."""
-    emb_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+    emb_name = _name_of(model, model.get_input_embeddings())
     emb = torch.from_numpy(index.numpy(f"{emb_name}.weight")).float()
     hidden = nn.functional.embedding(tokens, emb)
     del emb

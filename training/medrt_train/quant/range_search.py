@@ -34,18 +34,21 @@ def fit_params_weighted(wt: WeightType, w: np.ndarray, importance: np.ndarray | 
     best = fit_params(wt, w)
     best_err = _error(wt, w, d, best)
     for shrink in _SHRINK[1:]:
-        cand = _refit(wt, w, d, _shrunk(wt, w, shrink))
-        err = _error(wt, w, d, cand)
-        better = err < best_err
-        best = tuple(np.where(better, c, b) for c, b in zip(cand, best))
-        best_err = np.where(better, err, best_err)
+        best, best_err = _keep_better(wt, w, d, best, best_err, _refit(wt, w, d,
+                                                                        _shrunk(wt, w, shrink)))
     for _ in range(_REFITS):
-        cand = _refit(wt, w, d, best)
-        err = _error(wt, w, d, cand)
-        better = err < best_err
-        best = tuple(np.where(better, c, b) for c, b in zip(cand, best))
-        best_err = np.where(better, err, best_err)
+        best, best_err = _keep_better(wt, w, d, best, best_err, _refit(wt, w, d, best))
     return best
+
+
+def _keep_better(wt: WeightType, w: np.ndarray, d: np.ndarray, best: tuple[np.ndarray, ...],
+                 best_err: np.ndarray, cand: tuple[np.ndarray, ...]
+                 ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Per row, the candidate parameters where they lower the error, else the best so far."""
+    err = _error(wt, w, d, cand)
+    better = err < best_err
+    return (tuple(np.where(better, c, b) for c, b in zip(cand, best)),
+            np.where(better, err, best_err))
 
 
 def _shrunk(wt: WeightType, w: np.ndarray, shrink: float) -> tuple[np.ndarray, ...]:

@@ -6,6 +6,7 @@ is specified bit by bit in docs/quantized-format.md. A quantized linear layer `M
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,18 +181,24 @@ def _grouped(w: np.ndarray, group: int) -> np.ndarray:
     return w.reshape(rows * (cols // group), group)
 
 
-def quantize_rtn(wt: WeightType, w: np.ndarray) -> dict[str, np.ndarray]:
-    """Round-to-nearest quantization of a float weight [out, in] into its stored tensors."""
+def quantize_groups(wt: WeightType, w: np.ndarray,
+                    fit: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+                    ) -> dict[str, np.ndarray]:
+    """Quantize a float weight [out, in] into its stored tensors with the parameters
+    `fit(groups)` gives for its groups [out * groups_per_row, group] (an int8 row is one
+    group), each value rounded to its nearest code."""
     w = np.asarray(w, dtype=np.float32)
     rows, cols = w.shape
     check_shape(wt, rows, cols, "weight")
-    if wt.name == "int8":
-        (scale,) = fit_params(wt, w)
-        return {"qweight": encode(wt, w, (scale,)), "scales": scale}
-    g = _grouped(w, wt.group_size)
-    params = fit_params(wt, g)
+    g = _grouped(w, wt.group_size or cols)
+    params = fit(g)
     codes = encode(wt, g, params).reshape(rows, cols)
     return assemble(wt, codes, [p.reshape(rows, -1) for p in params])
+
+
+def quantize_rtn(wt: WeightType, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Round-to-nearest quantization of a float weight [out, in] into its stored tensors."""
+    return quantize_groups(wt, w, lambda groups: fit_params(wt, groups))
 
 
 def assemble(wt: WeightType, codes: np.ndarray, params: list[np.ndarray]
