@@ -1,0 +1,78 @@
+// The weight-type traits table of the CPU kernels (as ggml's type traits): for each weight type
+// and instruction set, how to repack a LinearWeight at load, the decode kernel (few rows), the
+// prefill kernel (many rows), the row dequantizer the embedding lookup uses, and the activation
+// format the kernels consume. CpuBackend (backend/cpu/cpu_backend.cpp) is the only caller; a new
+// type adds a table entry and its kernel files (quant_<family>_<isa>.cpp), nothing else.
+//
+// Determinism (kernels.h): decode and prefill of one type and ISA give bit-identical output
+// rows, and a row never depends on the others, so a request's tokens do not depend on the batch.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "medrt/kernels.h"
+#include "medrt/linear.h"
+#include "medrt/thread_pool.h"
+
+namespace medrt::cpu {
+
+// What the kernels of a type read as input rows.
+enum class ActFormat {
+  F32,        // the f32 activations as they are
+  Q8Block32,  // rows quantized once per call to int8 blocks of 32 (one f32 scale per block)
+};
+
+// 64-byte aligned bytes owned by a packed weight.
+struct AlignedBytes {
+  struct Free {
+    void operator()(uint8_t* p) const noexcept;
+  };
+  std::unique_ptr<uint8_t[], Free> data;
+  size_t size = 0;
+  void allocate(size_t n);  // zero-filled
+  uint8_t* get() const { return data.get(); }
+};
+
+struct WeightKernels;
+
+// A linear weight as the CPU kernels use it. Float weights are read in place from the mapping
+// (`weight`); quantized weights are repacked into `packed`, in the layout documented at the top
+// of the type's kernel file (the checkpoint files stay as written).
+struct PackedLinear {
+  WeightType type = WeightType::F32;
+  int64_t out = 0, in = 0;
+  int group_size = 0;
+  TensorView weight;         // float types: the stored weight [out, in]
+  AlignedBytes packed;       // quantized types: repacked codes and scales
+  std::vector<float> bias;   // [out] as f32, or empty
+  const WeightKernels* kernels = nullptr;
+};
+
+using LinearKernelFn = void (*)(const PackedLinear& w, const float* x, int64_t M, float* y,
+                                ThreadPool& pool);
+
+struct WeightKernels {
+  const char* name;
+  ActFormat act;
+  // Fills p.packed (and anything else it needs) from w; throws InvalidCheckpoint naming w.name.
+  void (*pack)(const LinearWeight& w, PackedLinear& p);
+  // y[M, out] = x[M, in] @ W^T + bias; decode when M <= decode_max_rows, else prefill.
+  LinearKernelFn decode;
+  LinearKernelFn prefill;
+  int64_t decode_max_rows;
+  // out[0, in) = row r of W dequantized to f32 (the embedding lookup).
+  void (*dequant_row)(const PackedLinear& w, int64_t r, float* out);
+};
+
+// The kernels for `type` on `isa`, or nullptr when that ISA has none for it.
+const WeightKernels* weight_kernels(WeightType type, Isa isa);
+
+// Repacks w for the active ISA (bias converted to f32); throws InvalidCheckpoint naming w.name
+// when no kernel reads its type.
+PackedLinear pack_linear(const LinearWeight& w);
+
+// y = x @ W^T + bias through the table entry of w.
+void linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool);
+
+}  // namespace medrt::cpu
