@@ -91,11 +91,10 @@ LinearWeight LinearLoader::linear(const std::string& name, int64_t out, int64_t 
   const TensorView* b = bias ? &ckpt_.get(name + ".bias", {out}) : nullptr;
   if (!m || !m->quantized()) {
     const TensorView& w = ckpt_.get(name + ".weight", {out, in});
-    try {
-      return float_linear(name, w, b);
-    } catch (const InvalidCheckpoint& e) {
-      throw InvalidCheckpoint(ckpt_.dir() + ": " + e.what());
-    }
+    if (!is_float_dtype(w.dtype))
+      throw InvalidCheckpoint(ckpt_.dir() + ": tensor '" + name + ".weight' is " +
+                              dtype_name(w.dtype) + "; medrt reads F32, F16 or BF16 weights");
+    return float_linear(name, w, b);
   }
   if (m->out != out || m->in != in)
     throw InvalidCheckpoint(ckpt_.dir() + ": quantization module " + name + ": shape [" +
