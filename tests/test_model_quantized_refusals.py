@@ -62,8 +62,9 @@ CASES = {
     "version 99": (_edit_section(lambda q: q.update(version=99)), "version is 99"),
     "unclaimed tensor": (_edit_tensors(lambda t: t.update({f"{UP}.g_idx": t[f"{UP}.mins"]})),
                          f"{UP}.g_idx"),
-    "packed length": (_edit_tensors(lambda t: t.update({f"{UP}.qweight": t[f"{UP}.qweight"][:, :31]})),
-                      f"{UP}.qweight is U8[128, 31], expected U8[128, 32]"),
+    "packed length": (
+        _edit_tensors(lambda t: t.update({f"{UP}.qweight": t[f"{UP}.qweight"][:, :31].copy()})),
+        f"{UP}.qweight is U8[128, 31], expected U8[128, 32]"),
 }
 
 

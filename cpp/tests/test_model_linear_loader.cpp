@@ -73,7 +73,8 @@ struct QuantCheckpoint {
   void quantize(const std::string& m, const std::string& type, int group, bool mins = false) {
     if (!shapes.count(m)) shapes[m] = ck.tensors.at(m + ".weight").shape;
     const int64_t out = shapes[m][0], in = shapes[m][1];
-    for (const char* s : {".weight", ".qweight", ".scales", ".zeros", ".mins"}) ck.tensors.erase(m + s);
+    for (const char* s : {".weight", ".qweight", ".scales", ".zeros", ".mins"})
+      ck.tensors.erase(m + s);
     const uint32_t seed = uint32_t(std::hash<std::string>{}(m));
     if (type == "int8") {
       ck.tensors[m + ".qweight"] = random_tensor("I8", {out, in}, 1, seed);
@@ -217,61 +218,60 @@ TEST(refusals_name_the_module) {
     std::function<void(QuantCheckpoint&)> edit;
     std::string needle;
   };
+  using Edit = std::function<void(QuantCheckpoint&)>;
+  auto entry = [](const std::string& m, const std::string& json) -> Edit {
+    return [m, json](QuantCheckpoint& q) { q.entries[m] = json; };
+  };
+  auto tensor = [](const std::string& name, const std::string& dtype,
+                   std::vector<int64_t> shape, size_t width) -> Edit {
+    return [=](QuantCheckpoint& q) { q.ck.tensors[name] = random_tensor(dtype, shape, width, 1); };
+  };
+  const std::string mins64 =
+      R"({"type": "int4", "group_size": 64, "shape": [128, 64], "offset": "mins"})";
   const std::vector<Case> cases = {
       {"missing scales", [&](QuantCheckpoint& q) { q.ck.tensors.erase(up + ".scales"); },
        "module " + up + ": tensor " + up + ".scales is missing"},
       {"group size not allowed",
-       [&](QuantCheckpoint& q) { q.entries[up] = R"({"type": "int4", "group_size": 48, "shape": [128, 64]})"; },
+       entry(up, R"({"type": "int4", "group_size": 48, "shape": [128, 64]})"),
        "module " + up + ": int4 group size 48 is not one of (32, 64, 128)"},
       {"group size does not divide in",
-       [&](QuantCheckpoint& q) { q.entries[up] = R"({"type": "int4", "group_size": 128, "shape": [128, 64]})"; },
+       entry(up, R"({"type": "int4", "group_size": 128, "shape": [128, 64]})"),
        "module " + up + ": group size 128 does not divide the input dimension 64"},
       {"group size of the scales",
-       [&](QuantCheckpoint& q) { q.entries[up] = R"({"type": "int4", "group_size": 32, "shape": [128, 64]})"; },
+       entry(up, R"({"type": "int4", "group_size": 32, "shape": [128, 64]})"),
        "module " + up + ": tensor " + up + ".scales is F16[128, 1], expected F16[128, 2]"},
-      {"unknown type",
-       [&](QuantCheckpoint& q) { q.entries[up] = R"({"type": "int3", "shape": [128, 64]})"; },
+      {"unknown type", entry(up, R"({"type": "int3", "shape": [128, 64]})"),
        "module " + up + ": unknown weight type 'int3'"},
       {"version 99", [](QuantCheckpoint& q) { q.version = 99; },
        "quantization.version is 99; this reader understands versions 1 to 2"},
       {"wrong format", [](QuantCheckpoint& q) { q.format = "gptq"; },
        "quantization.format is 'gptq', expected 'medrt-quant'"},
-      {"unclaimed tensor",
-       [&](QuantCheckpoint& q) { q.ck.tensors[up + ".g_idx"] = random_tensor("I32", {64}, 4, 1); },
+      {"unclaimed tensor", tensor(up + ".g_idx", "I32", {64}, 4),
        "tensor '" + up + ".g_idx' is not described by quantization.modules"},
-      {"float weight beside the codes",
-       [&](QuantCheckpoint& q) { q.ck.tensors[up + ".weight"] = random_tensor("F32", {128, 64}, 4, 1); },
+      {"float weight beside the codes", tensor(up + ".weight", "F32", {128, 64}, 4),
        "tensor '" + up + ".weight' is not described by quantization.modules"},
-      {"packed length",
-       [&](QuantCheckpoint& q) { q.ck.tensors[up + ".qweight"] = random_tensor("U8", {128, 31}, 1, 1); },
+      {"packed length", tensor(up + ".qweight", "U8", {128, 31}, 1),
        "module " + up + ": tensor " + up + ".qweight is U8[128, 31], expected U8[128, 32]"},
-      {"codes of the wrong dtype",
-       [&](QuantCheckpoint& q) { q.ck.tensors[up + ".qweight"] = random_tensor("I8", {128, 32}, 1, 1); },
+      {"codes of the wrong dtype", tensor(up + ".qweight", "I8", {128, 32}, 1),
        "module " + up + ": tensor " + up + ".qweight is I8[128, 32], expected U8[128, 32]"},
-      {"f32 scales for int4",
-       [&](QuantCheckpoint& q) { q.ck.tensors[up + ".scales"] = random_tensor("F32", {128, 1}, 4, 1); },
+      {"f32 scales for int4", tensor(up + ".scales", "F32", {128, 1}, 4),
        "module " + up + ": tensor " + up + ".scales is F32[128, 1], expected F16[128, 1]"},
-      {"missing shape",
-       [&](QuantCheckpoint& q) { q.entries[up] = R"({"type": "int4", "group_size": 64})"; },
+      {"missing shape", entry(up, R"({"type": "int4", "group_size": 64})"),
        "module " + up + ": 'shape' must be [out, in]"},
-      {"float type of the wrong dtype",
-       [](QuantCheckpoint& q) { q.entries["model.norm"] = R"({"type": "f16"})"; },
+      {"float type of the wrong dtype", entry("model.norm", R"({"type": "f16"})"),
        "module model.norm: tensor model.norm.weight is F32[64], expected F16"},
-      {"mins in version 1",
-       [&](QuantCheckpoint& q) { q.entries[up] = R"({"type": "int4", "group_size": 64, "shape": [128, 64], "offset": "mins"})"; },
+      {"mins in version 1", entry(up, mins64),
        "module " + up + ": int4 with 'mins' needs quantization.version 2"},
       {"zeros where mins are declared",
        [&](QuantCheckpoint& q) {
          q.version = 2;
-         q.entries[up] = R"({"type": "int4", "group_size": 64, "shape": [128, 64], "offset": "mins"})";
+         q.entries[up] = mins64;
        },
        "module " + up + ": tensor " + up + ".mins is missing"},
-      {"nf4 group size", [&](QuantCheckpoint& q) {
-         q.entries[L0 + "mlp.gate_proj"] = R"({"type": "nf4", "group_size": 32, "shape": [128, 64]})";
-       },
+      {"nf4 group size",
+       entry(L0 + "mlp.gate_proj", R"({"type": "nf4", "group_size": 32, "shape": [128, 64]})"),
        "module " + L0 + "mlp.gate_proj: nf4 uses groups of 64, not 32"},
-      {"bias of the wrong length",
-       [](QuantCheckpoint& q) { q.ck.tensors[L0 + "self_attn.q_proj.bias"] = random_tensor("F32", {63}, 4, 1); },
+      {"bias of the wrong length", tensor(L0 + "self_attn.q_proj.bias", "F32", {63}, 4),
        "module " + L0 + "self_attn.q_proj: tensor " + L0 + "self_attn.q_proj.bias is F32[63]"},
       {"empty module list", [](QuantCheckpoint& q) { q.entries.clear(); },
        "quantization.modules is missing or empty"},
@@ -290,7 +290,8 @@ TEST(a_quantization_section_that_is_not_an_object_is_refused) {
   ck.fill_random(3);
   ck.write(tmp.path);
   std::string cfg = ck.config_json();
-  std::ofstream(tmp.path / "config.json") << cfg.substr(0, cfg.rfind('}')) + ", \"quantization\": 4}";
+  std::ofstream(tmp.path / "config.json")
+      << cfg.substr(0, cfg.rfind('}')) + ", \"quantization\": 4}";
   auto ckpt = Checkpoint::open(tmp.path.string());
   CHECK_THROWS(InvalidCheckpoint, model::LinearLoader{*ckpt}, "'quantization' must be an object");
 }

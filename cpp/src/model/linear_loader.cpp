@@ -63,7 +63,9 @@ void LinearLoader::check_tensors() {
     }
     const std::string bias = name + ".bias";
     if (const TensorView* b = ckpt_.find(bias)) {
-      if (!is_float_dtype(b->dtype) || b->shape.size() != 1 || (m.quantized() && b->dim(0) != m.out))
+      const bool ok = is_float_dtype(b->dtype) && b->shape.size() == 1 &&
+                      (!m.quantized() || b->dim(0) == m.out);
+      if (!ok)
         fail("tensor " + bias + " is " + described(b->dtype, b->shape) +
              ", expected a float bias of " + (m.quantized() ? std::to_string(m.out) : "out") +
              " elements");

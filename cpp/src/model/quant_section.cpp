@@ -68,7 +68,8 @@ void parse_type(const json::Value& entry, const ModuleError& fail, QuantModule& 
   } else if (name == "int4") {
     m.type = WeightType::Int4;
     if (!has_group) fail("int4 needs 'group_size' (32, 64 or 128)");
-    if (!one_of_int4_groups(group)) fail("int4 group size " + g_str + " is not one of (32, 64, 128)");
+    if (!one_of_int4_groups(group))
+      fail("int4 group size " + g_str + " is not one of (32, 64, 128)");
   } else {
     fail("unknown weight type '" + type->string +
          "': expected one of int8, nf4, int4[-g32|-g64|-g128], f16, bf16, f32");
@@ -108,7 +109,8 @@ void parse_shape(const json::Value& entry, const ModuleError& fail, QuantModule&
 
 std::vector<QuantTensorSpec> quant_tensor_specs(const QuantModule& m) {
   if (m.type == WeightType::Int8) {
-    if (m.group_size == 0) return {{"qweight", DType::I8, {m.out, m.in}}, {"scales", DType::F32, {m.out}}};
+    if (m.group_size == 0)
+      return {{"qweight", DType::I8, {m.out, m.in}}, {"scales", DType::F32, {m.out}}};
     return {{"qweight", DType::I8, {m.out, m.in}},
             {"scales", DType::F16, {m.out, m.in / m.group_size}}};
   }
@@ -131,12 +133,14 @@ std::map<std::string, QuantModule> parse_quant_section(const json::Value& sectio
                             ", expected 'medrt-quant'");
   const json::Value* version = section.find("version");
   if (!version || !version->integer || *version->integer < kQuantVersionMin ||
-      *version->integer > kQuantVersionMax)
-    throw InvalidCheckpoint(
-        where + ": quantization.version is " +
-        (version && version->integer ? std::to_string(*version->integer) : std::string("not an integer")) +
-        "; this reader understands versions " + std::to_string(kQuantVersionMin) + " to " +
-        std::to_string(kQuantVersionMax));
+      *version->integer > kQuantVersionMax) {
+    const std::string got = version && version->integer ? std::to_string(*version->integer)
+                                                        : std::string("not an integer");
+    throw InvalidCheckpoint(where + ": quantization.version is " + got +
+                            "; this reader understands versions " +
+                            std::to_string(kQuantVersionMin) + " to " +
+                            std::to_string(kQuantVersionMax));
+  }
   const json::Value* modules = section.find("modules");
   if (!modules || modules->type != json::Type::Object || modules->object.empty())
     throw InvalidCheckpoint(where + ": quantization.modules is missing or empty");
