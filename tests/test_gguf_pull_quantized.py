@@ -89,6 +89,17 @@ def test_models_command_shows_types_and_the_cut(q4_registry: Path) -> None:
     assert f"-{cut}%" in line and "int4-g32-mins x16, f32 x5" in line
 
 
+def test_import_gguf_command_keeps_blocks_and_says_so(q4_registry: Path, tmp_path: Path
+                                                      ) -> None:
+    out = tmp_path / "imported"
+    r = run_medrt(q4_registry, "import-gguf", str(tmp_path / "tiny.gguf"), str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{out}\n" and _section(out)["version"] == 2
+    cut = 100 * weight_summary(out).memory_cut
+    assert "weights: int4-g32-mins x16, f32 x5; " in r.stderr
+    assert f"{cut:.1f}% less than f16" in r.stderr
+
+
 def test_model_info_of_a_loaded_model(tiny_llama: Path) -> None:
     with medrt.LLM(tiny_llama) as llm:
         info = llm.model_info

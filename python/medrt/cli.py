@@ -81,17 +81,31 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _say_weights(model_dir: Any) -> None:
+    """One line on stderr (stdout stays the directory, for scripts): types, bytes, the cut."""
+    from medrt.models import weight_summary
+
+    w = weight_summary(model_dir)
+    vs = f"{abs(100 * w.memory_cut):.1f}% {'less' if w.memory_cut >= 0 else 'more'}"
+    print(f"weights: {w.types_text()}; {_human(w.bytes)}, {vs} than f16 ({_human(w.f16_bytes)})",
+          file=sys.stderr)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from medrt.models import pull
 
-    print(pull(args.name, dtype=args.dtype))
+    model_dir = pull(args.name, dtype=args.dtype)
+    print(model_dir)
+    _say_weights(model_dir)
     return 0
 
 
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     from medrt.models import import_gguf
 
-    print(import_gguf(args.file, args.dir, dtype=args.dtype, progress=True))
+    model_dir = import_gguf(args.file, args.dir, dtype=args.dtype, progress=True)
+    print(model_dir)
+    _say_weights(model_dir)
     return 0
 
 
