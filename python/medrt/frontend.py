@@ -103,6 +103,16 @@ class EngineFrontend:
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
 
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model directory and its weights: ``weight_types`` (type -> number of modules,
+        e.g. {"int4-g32-mins": 210, "f32": 61, "int8-g32": 1}), ``weight_bytes`` (as stored),
+        ``f16_bytes`` (the same weights in f16) and ``memory_cut`` (1 - weight_bytes /
+        f16_bytes: 0.64 is 64% less memory than f16)."""
+        from medrt.models.weight_info import weight_summary
+
+        return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict()}
+
     # -- requests ----------------------------------------------------------------------------
 
     def _prepare(self, prompt: PromptType, params: SamplingParams | None) -> PreparedRequest:
