@@ -1,0 +1,48 @@
+// Activation quantization (ActFormat::Q8Block32, quant_layout.h): one place computes it for
+// every ISA, so all kernels read the very same codes and scales.
+#include <cmath>
+
+#include "kernels/quant_kernels.h"
+
+namespace medrt::cpu::quant {
+namespace {
+
+void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t n = K - b * kBlock < kBlock ? K - b * kBlock : kBlock;
+    const float* xb = x + b * kBlock;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+    const float d = amax / 127.0f;
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    int8_t* q = codes + b * kBlock;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      // |x * id| <= 127 up to one rounding; the clamp keeps a code off -128 in any case.
+      float v = i < n ? std::nearbyint(xb[i] * id) : 0.0f;
+      v = std::fmin(127.0f, std::fmax(-127.0f, v));
+      q[i] = int8_t(v);
+      sum += q[i];
+    }
+    blocks[b] = {d, float(sum), d * float(sum), sum};
+  }
+}
+
+}  // namespace
+
+void quantize_act(const float* x, int64_t M, int64_t K, ActBuffer& out, ThreadPool& pool) {
+  const int64_t nb = (K + kBlock - 1) / kBlock;
+  out.codes.resize(size_t(M * nb * kBlock));
+  out.blocks.resize(size_t(M * nb));
+  auto rows = [&](int, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      quantize_row(x + m * K, K, nb, out.codes.data() + m * nb * kBlock,
+                   out.blocks.data() + m * nb);
+  };
+  if (M * K >= (int64_t(1) << 16))
+    pool.parallel_for(M, rows);
+  else
+    rows(0, 0, M);
+}
+
+}  // namespace medrt::cpu::quant
