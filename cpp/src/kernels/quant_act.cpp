@@ -1,27 +1,38 @@
 // Activation quantization (ActFormat::Q8Block32, quant_layout.h): one place computes it for
 // every ISA, so all kernels read the very same codes and scales.
-#include <cmath>
-
 #include "kernels/quant_kernels.h"
 
 namespace medrt::cpu::quant {
 namespace {
 
+// Round half to even for |v| <= 2^22 in the default rounding mode, as nearbyint, but inline
+// and vectorizable (nearbyint is a library call on baseline x86-64).
+inline float round_even(float v) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: the sum keeps no fraction bits
+  return (v + kMagic) - kMagic;
+}
+
 void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks) {
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t n = K - b * kBlock < kBlock ? K - b * kBlock : kBlock;
-    const float* xb = x + b * kBlock;
+    float xb[kBlock] = {};  // the block, zero-padded
+    for (int64_t i = 0; i < n; ++i) xb[i] = x[b * kBlock + i];
     float amax = 0.0f;
-    for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+    for (int i = 0; i < kBlock; ++i) {
+      const float a = xb[i] < 0.0f ? -xb[i] : xb[i];
+      amax = a > amax ? a : amax;  // a NaN input is skipped
+    }
     const float d = amax / 127.0f;
     const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
     int32_t sum = 0;
     int8_t* q = codes + b * kBlock;
-    for (int64_t i = 0; i < kBlock; ++i) {
-      // |x * id| <= 127 up to one rounding; the clamp keeps a code off -128 in any case.
-      float v = i < n ? std::nearbyint(xb[i] * id) : 0.0f;
-      v = std::fmin(127.0f, std::fmax(-127.0f, v));
-      q[i] = int8_t(v);
+    for (int i = 0; i < kBlock; ++i) {
+      // |x * id| <= 127 up to one rounding; the clamp (written so that NaN becomes -127) keeps
+      // every code in [-127, 127].
+      float v = xb[i] * id;
+      v = v >= -127.0f ? v : -127.0f;
+      v = v <= 127.0f ? v : 127.0f;
+      q[i] = int8_t(round_even(v));
       sum += q[i];
     }
     blocks[b] = {d, float(sum), d * float(sum), sum};

@@ -21,7 +21,9 @@
 namespace medrt::cpu::quant::avx512vnni {
 namespace {
 
-constexpr int kMaxTile = 4;  // activation rows per tile: 4 x (isum, acc) + weights in registers
+// Activation rows per tile: 8 x (isum, acc) + one unpacked weight unit fit the 32 registers,
+// and a block's weights are unpacked once per 8 rows.
+constexpr int kMaxTile = 8;
 
 inline __m512 f16x16(const uint8_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -128,6 +130,10 @@ void rows(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t 
   int64_t m = m0;
   for (; m + kMaxTile <= m1; m += kMaxTile) tile<K, kMaxTile>(L, rg, a, m, y, ldy, nvalid, bias);
   switch (m1 - m) {
+    case 7: return tile<K, 7>(L, rg, a, m, y, ldy, nvalid, bias);
+    case 6: return tile<K, 6>(L, rg, a, m, y, ldy, nvalid, bias);
+    case 5: return tile<K, 5>(L, rg, a, m, y, ldy, nvalid, bias);
+    case 4: return tile<K, 4>(L, rg, a, m, y, ldy, nvalid, bias);
     case 3: return tile<K, 3>(L, rg, a, m, y, ldy, nvalid, bias);
     case 2: return tile<K, 2>(L, rg, a, m, y, ldy, nvalid, bias);
     case 1: return tile<K, 1>(L, rg, a, m, y, ldy, nvalid, bias);
