@@ -7,7 +7,9 @@
 //   (c) decode == prefill bit for bit, a row alone == the same row among 37 or 70, any thread
 //       count;
 // on ragged shapes (rows not a multiple of the 16-row group, in not a multiple of the group
-// tile), with codes and scales built exactly as docs/quantized-format.md stores them.
+// tile), with codes and scales built exactly as docs/quantized-format.md stores them; and
+//   (d) on weights written by medrt-train's quantizer, against the numpy reference dequantizer
+//       (data/quant_reference.safetensors, made by data/make_quant_reference.py).
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -16,6 +18,7 @@
 
 #include "check.h"
 #include "isas.h"
+#include "medrt/checkpoint.h"
 #include "kernels/quant_kernels.h"
 #include "kernels/weight_kernels.h"
 #include "medrt/dtype.h"
@@ -344,4 +347,79 @@ TEST(pack_refuses_malformed_tensors_naming_the_module) {
   lw = i8.lw;
   lw.scales.shape = {lw.out + 1};
   CHECK_THROWS(InvalidCheckpoint, cpu::pack_linear(lw), "model.layers.0.int8_row");
+}
+
+TEST(numpy_reference_weights_from_medrt_train) {
+  std::string dir = __FILE__;
+  dir = dir.substr(0, dir.rfind('/'));
+  const auto file = SafetensorsFile::open(dir + "/data/quant_reference.safetensors");
+  const auto& t = file->tensors();
+  const TensorView& xv = t.at("x");
+  const int64_t M = xv.dim(0), K = xv.dim(1);
+  const auto* x = static_cast<const float*>(xv.data);
+  double nf4_err = 0;  // the int8 NF4 table's largest error, in units of the group scale
+  for (int c = 0; c < 16; ++c)
+    nf4_err = std::fmax(nf4_err, std::fabs(q::kNf4Int8[c] / 127.0 - q::kNf4[c]));
+  ThreadPool pool(2);
+  q::ActBuffer act;
+  q::quantize_act(x, M, K, act, pool);
+  const int64_t nb = K / 32;
+  struct Ref { const char* spec; WeightType type; int group_size; };
+  for (const Ref& r : {Ref{"int8", WeightType::Int8, 0}, Ref{"nf4", WeightType::Nf4, 64},
+                       Ref{"int4-g32", WeightType::Int4, 32}, Ref{"int4-g64", WeightType::Int4, 64},
+                       Ref{"int4-g128", WeightType::Int4, 128}}) {
+    const std::string pre = std::string(r.spec) + ".";
+    LinearWeight lw;
+    lw.name = r.spec;
+    lw.type = r.type;
+    lw.weight = t.at(pre + "qweight");
+    lw.scales = t.at(pre + "scales");
+    if (r.type == WeightType::Int4) lw.zeros = t.at(pre + "zeros");
+    lw.out = lw.weight.dim(0);
+    lw.in = K;
+    lw.group_size = r.group_size;
+    const auto* deq = static_cast<const float*>(t.at(pre + "dequant").data);
+    const auto* yref = static_cast<const float*>(t.at(pre + "y").data);
+    const int64_t N = lw.out;
+    // The group scale of weight (n, i), for the nf4 table term and the f32 rounding slack.
+    auto scale = [&](int64_t n, int64_t i) -> double {
+      if (r.group_size == 0) return static_cast<const float*>(lw.scales.data)[n];
+      return f16_to_f32(static_cast<const uint16_t*>(lw.scales.data)[n * (K / r.group_size) +
+                                                                     i / r.group_size]);
+    };
+    for (cpu::Isa isa : isas()) {
+      cpu::set_isa(isa);
+      const cpu::PackedLinear p = cpu::pack_linear(lw);
+      std::vector<float> row(static_cast<size_t>(K));
+      int bad = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        p.kernels->dequant_row(p, n, row.data());
+        bad += std::memcmp(row.data(), deq + n * K, size_t(K) * 4) != 0;
+      }
+      CHECK(bad == 0);
+      std::vector<float> y(size_t(M * N));
+      cpu::linear(p, x, M, y.data(), pool);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          // |sum w (x - x')| <= sum |w| d_b / 2 for x' the int8 activation of block b; nf4 adds
+          // sum |x| * s * nf4_err for its int8 table; f32 rounding of the block sums is far
+          // below 1e-5 of the magnitudes summed.
+          double tol = 0;
+          for (int64_t i = 0; i < K; ++i) {
+            const double w = deq[n * K + i], xi = x[m * K + i];
+            const double d = act.blocks[size_t(m * nb + i / 32)].d;
+            tol += std::fabs(w) * d * 0.5 * (1 + 1e-6);
+            if (r.type == WeightType::Nf4) tol += std::fabs(xi) * scale(n, i) * nf4_err;
+            tol += 1e-5 * (std::fabs(w) + 32 * scale(n, i)) * (std::fabs(xi) + d);
+          }
+          const double got = y[size_t(m * N + n)], want = yref[m * N + n];
+          if (!(std::fabs(got - want) <= tol + 1e-6 * std::fabs(want))) {
+            std::fprintf(stderr, "  %s %s y[%ld,%ld]=%.7g numpy %.7g tol %.3g\n", r.spec,
+                         p.kernels->name, long(m), long(n), got, want, tol);
+            CHECK(false);
+          }
+        }
+    }
+  }
+  cpu::set_isa(cpu::detected_isa());
 }
