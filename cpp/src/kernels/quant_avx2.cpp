@@ -42,7 +42,6 @@ inline __m256i signed_dot4(__m256i abs_w, __m256i w, __m256i x, __m256i ones) {
 template <Kind K, int MR>
 void tile(const Layout& L, const uint8_t* rg, int h, const Act& a, int64_t m, float* y,
           int64_t ldy, int nvalid, const float* bias) {
-  const uint8_t* codes = rg + L.scale_bytes + h * 32;
   const int64_t kp = a.nb * kBlock;
   const int8_t* xq[MR];
   const ActBlock* xb[MR];
@@ -58,13 +57,14 @@ void tile(const Layout& L, const uint8_t* rg, int h, const Act& a, int64_t m, fl
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)));
 
   for (int64_t g = 0; g < L.ngroups; ++g) {
-    const uint8_t* gh = rg + g * L.group_header + h * kHalf * 2;
+    const uint8_t* gh = rg + g * L.group_bytes + h * kHalf * 2;
+    const uint8_t* codes = rg + g * L.group_bytes + L.group_header + h * 32;
     __m256 s = _mm256_setzero_ps(), zm = _mm256_setzero_ps();
     if constexpr (K != Kind::Int8Row) s = f16x8(gh);
     if constexpr (K == Kind::Int4Zero || K == Kind::Int4Min) zm = f16x8(gh + kRows * 2);
     for (int64_t j = 0; j < L.gb; ++j) {
       const int64_t b = g * L.gb + j;
-      const uint8_t* blk = codes + b * L.block_bytes;
+      const uint8_t* blk = codes + j * L.block_bytes;
       __m256i isum[MR];
       if constexpr (K == Kind::Int8Row || K == Kind::Int8Group) {
         for (int i = 0; i < MR; ++i) isum[i] = _mm256_setzero_si256();

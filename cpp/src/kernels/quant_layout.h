@@ -7,16 +7,18 @@
 //
 // PackedLinear::packed = [64-byte header: a Layout][row group 0][row group 1]...
 // A row group is kRows = 16 consecutive output rows (the last one padded with zero rows) and
-// holds, for those rows:
-//   [scale section, padded to 64 bytes][code blocks 0 .. nb-1]
-// Scale section, per scale group g (entry of Layout::group_header bytes):
-//   Int8Row    16 x f32 scale (one group: the whole row)
-//   Int8Group  16 x f16 scale                         (GGUF Q8_0 with groups of 32)
-//   Nf4        16 x f16 scale (group absmax)
-//   Int4Zero   16 x f16 scale, then 16 x f16 zero      w = (q - z) * s
-//   Int4Min    16 x f16 scale, then 16 x f16 min       w = q * s + m   (GGUF Q4_1)
+// holds, for those rows, each scale group g in turn (its scales beside its codes, so a row
+// group is one sequential stream), padded at the end to a multiple of 64 bytes:
+//   [group header][code blocks of the group's gb = group_size / 32 blocks]
+// Group header (Layout::group_header bytes):
+//   Int8Row    16 x f32 scale (one group: the whole row)               64 bytes
+//   Int8Group  16 x f16 scale                (GGUF Q8_0, groups of 32)  32 bytes
+//   Nf4        16 x f16 scale (group absmax)                            32 bytes
+//   Int4Zero   16 x f16 scale, then 16 x f16 zero      w = (q - z) * s  64 bytes
+//   Int4Min    16 x f16 scale, then 16 x f16 min       w = q * s + m    64 bytes (GGUF Q4_1)
 // entry r of each array is row r of the group. Scales, zeros and mins are the file's values,
-// unchanged (no rounding is added at load).
+// unchanged (no rounding is added at load), and nothing is padded inside a row group, so the
+// packed weight is as large as the file's tensors (up to the row and the end padding).
 // Code block b (inputs 32b .. 32b+31), rows interleaved so that one 32-bit lane holds 4
 // consecutive inputs of one row and a 64-byte unit holds the same 4 inputs of all 16 rows:
 //   int8:  8 units q = 0..7; byte [64 q + 4 r + t] = code[r, 32b + 4q + t]        (512 bytes)
@@ -55,10 +57,10 @@ struct Layout {
   int64_t nb;              // 32-input blocks per row (in rounded up to 32)
   int64_t gb;              // blocks per scale group (nb for Int8Row)
   int64_t ngroups;         // nb / gb
-  int64_t group_header;    // bytes of one group's entry in the scale section
-  int64_t scale_bytes;     // the scale section of a row group, padded to 64
+  int64_t group_header;    // bytes of a group's scales (and zeros or mins) before its codes
   int64_t block_bytes;     // one code block of 16 rows: 512 (int8) or 256 (4-bit)
-  int64_t rowgroup_bytes;  // scale_bytes + nb * block_bytes
+  int64_t group_bytes;     // group_header + gb * block_bytes
+  int64_t rowgroup_bytes;  // ngroups * group_bytes rounded up to 64
 };
 inline constexpr int64_t kHeaderBytes = 64;
 static_assert(sizeof(Layout) <= kHeaderBytes);

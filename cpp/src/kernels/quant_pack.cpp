@@ -1,5 +1,6 @@
 // Repacking int8, nf4 and int4 weights at load into the row-group layout of quant_layout.h,
 // with the checks a checkpoint's tensors must pass, and the row dequantizer (embedding lookup).
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -59,10 +60,9 @@ Layout make_layout(Kind kind, int64_t in, int64_t group_size) {
   L.ngroups = L.gb ? L.nb / L.gb : 0;
   const bool two = kind == Kind::Int4Zero || kind == Kind::Int4Min;
   L.group_header = kind == Kind::Int8Row ? kRows * 4 : two ? 2 * kRows * 2 : kRows * 2;
-  L.scale_bytes = (L.ngroups * L.group_header + 63) / 64 * 64;
-  if (kind == Kind::Int8Row) L.scale_bytes = 64;
   L.block_bytes = kind == Kind::Int8Row || kind == Kind::Int8Group ? 8 * 64 : 4 * 64;
-  L.rowgroup_bytes = L.scale_bytes + L.nb * L.block_bytes;
+  L.group_bytes = L.group_header + L.gb * L.block_bytes;
+  L.rowgroup_bytes = (std::max<int64_t>(L.ngroups, 1) * L.group_bytes + 63) / 64 * 64;
   return L;
 }
 
@@ -73,11 +73,17 @@ void check_groups(const LinearWeight& w) {
                   " must be a positive multiple of 32 that divides in = " + std::to_string(w.in));
 }
 
+// Code block b of a row group.
+template <class Byte>
+Byte* block_at(Byte* rg, const Layout& L, int64_t b) {
+  return rg + (b / L.gb) * L.group_bytes + L.group_header + (b % L.gb) * L.block_bytes;
+}
+
 // A [out, groups] f16 tensor's entry for row r, group g into the scale section.
 void put_f16(uint8_t* sec, const Layout& L, int64_t g, int64_t off, int64_t lr,
              const TensorView& t, int64_t r) {
   const auto* src = static_cast<const uint16_t*>(t.data) + r * L.ngroups + g;
-  std::memcpy(sec + g * L.group_header + off + lr * 2, src, 2);
+  std::memcpy(sec + g * L.group_bytes + off + lr * 2, src, 2);
 }
 
 void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
@@ -103,18 +109,17 @@ void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
         if (L.kind == Kind::Int4Min) put_f16(rg, L, g, kRows * 2, lr, w.mins, r);
       }
     }
-    uint8_t* codes = rg + L.scale_bytes;
     const auto* src = static_cast<const uint8_t*>(w.weight.data);
     if (four_bit) {
       const uint8_t* row = src + r * (w.in / 2);
       for (int64_t b = 0; b < L.nb; ++b)
         for (int u = 0; u < 4; ++u)
-          std::memcpy(codes + b * L.block_bytes + u * 64 + lr * 4, row + b * 16 + u * 4, 4);
+          std::memcpy(block_at(rg, L, b) + u * 64 + lr * 4, row + b * 16 + u * 4, 4);
     } else {
       const uint8_t* row = src + r * w.in;
       for (int64_t i = 0; i < w.in; ++i) {
-        const int64_t b = i / kBlock, q = (i % kBlock) / 4, t = i % 4;
-        codes[b * L.block_bytes + q * 64 + lr * 4 + t] = row[i];
+        const int64_t q = (i % kBlock) / 4, t = i % 4;
+        block_at(rg, L, i / kBlock)[q * 64 + lr * 4 + t] = row[i];
       }
     }
   }
@@ -176,16 +181,15 @@ void quant_dequant_row(const PackedLinear& p, int64_t r, float* out) {
   const Layout& L = layout_of(p);
   const uint8_t* rg = p.packed.get() + kHeaderBytes + (r / kRows) * L.rowgroup_bytes;
   const int64_t lr = r % kRows;
-  const uint8_t* codes = rg + L.scale_bytes;
   auto f16_at = [&](int64_t g, int64_t off) {
     uint16_t h;
-    std::memcpy(&h, rg + g * L.group_header + off + lr * 2, 2);
+    std::memcpy(&h, rg + g * L.group_bytes + off + lr * 2, 2);
     return f16_to_f32(h);
   };
   for (int64_t i = 0; i < p.in; ++i) {
     const int64_t b = i / kBlock, j = i % kBlock, g = b / L.gb;
     if (L.block_bytes == 8 * 64) {
-      const auto code = float(int8_t(codes[b * L.block_bytes + (j / 4) * 64 + lr * 4 + j % 4]));
+      const auto code = float(int8_t(block_at(rg, L, b)[(j / 4) * 64 + lr * 4 + j % 4]));
       float s;
       if (L.kind == Kind::Int8Row)
         std::memcpy(&s, rg + lr * 4, 4);
@@ -195,7 +199,7 @@ void quant_dequant_row(const PackedLinear& p, int64_t r, float* out) {
       continue;
     }
     const int64_t jj = j % 16;
-    const uint8_t byte = codes[b * L.block_bytes + (jj / 4) * 64 + lr * 4 + jj % 4];
+    const uint8_t byte = block_at(rg, L, b)[(jj / 4) * 64 + lr * 4 + jj % 4];
     const int q = j < 16 ? byte & 15 : byte >> 4;
     const float s = f16_at(g, 0);
     switch (L.kind) {

@@ -38,7 +38,6 @@ int32_t block_dot(const Layout& L, const uint8_t* blk, int lr, const int8_t* xa)
 
 void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
                     float* y, int64_t ldy, int nvalid, const float* bias) {
-  const uint8_t* codes = rg + L.scale_bytes;
   const int64_t kp = a.nb * kBlock;
   for (int64_t m = m0; m < m1; ++m) {
     const int8_t* xq = a.codes + m * kp;
@@ -46,13 +45,14 @@ void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0
     for (int lr = 0; lr < nvalid; ++lr) {
       float acc = 0.0f;
       for (int64_t g = 0; g < L.ngroups; ++g) {
-        const uint8_t* gh = rg + g * L.group_header + lr * 2;
+        const uint8_t* gh = rg + g * L.group_bytes + lr * 2;
         const float s = L.kind == Kind::Int8Row ? 0.0f : f16_at(gh);
         const float zm =
             L.kind == Kind::Int4Zero || L.kind == Kind::Int4Min ? f16_at(gh + kRows * 2) : 0.0f;
         for (int64_t j = 0; j < L.gb; ++j) {
           const int64_t b = g * L.gb + j;
-          const float fi = float(block_dot(L, codes + b * L.block_bytes, lr, xq + b * kBlock));
+          const uint8_t* blk = rg + g * L.group_bytes + L.group_header + j * L.block_bytes;
+          const float fi = float(block_dot(L, blk, lr, xq + b * kBlock));
           const ActBlock& ab = xb[b];
           switch (L.kind) {
             case Kind::Int8Row: acc = std::fma(fi, ab.d, acc); break;
