@@ -210,6 +210,33 @@ TEST(activation_quantization_is_within_half_a_step) {
     }
 }
 
+TEST(activation_quantization_is_the_same_on_every_isa) {
+  std::mt19937 rng(4);
+  ThreadPool pool(1);
+  const int64_t M = 4, K = 200;
+  auto x = random_x(M, K, rng);
+  x[size_t(K)] = 127.0f;  // row 1, block 0: amax 127, so x * 127 / amax is x
+  for (int64_t i = 1; i < 32; ++i) x[size_t(K + i)] = float(i) - 15.5f;
+  x[size_t(2 * K + 3)] = NAN;  // a NaN is skipped by the block's max, its code is -127
+  x[size_t(3 * K + 40)] = 1e30f;
+  std::vector<int8_t> codes0;
+  std::vector<q::ActBlock> blocks0;
+  for (cpu::Isa isa : isas()) {
+    cpu::set_isa(isa);
+    q::ActBuffer a;
+    q::quantize_act(x.data(), M, K, a, pool);
+    if (isa == cpu::Isa::Portable) {
+      codes0 = a.codes, blocks0 = a.blocks;
+      // Row 1, block 0 holds -14.5, -13.5, ..., 15.5: ties round to even.
+      CHECK(a.codes[size_t(7 * 32) + 1] == -14 && a.codes[size_t(7 * 32) + 2] == -14);
+      continue;
+    }
+    CHECK(a.codes == codes0);
+    CHECK(std::memcmp(a.blocks.data(), blocks0.data(), blocks0.size() * sizeof(q::ActBlock)) == 0);
+  }
+  cpu::set_isa(cpu::detected_isa());
+}
+
 TEST(nf4_int8_table_is_round_127_nf4) {
   double worst = 0;
   for (int c = 0; c < 16; ++c) {

@@ -1,5 +1,5 @@
-// Activation quantization (ActFormat::Q8Block32, quant_layout.h): one place computes it for
-// every ISA, so all kernels read the very same codes and scales.
+// Activation quantization (ActFormat::Q8Block32, quant_layout.h): the scalar definition, which
+// quant_act_avx2.cpp reproduces bit for bit, so every kernel reads the same codes and scales.
 #include "kernels/quant_kernels.h"
 
 namespace medrt::cpu::quant {
@@ -12,7 +12,10 @@ inline float round_even(float v) {
   return (v + kMagic) - kMagic;
 }
 
-void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks) {
+}  // namespace
+
+void portable::quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes,
+                            ActBlock* blocks) {
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t n = K - b * kBlock < kBlock ? K - b * kBlock : kBlock;
     float xb[kBlock] = {};  // the block, zero-padded
@@ -39,12 +42,12 @@ void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock
   }
 }
 
-}  // namespace
-
 void quantize_act(const float* x, int64_t M, int64_t K, ActBuffer& out, ThreadPool& pool) {
   const int64_t nb = (K + kBlock - 1) / kBlock;
   out.codes.resize(size_t(M * nb * kBlock));
   out.blocks.resize(size_t(M * nb));
+  const auto quantize_row =
+      active_isa() == Isa::Portable ? portable::quantize_row : avx2::quantize_row;
   auto rows = [&](int, int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
       quantize_row(x + m * K, K, nb, out.codes.data() + m * nb * kBlock,

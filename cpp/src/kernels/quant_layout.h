@@ -92,13 +92,16 @@ inline constexpr float kInv127 = 1.0f / 127.0f;
 using RowGroupFn = void (*)(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0,
                             int64_t m1, float* y, int64_t ldy, int nvalid, const float* bias);
 
+// One row of x [K] into its nb blocks (quant_act.cpp; the AVX2 one gives the same bits).
 namespace portable {
 void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
                     float* y, int64_t ldy, int nvalid, const float* bias);
+void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks);
 }
 namespace avx2 {
 void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
                     float* y, int64_t ldy, int nvalid, const float* bias);
+void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks);
 }
 namespace avx512vnni {
 void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
