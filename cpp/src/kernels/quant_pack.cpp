@@ -117,9 +117,10 @@ void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
           std::memcpy(block_at(rg, L, b) + u * 64 + lr * 4, row + b * 16 + u * 4, 4);
     } else {
       const uint8_t* row = src + r * w.in;
-      for (int64_t i = 0; i < w.in; ++i) {
-        const int64_t q = (i % kBlock) / 4, t = i % 4;
-        block_at(rg, L, i / kBlock)[q * 64 + lr * 4 + t] = row[i];
+      for (int64_t i = 0; i < w.in; i += 4) {  // 4 inputs of a row are 4 adjacent bytes
+        const int64_t n = w.in - i < 4 ? w.in - i : 4;
+        std::memcpy(block_at(rg, L, i / kBlock) + ((i % kBlock) / 4) * 64 + lr * 4, row + i,
+                    size_t(n));
       }
     }
   }
