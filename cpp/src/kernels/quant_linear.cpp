@@ -5,7 +5,8 @@
 // M rows against each row group as it streams by (the weights are read once). Prefill cuts M
 // into chunks of kChunkRows whose quantized activations stay in L2 and splits (chunk, row
 // group) units over the threads, so a weight row group is reused by every row of a chunk
-// (the kernels unpack each 32-input block once per tile of up to 4 rows, in registers).
+// (the kernels unpack each 32-input block once per register tile of activation rows: 8 rows
+// with AVX-512 VNNI, 4 with AVX2).
 // Every output element is computed by the same operations in the same order whichever path,
 // tile, chunk or thread it falls in (quant_layout.h), so decode and prefill rows are
 // bit-identical and a row never depends on the batch.
