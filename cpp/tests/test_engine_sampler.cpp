@@ -107,6 +107,12 @@ TEST(min_tokens_masks_eos_and_stop_ids) {
   CHECK(std::isinf(l3[2]));
 }
 
+TEST(eos_outside_vocabulary_is_invalid_checkpoint) {
+  // min_tokens masks EOS by writing logits[eos]: an id past the row must never get that far.
+  CHECK_THROWS(InvalidCheckpoint, Sampler(4, {4}), "EOS token id 4 is outside the vocabulary [0, 4)");
+  CHECK_THROWS(InvalidCheckpoint, Sampler(4, {1, -2}), "EOS token id -2");
+}
+
 TEST(top_k_one_is_argmax) {
   SamplingParams p;
   p.top_k = 1;

@@ -4,6 +4,9 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
+
+#include "medrt/error.h"
 
 namespace medrt::engine {
 namespace {
@@ -30,7 +33,13 @@ double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53;
 }  // namespace
 
 Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids)
-    : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {}
+    : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {
+  // Masking writes logits[id]: an id outside the row would write past it.
+  for (int id : eos_)
+    if (id < 0 || id >= vocab_)
+      throw InvalidCheckpoint("EOS token id " + std::to_string(id) +
+                              " is outside the vocabulary [0, " + std::to_string(vocab_) + ")");
+}
 
 void Sampler::apply_penalties(float* l, const Sequence& seq) const {
   const SamplingParams& p = seq.params;

@@ -26,6 +26,7 @@ struct Sample {
 
 class Sampler {
  public:
+  // Throws InvalidCheckpoint for an EOS id outside [0, vocab_size).
   Sampler(int vocab_size, std::vector<int> eos_token_ids);
 
   // `logits` ([vocab]) is modified in place; seq.rng advances by one draw unless greedy.

@@ -128,16 +128,24 @@ DType parse_dtype(const Fields& f) {
   f.fail(key, "unsupported dtype \"" + name + "\" (float32, float16 or bfloat16)");
 }
 
-std::vector<int> parse_eos(const Fields& f, const json::Value* v) {
+// A special token id must index the vocabulary: the sampler masks EOS by writing
+// logits[id], so an id past the vocabulary would write past the logits row.
+int token_id(const Fields& f, const std::string& key, const json::Value& v, int vocab_size) {
+  int id = f.to_int(key, v);
+  if (id < 0 || id >= vocab_size)
+    f.fail(key, "token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                    std::to_string(vocab_size) + ")");
+  return id;
+}
+
+std::vector<int> parse_eos(const Fields& f, const json::Value* v, int vocab_size) {
   std::vector<int> ids;
   if (!v) return ids;
   if (v->type == json::Type::Array) {
-    for (const json::Value& e : v->array) ids.push_back(f.to_int("eos_token_id", e));
+    for (const json::Value& e : v->array) ids.push_back(token_id(f, "eos_token_id", e, vocab_size));
   } else {
-    ids.push_back(f.to_int("eos_token_id", *v));
+    ids.push_back(token_id(f, "eos_token_id", *v, vocab_size));
   }
-  for (int id : ids)
-    if (id < 0) f.fail("eos_token_id", "negative token id " + std::to_string(id));
   return ids;
 }
 
@@ -237,8 +245,11 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
                                   " (only full_attention)");
   }
 
-  c.bos_token_id = f.integer("bos_token_id", -1);
-  c.eos_token_ids = parse_eos(f, f.get("eos_token_id"));
+  if (const json::Value* bos = f.get("bos_token_id"))
+    c.bos_token_id = token_id(f, "bos_token_id", *bos, c.vocab_size);
+  if (const json::Value* pad = f.get("pad_token_id"))
+    c.pad_token_id = token_id(f, "pad_token_id", *pad, c.vocab_size);
+  c.eos_token_ids = parse_eos(f, f.get("eos_token_id"), c.vocab_size);
   c.torch_dtype = parse_dtype(f);
   return c;
 }
