@@ -22,7 +22,7 @@ struct EngineConfig {
   int max_num_batched_tokens = 2048;     // token budget of one step (prefill chunks + decodes)
   int max_model_len = 0;                 // 0: the model's max_position_embeddings
   bool enable_prefix_caching = true;
-  int num_threads = 0;                   // 0: physical cores
+  int num_threads = 0;  // 0: physical cores within the usable CPUs; more than usable: InvalidRequest
   uint64_t seed = 0;                     // seeds requests that carry no seed of their own
 };
 

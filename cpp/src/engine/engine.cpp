@@ -97,7 +97,8 @@ struct Engine::Impl {
   mutable std::mutex stats_mu;
   EngineStats stats;
 
-  explicit Impl(const EngineConfig& c) : cfg(c), pool(c.num_threads), seed_gen(c.seed) {
+  explicit Impl(const EngineConfig& c)
+      : cfg(c), pool(ThreadPool::resolve_num_threads(c.num_threads)), seed_gen(c.seed) {
     require(c.block_size > 0, "block_size = " + std::to_string(c.block_size) + ": must be > 0");
     require(c.max_num_seqs > 0, "max_num_seqs = " + std::to_string(c.max_num_seqs) + ": must be > 0");
     require(c.max_num_batched_tokens > 0, "max_num_batched_tokens = " +
