@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "check.h"
+#include "engine/failpoint.h"
 #include "medrt/engine.h"
 #include "medrt/error.h"
 #include "medrt/thread_pool.h"
@@ -200,4 +201,74 @@ TEST(idle_engine_uses_no_cpu) {
   std::printf("idle engine (%d threads): %.3f ms CPU in 1 s\n", c.num_threads, used * 1e3);
   CHECK(used < 0.01);
   e.stop();
+}
+
+TEST(failed_step_ends_its_requests_with_error) {
+  Fixture f;
+  Engine e(config(f.path(), 16));
+  std::vector<Request> reqs = requests(2);
+  std::vector<uint64_t> ids;
+  for (const Request& r : reqs) ids.push_back(e.add_request(r.prompt, r.params));
+  e.step();
+  engine::failpoint::failing_steps = 1;
+  CHECK_THROWS(Error, e.step(), "injected");
+  CHECK(!e.has_unfinished());  // nobody waits for a step that will never come
+  std::vector<RequestOutput> out = e.step();
+  CHECK(out.size() == 2);
+  for (const RequestOutput& o : out)
+    CHECK(o.finished && o.finish_reason == FinishReason::Error &&
+          std::string(finish_reason_name(o.finish_reason)) == "error");
+  CHECK(e.stats().free_blocks == 16);
+  // The engine goes on serving new requests.
+  uint64_t id = e.add_request(reqs[0].prompt, reqs[0].params);
+  CHECK(int(drain(e)[id].size()) == reqs[0].params.max_tokens);
+}
+
+TEST(failed_background_step_reports_error_then_outputs) {
+  Fixture f;
+  Engine e(config(f.path(), 16));
+  e.start();
+  engine::failpoint::failing_steps = 1;
+  std::vector<Request> reqs = requests(1);
+  uint64_t id = e.add_request(reqs[0].prompt, reqs[0].params);
+  bool thrown = false, ended = false;
+  const auto deadline = std::chrono::steady_clock::now() + kTestDeadline;
+  while (!ended && std::chrono::steady_clock::now() < deadline) {
+    try {
+      for (const RequestOutput& o : e.wait_outputs(std::chrono::milliseconds(100)))
+        ended |= o.request_id == id && o.finished && o.finish_reason == FinishReason::Error;
+    } catch (const Error& err) {
+      thrown = std::string(err.what()).find("injected") != std::string::npos;
+    }
+  }
+  CHECK(thrown && ended);
+  CHECK(!e.has_unfinished());
+  e.stop();
+}
+
+TEST(stop_and_destructor_from_several_threads_while_the_loop_runs) {
+  Fixture f;
+  for (int rep = 0; rep < 5; ++rep) {
+    auto e = std::make_unique<Engine>(config(f.path(), 64));
+    e->start();
+    for (const Request& r : requests(24)) {  // far more work than the stop leaves time for
+      SamplingParams p = r.params;
+      p.max_tokens = 200;
+      e->add_request(r.prompt, p);
+    }
+    std::vector<std::thread> stoppers;
+    for (int t = 0; t < 4; ++t)
+      stoppers.emplace_back([&, t] {
+        if (t % 2) e->start();  // start racing stop must not leave a thread unjoined
+        e->stop();
+      });
+    for (auto& t : stoppers) t.join();
+    // Every thread ended with stop(): the loop is stopped and steps no more.
+    const int64_t steps = e->stats().steps;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    CHECK(e->stats().steps == steps);
+    CHECK(e->has_unfinished());
+    e->start();
+    e.reset();  // the destructor stops a running loop
+  }
 }

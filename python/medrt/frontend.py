@@ -94,6 +94,7 @@ class EngineFrontend:
     def close(self) -> None:
         """Aborts running requests and stops the engine. Idempotent."""
         self._finalizer()
+        self._client.close()  # when another thread is closing, waits until it is done
 
     def stats(self) -> dict[str, int]:
         """Engine counters: KV blocks (num_blocks, free_blocks), running/waiting requests,
