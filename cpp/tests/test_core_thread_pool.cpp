@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <climits>
 #include <ctime>
@@ -21,6 +22,32 @@
 #include "medrt/thread_pool.h"
 
 using namespace medrt;
+
+// A counting allocator for this test binary: every operator new bumps the counter.
+namespace {
+std::atomic<long> g_allocations{0};
+}
+void* operator new(size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+
+TEST(parallel_for_allocates_nothing) {
+  // The callable is referenced, not copied into a std::function: even a lambda with a large
+  // capture costs no heap allocation per parallel region.
+  ThreadPool pool(3);
+  std::atomic<int64_t> sum{0};
+  int64_t a = 1, b = 2, c = 3, d = 4;  // a capture larger than std::function's inline buffer
+  auto body = [&sum, a, b, c, d](int, int64_t lo, int64_t hi) { sum += (hi - lo) * (a + b + c + d) / 10; };
+  pool.parallel_for(64, body);  // warm-up
+  const long before = g_allocations.load();
+  for (int rep = 0; rep < 1000; ++rep) pool.parallel_for(64, body);
+  CHECK(g_allocations.load() - before == 0);
+  CHECK(sum.load() == 64 * 1001);
+}
 
 TEST(parallel_for_covers_range_once) {
   ThreadPool pool(3);
