@@ -317,3 +317,27 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidCheckpoint, match="not a GGUF file"):
         import_gguf(bad, tmp_path / "out")
 
+
+
+def test_string_length_past_the_end_of_the_file(tmp_path: Path) -> None:
+    # Found by tests/fuzz/fuzz_gguf_import.py: a key length of 2^60 made the reader allocate
+    # for it (MemoryError) instead of reporting a broken file.
+    bad = tmp_path / "long.gguf"
+    bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little")
+                    + (1).to_bytes(8, "little") + (1 << 60).to_bytes(8, "little") + b"key")
+    with pytest.raises(InvalidCheckpoint, match="runs past the end of the file"):
+        import_gguf(bad, tmp_path / "out")
+
+
+def test_file_cut_anywhere_is_invalid_checkpoint(hf_models: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    # Found by tests/fuzz/fuzz_gguf_import.py: a file cut inside the tensor descriptions made
+    # gguf.GGUFReader raise IndexError. Any cut must read as a broken file.
+    data = write_gguf(hf_models["qwen2"], tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    infos = data.index(b"blk.0.")  # the tensor descriptions follow the metadata
+    cuts = [*range(8, len(data) - 1, max(1, len(data) // 50)), *range(infos - 12, infos + 120, 5)]
+    for i, n in enumerate(cuts):
+        cut.write_bytes(data[:n])
+        with pytest.raises(InvalidCheckpoint):
+            import_gguf(cut, tmp_path / f"out{i}")

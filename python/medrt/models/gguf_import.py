@@ -296,7 +296,7 @@ def import_gguf(
     meta = read_metadata(gguf_path)
     try:
         reader = gguf.GGUFReader(gguf_path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, IndexError, KeyError) as e:  # gguf's errors on a cut file
         raise InvalidCheckpoint(f"{gguf_path}: not a readable GGUF file: {e}") from e
     if dtype == "auto":
         dtype = _auto_dtype(reader)
