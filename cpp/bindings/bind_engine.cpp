@@ -135,16 +135,36 @@ void bind_output(py::module_& m) {
       });
 }
 
+// Destroying an Engine joins its loop thread, which may be in the middle of a step: the GIL
+// is released meanwhile so other Python threads keep running. (Not while the interpreter
+// shuts down, when a released GIL could not be taken back safely.)
+struct ReleaseGilDelete {
+  void operator()(Engine* e) const {
+#if PY_VERSION_HEX >= 0x030D0000
+    const bool finalizing = Py_IsFinalizing();
+#else
+    const bool finalizing = _Py_IsFinalizing();
+#endif
+    if (Py_IsInitialized() && !finalizing && PyGILState_Check()) {
+      py::gil_scoped_release nogil;
+      delete e;
+    } else {
+      delete e;
+    }
+  }
+};
+using EngineHolder = std::unique_ptr<Engine, ReleaseGilDelete>;
+
 }  // namespace
 
 void bind_engine(py::module_& m) {
   bind_config(m);
   bind_sampling_params(m);
   bind_output(m);
-  py::class_<Engine>(m, "Engine")
+  py::class_<Engine, EngineHolder>(m, "Engine")
       .def(py::init([](const EngineConfig& c) {
              py::gil_scoped_release nogil;
-             return std::make_unique<Engine>(c);
+             return EngineHolder(new Engine(c));
            }),
            py::arg("config"))
       .def(

@@ -3,6 +3,7 @@
 #include "check.h"
 #include "engine/block_manager.h"
 #include "medrt/error.h"
+#include "medrt/kv_cache.h"
 
 using namespace medrt;
 using namespace medrt::engine;
@@ -142,4 +143,16 @@ TEST(prefix_caching_off_never_hits) {
   CHECK(bm.find_prefix(b).empty());
   bm.acquire_prefix(b, {});
   CHECK(bm.prefix_queries() == 0);
+}
+
+TEST(pool_beyond_32_bit_slots_is_refused_before_allocating) {
+  // Block ids and slots are int32: 2^28 blocks of 16 tokens would wrap the slot index.
+  CHECK_THROWS(medrt::CapacityError, BlockManager(int64_t(1) << 28, 16, true), "32-bit slot index");
+  CHECK_THROWS(medrt::CapacityError, BlockManager(int64_t(1) << 33, 1, false), "32-bit slot index");
+  medrt::ModelConfig c;
+  c.num_layers = 2;
+  c.num_kv_heads = 1;
+  c.head_dim = 8;
+  CHECK_THROWS(medrt::CapacityError, medrt::KVCache(c, int64_t(1) << 28, 16), "32-bit slot index");
+  CHECK(medrt::KVCache(c, 4, 16).bytes() == 2 * 2 * 4 * 16 * 8 * 4);
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,12 +93,7 @@ class AsyncLLM(EngineFrontend):
             raise InvalidRequest(f"request_id {request_id!r} is already running")
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-
-        def sink(item: tuple[float, Any]) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-            except RuntimeError:
-                pass  # the event loop is closed; nobody is waiting any more
+        sink = _batched_sink(loop, inbox)
 
         state = self._submit(prepared, sink, request_id)
         self._running[state.request_id] = state
@@ -117,3 +113,32 @@ class AsyncLLM(EngineFrontend):
             self._running.pop(state.request_id, None)
             if not state.engine_done:
                 self._abort(state, detach=True)
+
+
+def _batched_sink(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Any:
+    """A sink for the engine client's thread that hands items to ``inbox`` on ``loop``.
+
+    Items wait in a list, and one ``call_soon_threadsafe`` moves all that arrived before the
+    loop ran it: one wake-up of the event loop per batch instead of one per token.
+    """
+    pending: list[tuple[float, Any]] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        with lock:
+            items = pending[:]
+            pending.clear()
+        for item in items:
+            inbox.put_nowait(item)
+
+    def sink(item: tuple[float, Any]) -> None:
+        with lock:
+            pending.append(item)
+            if len(pending) > 1:
+                return  # a deliver() is already scheduled and will take this item too
+        try:
+            loop.call_soon_threadsafe(deliver)
+        except RuntimeError:
+            pass  # the event loop is closed; nobody is waiting any more
+
+    return sink

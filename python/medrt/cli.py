@@ -25,11 +25,23 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the output contains TEXT (repeatable)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: physical cores)")
+    p.add_argument("--threads", type=_thread_count, default=0,
+                   help="CPU threads (0: one per physical core; at most the CPUs this process "
+                        "may use)")
+
+
+def _thread_count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: must be 0 (one per physical core) or more")
+    return n  # above the usable CPUs: refused by the engine, which names the limit
 
 
 def _parser() -> argparse.ArgumentParser:
+    from medrt import __version__
+
     parser = argparse.ArgumentParser(prog="medrt", description="medrt: a medical LLM runtime")
+    parser.add_argument("--version", action="version", version=f"medrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pull", help="download a known model and convert it")

@@ -94,6 +94,7 @@ class EngineFrontend:
     def close(self) -> None:
         """Aborts running requests and stops the engine. Idempotent."""
         self._finalizer()
+        self._client.close()  # when another thread is closing, waits until it is done
 
     def stats(self) -> dict[str, int]:
         """Engine counters: KV blocks (num_blocks, free_blocks), running/waiting requests,
@@ -157,12 +158,12 @@ class EngineFrontend:
     def _render_chat(self, messages: Conversation, add_generation_prompt: bool,
                      chat_template: str | None, chat_template_kwargs: Mapping[str, Any] | None,
                      tools: list[dict] | None) -> dict[str, Any]:
-        text = self.tokenizer.render_chat(
+        # The template writes BOS itself, so the text is encoded without adding it again;
+        # control tokens spelled inside messages are encoded as text (no forged turns).
+        text, ids = self.tokenizer.encode_chat(
             messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
             tools=tools, **dict(chat_template_kwargs or {}))
-        # The template writes BOS itself, so the text is encoded without adding it again.
-        return {"prompt": text,
-                "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
+        return {"prompt": text, "prompt_token_ids": ids}
 
     def _submit(self, prepared: PreparedRequest, sink: Sink,
                 request_id: str | None = None) -> RequestState:

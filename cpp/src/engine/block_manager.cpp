@@ -1,6 +1,7 @@
 #include "engine/block_manager.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "medrt/error.h"
 
@@ -25,6 +26,11 @@ BlockManager::BlockManager(int64_t num_blocks, int block_size, bool enable_prefi
   if (num_blocks <= 0 || block_size <= 0)
     throw InvalidRequest("the KV pool needs num_blocks > 0 and block_size > 0 (got " +
                          std::to_string(num_blocks) + ", " + std::to_string(block_size) + ")");
+  // Block ids are int32 in block tables, and so are slots (block * block_size + offset).
+  if (num_blocks > INT32_MAX / block_size)
+    throw CapacityError("KV pool of " + std::to_string(num_blocks) + " blocks x " +
+                        std::to_string(block_size) + " tokens exceeds the 2^31 - 1 slots a " +
+                        "32-bit slot index can address");
   blocks_.resize(size_t(num_blocks));
   for (int32_t i = 0; i < int32_t(num_blocks); ++i)
     blocks_[size_t(i)].free_pos = free_.insert(free_.end(), i);

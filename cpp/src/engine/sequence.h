@@ -34,8 +34,8 @@ class Sequence {
   // Sampling state. The generator advances only when this sequence samples, so its draws do
   // not depend on what else runs in the batch.
   std::mt19937_64 rng;
-  std::vector<int32_t> seen_tokens;        // sorted set of prompt and output tokens
-  std::map<int32_t, int> output_counts;    // output token -> occurrences
+  std::vector<int32_t> seen_tokens;        // sorted prompt and output tokens (repetition penalty)
+  std::map<int32_t, int> output_counts;    // output token -> occurrences (frequency/presence)
 
   FinishReason finish_reason = FinishReason::None;
   int32_t stop_token_id = -1;
