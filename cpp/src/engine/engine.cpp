@@ -204,16 +204,45 @@ struct Engine::Impl {
       const Sequence& seq = *sched[i].seq;
       std::copy(seq.block_table.begin(), seq.block_table.end(),
                 fb.block_tables.begin() + ptrdiff_t(i * size_t(fb.max_blocks)));
+      auto [score_from, score_to] = seq.prompt_logprob_rows(seq.num_computed_tokens, sched[i].num_tokens);
       for (int j = 0; j < sched[i].num_tokens; ++j) {
         int pos = seq.num_computed_tokens + j;
         fb.tokens.push_back(seq.tokens[size_t(pos)]);
         fb.positions.push_back(pos);
         fb.token_seq.push_back(int32_t(i));
         fb.slot_mapping.push_back(seq.block_table[size_t(pos / bs)] * bs + pos % bs);
+        if (pos >= score_from && pos < score_to) fb.logit_rows.push_back(int32_t(fb.tokens.size()) - 1);
       }
       if (sched[i].sample) fb.logit_rows.push_back(int32_t(fb.tokens.size()) - 1);
     }
     return fb;
+  }
+
+  struct PromptScore {
+    Sequence* seq;
+    int pos;      // these logits score prompt token pos + 1
+    size_t row;   // in the logits buffer
+  };
+
+  // Scores prompt tokens (exact log-softmax over the vocabulary, one row per task) and appends
+  // them to their sequences in position order.
+  void score_prompts(const std::vector<PromptScore>& scores) {
+    std::vector<TokenLogprobs> out(scores.size());
+    pool.parallel_for(int64_t(scores.size()), [&](int, int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const PromptScore& sc = scores[size_t(i)];
+        out[size_t(i)] = sampler->logprobs(logits.data() + sc.row * size_t(vocab),
+                                           sc.seq->tokens[size_t(sc.pos + 1)], sc.seq->params.prompt_logprobs);
+      }
+    });
+    for (size_t i = 0; i < scores.size(); ++i) scores[i].seq->prompt_logprobs.push_back(std::move(out[i]));
+  }
+
+  static void take_prompt_logprobs(Sequence& s, RequestOutput& o) {
+    if (s.params.prompt_logprobs < 0 || s.prompt_logprobs_sent) return;
+    o.prompt_logprobs = std::move(s.prompt_logprobs);
+    o.prompt_logprobs_start = s.params.prompt_logprobs_start;
+    s.prompt_logprobs_sent = true;
   }
 
   // Decides whether the token just appended ends the sequence, and why.
@@ -242,15 +271,27 @@ struct Engine::Impl {
       model->forward(fb, *kv, logits.data());
       for (const ScheduledSeq& s : sched)
         if (!(s.num_tokens == 1 && s.seq->num_output_tokens() > 0 && s.sample)) prefill += s.num_tokens;
-      scheduler->advance(sched);
+      // Logit rows come per scheduled sequence in batch order: its prompt-scoring rows, then
+      // its sampling row (build_batch's order).
+      std::vector<PromptScore> scores;
       std::vector<Sequence*> rows;
-      for (const ScheduledSeq& s : sched)
-        if (s.sample) rows.push_back(s.seq);
+      std::vector<size_t> row_of;
+      size_t next_row = 0;
+      for (const ScheduledSeq& s : sched) {
+        auto [from, to] = s.seq->prompt_logprob_rows(s.seq->num_computed_tokens, s.num_tokens);
+        for (int pos = from; pos < to; ++pos) scores.push_back({s.seq, pos, next_row++});
+        if (s.sample) {
+          rows.push_back(s.seq);
+          row_of.push_back(next_row++);
+        }
+      }
+      score_prompts(scores);
+      scheduler->advance(sched);
       // Rows share nothing (each reads its own logits and Sequence), so any split is exact.
       std::vector<engine::Sample> samples(rows.size());
       pool.parallel_for(int64_t(rows.size()), [&](int, int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
-          samples[size_t(i)] = sampler->sample(logits.data() + size_t(i) * size_t(vocab), *rows[size_t(i)]);
+          samples[size_t(i)] = sampler->sample(logits.data() + row_of[size_t(i)] * size_t(vocab), *rows[size_t(i)]);
       });
       for (size_t i = 0; i < rows.size(); ++i) {
         Sequence& seq = *rows[i];
@@ -263,6 +304,7 @@ struct Engine::Impl {
         o.finished = done;
         o.new_token_ids = {r.token};
         if (seq.params.logprobs >= 0) o.logprobs = {std::move(r.logprobs)};
+        take_prompt_logprobs(seq, o);
         out.push_back(std::move(o));
         if (done) retire(seq);
       }
