@@ -6,9 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
-
 import medrt
+import pytest
 from medrt.errors import InvalidRequest
 
 torch = pytest.importorskip("torch")
