@@ -104,3 +104,24 @@ def test_invalid_prompt_logprobs() -> None:
         medrt.SamplingParams(prompt_logprobs=21)
     with pytest.raises(InvalidRequest, match="prompt_logprobs_start"):
         medrt.SamplingParams(prompt_logprobs=0, prompt_logprobs_start=0)
+
+
+def test_preemption_keeps_prompt_logprobs(tiny_llama: Path) -> None:
+    # 24 blocks of 4 tokens: each request fits alone, the four together preempt while decoding;
+    # the recompute must neither rescore nor resend the prompt, and the scores stay exact.
+    prompts = [_prompt(30, seed=20 + i) for i in range(4)]
+    params = medrt.SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True,
+                                  prompt_logprobs=0)
+    with medrt.LLM(str(tiny_llama), num_threads=1, block_size=4) as llm:
+        alone = [llm.generate({"prompt_token_ids": p}, params)[0] for p in prompts]
+    with medrt.LLM(str(tiny_llama), num_threads=1, block_size=4, num_kv_blocks=24,
+                   max_num_batched_tokens=32) as llm:
+        together = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+        assert llm.stats()["num_preemptions"] > 0
+    for a, b in zip(alone, together):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.prompt_logprobs is not None and b.prompt_logprobs is not None
+        assert [None if e is None else {t: x.logprob for t, x in e.items()}
+                for e in a.prompt_logprobs] == \
+            [None if e is None else {t: x.logprob for t, x in e.items()}
+             for e in b.prompt_logprobs]
