@@ -87,7 +87,8 @@ void bind_sampling_params(py::module_& m) {
               kw,
               {"max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p",
                "repetition_penalty", "frequency_penalty", "presence_penalty", "seed",
-               "stop_token_ids", "ignore_eos", "logprobs"},
+               "stop_token_ids", "ignore_eos", "logprobs", "prompt_logprobs",
+               "prompt_logprobs_start"},
               "SamplingParams");
         }))
       .def_readwrite("max_tokens", &SamplingParams::max_tokens)
@@ -107,20 +108,26 @@ void bind_sampling_params(py::module_& m) {
           })
       .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
       .def_readwrite("logprobs", &SamplingParams::logprobs)
+      .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
+      .def_readwrite("prompt_logprobs_start", &SamplingParams::prompt_logprobs_start)
       .def("validate", &SamplingParams::validate, py::arg("vocab_size"));
+}
+
+// [(chosen logprob, [(token, logprob), ...]), ...]
+py::list logprob_list(const std::vector<TokenLogprobs>& entries) {
+  py::list out;
+  for (const TokenLogprobs& l : entries) out.append(py::make_tuple(l.chosen, py::cast(l.top)));
+  return out;
 }
 
 void bind_output(py::module_& m) {
   py::class_<RequestOutput>(m, "RequestOutput")
       .def_readonly("request_id", &RequestOutput::request_id)
       .def_readonly("new_token_ids", &RequestOutput::new_token_ids)
-      .def_property_readonly("logprobs",
-                             [](const RequestOutput& o) {
-                               py::list out;
-                               for (const TokenLogprobs& l : o.logprobs)
-                                 out.append(py::make_tuple(l.chosen, py::cast(l.top)));
-                               return out;
-                             })
+      .def_property_readonly("logprobs", [](const RequestOutput& o) { return logprob_list(o.logprobs); })
+      .def_property_readonly("prompt_logprobs",
+                             [](const RequestOutput& o) { return logprob_list(o.prompt_logprobs); })
+      .def_readonly("prompt_logprobs_start", &RequestOutput::prompt_logprobs_start)
       .def_readonly("finished", &RequestOutput::finished)
       .def_property_readonly("finish_reason",
                              [](const RequestOutput& o) { return finish_reason_name(o.finish_reason); })

@@ -1,4 +1,4 @@
-"""The ``medrt`` command: pull and import models, list them, generate text and chat."""
+"""The ``medrt`` command: pull and import models, list them, generate text, chat, evaluate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from medrt.errors import MedrtError
+from medrt.eval.cli import add_parser as _add_eval_parser
+from medrt.eval.cli import cmd_eval
 from medrt.models.registry import DEFAULT_MODEL
 
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -68,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", "-p", default=None, help="answer this one message and exit")
     p.add_argument("--system", default=None, help="system message")
     _add_model_and_sampling(p)
+
+    _add_eval_parser(sub, DEFAULT_MODEL)
     return parser
 
 
@@ -199,6 +203,7 @@ _COMMANDS = {
     "models": cmd_models,
     "generate": cmd_generate,
     "chat": cmd_chat,
+    "eval": cmd_eval,
 }
 
 

@@ -68,6 +68,10 @@ class RequestOutput:
     """The state of one request: the prompt, its completion so far, and whether it is done.
 
     ``num_cached_tokens`` counts the prompt tokens served from the prefix cache.
+    ``prompt_logprobs`` (with SamplingParams.prompt_logprobs) is aligned with
+    ``prompt_token_ids``: entry i maps the prompt token i (and the top alternatives at that
+    position) to its Logprob given tokens 0..i-1; None for token 0 and for the tokens before
+    SamplingParams.prompt_logprobs_start.
     """
 
     request_id: str
@@ -76,6 +80,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = field(default=None, repr=False)
 
     @property
     def num_cached_tokens(self) -> int:

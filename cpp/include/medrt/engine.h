@@ -35,6 +35,10 @@ struct RequestOutput {
   uint64_t request_id = 0;
   std::vector<int32_t> new_token_ids;
   std::vector<TokenLogprobs> logprobs;  // one per new token when requested
+  // With SamplingParams.prompt_logprobs, on the request's first output (or its final one when
+  // it ends before sampling): entry i scores prompt token prompt_logprobs_start + i.
+  std::vector<TokenLogprobs> prompt_logprobs;
+  int prompt_logprobs_start = 0;
   bool finished = false;
   FinishReason finish_reason = FinishReason::None;
   int32_t stop_token_id = -1;           // the stop/EOS token that ended it, if any

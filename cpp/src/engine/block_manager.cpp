@@ -45,7 +45,7 @@ uint64_t BlockManager::hash_block(uint64_t parent, const int32_t* tokens) const 
 std::vector<int32_t> BlockManager::find_prefix(const Sequence& seq) const {
   std::vector<int32_t> found;
   if (!prefix_caching_) return found;
-  int max_blocks = (seq.num_tokens() - 1) / block_size_;
+  int max_blocks = seq.prefix_cache_limit() / block_size_;
   uint64_t parent = kRootHash;
   for (int b = 0; b < max_blocks; ++b) {
     const int32_t* toks = seq.tokens.data() + size_t(b) * size_t(block_size_);
@@ -67,7 +67,7 @@ int64_t BlockManager::num_free_in(const std::vector<int32_t>& prefix) const {
 
 void BlockManager::acquire_prefix(Sequence& seq, const std::vector<int32_t>& prefix) {
   if (!prefix_caching_) return;
-  queries_ += (seq.num_tokens() - 1) / block_size_;
+  queries_ += seq.prefix_cache_limit() / block_size_;
   hits_ += int64_t(prefix.size());
   for (int32_t id : prefix) {
     Block& blk = blocks_[size_t(id)];
