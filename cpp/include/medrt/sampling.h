@@ -22,6 +22,8 @@ struct SamplingParams {
   bool ignore_eos = false;
   int logprobs = -1;               // < 0: none; 0: the chosen token's; n (<= 20): and the top n.
                                    // Raw model logprobs (before penalties/temperature/top-*).
+  int32_t lora_id = 0;             // adapter mode: the LoRA adapter the request runs with
+                                   // (Engine::add_lora); 0: the base model
   // temperature < 1e-5 is greedy; top_k -1 or 0 is off; max_tokens >= 1, min_tokens <= max_tokens.
 
   // Throws InvalidRequest naming the first bad field and its value.
