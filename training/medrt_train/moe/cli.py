@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         out.loss.backward()
         opt.step()
         if step % max(1, args.steps // 10) == 0 or step == args.steps:
-            row = {"step": step, "loss": float(out.loss), "lm": float(out.lm_loss),
+            row = {"step": step, "loss": out.loss.item(), "lm": out.lm_loss.item(),
                    "con": float(out.con_loss), "bal": float(out.bal_loss),
                    "max_rss_mib": round(_rss_mib(), 1), "seconds": round(time.time() - start, 1)}
             log.info("%s", row)
