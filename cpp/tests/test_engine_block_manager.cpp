@@ -160,6 +160,23 @@ TEST(freed_blocks_stay_cached_until_reallocated) {
   CHECK(bm.find_prefix(b).empty());
 }
 
+TEST(each_lora_adapter_has_its_own_prefix_chain) {
+  BlockManager bm(16, 4, true);
+  Sequence base = make_seq(1, range(0, 9));
+  compute_all(bm, base);
+  Sequence adapted = make_seq(2, range(0, 9));
+  adapted.prefix_salt = 7;  // the same tokens under a LoRA adapter: other K/V
+  CHECK(bm.find_prefix(adapted).empty());
+  compute_all(bm, adapted);
+  Sequence again = make_seq(3, range(0, 9));
+  again.prefix_salt = 7;
+  CHECK(bm.find_prefix(again).size() == 2);
+  Sequence other = make_seq(4, range(0, 9));
+  other.prefix_salt = 8;
+  CHECK(bm.find_prefix(other).empty());
+  CHECK(bm.find_prefix(make_seq(5, range(0, 9))).size() == 2);  // the base's own
+}
+
 TEST(prefix_caching_off_never_hits) {
   BlockManager bm(8, 4, false);
   Sequence a = make_seq(1, range(0, 12));

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLM",
+    "LoRARequest",
     "CompletionOutput",
     "Logprob",
     "RequestMetrics",
@@ -36,4 +37,8 @@ def __getattr__(name: str) -> Any:
         from medrt.async_llm import AsyncLLM
 
         return AsyncLLM
+    if name == "LoRARequest":
+        from medrt.lora.request import LoRARequest
+
+        return LoRARequest
     raise AttributeError(f"module 'medrt' has no attribute {name!r}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from medrt.errors import InvalidRequest
 from medrt.frontend import Conversation, EngineFrontend, PreparedRequest, PromptType
+from medrt.lora.request import LoRARequest
 from medrt.outputs import RequestOutput
 from medrt.request_state import RequestState
 from medrt.sampling_params import SamplingParams
@@ -43,17 +44,21 @@ class LLM(EngineFrontend):
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Completes each prompt; returns one finished RequestOutput per prompt, in order.
 
         A prompt is text (tokenized with BOS as the checkpoint wants), a list of token ids, or
         a dict with ``prompt`` or ``prompt_token_ids``. ``sampling_params`` is one
         SamplingParams for all prompts or a list with one per prompt. Every prompt is checked
-        before any is queued.
+        before any is queued. ``lora_request`` (adapter mode) is one LoRARequest for all
+        prompts or a list with one per prompt; None runs the base model.
         """
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
-        return self._run_batch([self._prepare(p, sp) for p, sp in zip(batch, params)])
+        loras = _lora_per_prompt(lora_request, len(batch))
+        return self._run_batch([self._prepare(p, sp, lr)
+                                for p, sp, lr in zip(batch, params, loras)])
 
     def chat(
         self,
@@ -65,6 +70,7 @@ class LLM(EngineFrontend):
         chat_template: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput] | Iterator[str]:
         """Answers a conversation (a list of {"role", "content"} dicts) or several.
 
@@ -78,10 +84,11 @@ class LLM(EngineFrontend):
         """
         conversations = _as_conversation_list(messages)
         params = _params_per_prompt(sampling_params, len(conversations))
+        loras = _lora_per_prompt(lora_request, len(conversations))
         prepared = [
             self._prepare(self._render_chat(c, add_generation_prompt, chat_template,
-                                            chat_template_kwargs, tools), sp)
-            for c, sp in zip(conversations, params)]
+                                            chat_template_kwargs, tools), sp, lr)
+            for c, sp, lr in zip(conversations, params, loras)]
         if not stream:
             return self._run_batch(prepared)
         if len(prepared) != 1:
@@ -182,3 +189,13 @@ def _params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,
     if len(params) != n:
         raise InvalidRequest(f"got {len(params)} sampling_params for {n} prompts")
     return params
+
+
+def _lora_per_prompt(lora: LoRARequest | Sequence[LoRARequest | None] | None,
+                     n: int) -> list[LoRARequest | None]:
+    if lora is None or isinstance(lora, (LoRARequest, str)):
+        return [lora] * n
+    lora = list(lora)
+    if len(lora) != n:
+        raise InvalidRequest(f"got {len(lora)} lora_requests for {n} prompts")
+    return lora

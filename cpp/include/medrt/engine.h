@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "medrt/config.h"
+#include "medrt/lora.h"
 #include "medrt/sampling.h"
 
 namespace medrt {
@@ -100,6 +101,15 @@ class Engine {
   std::vector<RequestOutput> wait_outputs(std::chrono::milliseconds timeout);
 
   EngineStats stats() const;
+
+  // Adapter mode (docs/adapters.md). Loads LoRA adapter `id` (> 0) between two steps; requests
+  // name it by SamplingParams::lora_id. Throws InvalidRequest for an id already loaded and
+  // InvalidCheckpoint naming a module that is not a projection of the model or does not fit it.
+  void add_lora(int32_t id, const LoraAdapterWeights& weights);
+  // Unloads adapter `id`; false (and nothing changes) while queued or running requests use it,
+  // or when it is not loaded.
+  bool remove_lora(int32_t id);
+  std::vector<int32_t> loras() const;  // ids loaded, ascending
 
  private:
   struct Impl;

@@ -69,6 +69,14 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Sequence>> new_seqs;
   std::vector<uint64_t> aborts;
   std::set<uint64_t> unfinished;  // added and not yet reported finished
+  // Adapter mode: per adapter loaded, how many unfinished requests use it, and the salt of its
+  // prefix-cache chain (new at every load, so a reloaded id never meets blocks of the old one).
+  struct LoraUse {
+    int users = 0;
+    uint64_t salt = 0;
+  };
+  std::map<int32_t, LoraUse> lora_users;
+  uint64_t lora_loads = 0;
   uint64_t next_id = 1;
   std::mt19937_64 seed_gen;
   bool stop_requested = false;
@@ -132,9 +140,19 @@ struct Engine::Impl {
     uint64_t id;
     {
       std::lock_guard lk(inbox_mu);
+      uint64_t salt = 0;
+      if (params.lora_id != 0) {
+        auto it = lora_users.find(params.lora_id);
+        if (it == lora_users.end())
+          throw InvalidRequest("SamplingParams.lora_id = " + std::to_string(params.lora_id) +
+                               ": no LoRA adapter with this id is loaded");
+        ++it->second.users;
+        salt = it->second.salt;
+      }
       id = next_id++;
       uint64_t seed = params.seed >= 0 ? uint64_t(params.seed) : seed_gen();
       new_seqs.push_back(std::make_unique<Sequence>(id, prompt, params, seed));
+      new_seqs.back()->prefix_salt = salt;
       unfinished.insert(id);
     }
     work_cv.notify_one();
@@ -156,6 +174,7 @@ struct Engine::Impl {
     {
       std::lock_guard lk(inbox_mu);
       unfinished.erase(s.id);
+      if (s.params.lora_id != 0) --lora_users[s.params.lora_id].users;
     }
     seqs.erase(s.id);
   }
@@ -423,6 +442,29 @@ std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeou
   std::vector<RequestOutput> out;
   out.swap(impl_->outputs);
   return out;
+}
+
+void Engine::add_lora(int32_t id, const LoraAdapterWeights& weights) {
+  std::lock_guard step(impl_->step_mu);  // between steps: the model reads the set while it runs
+  impl_->runner->loras().add(id, weights);
+  std::lock_guard lk(impl_->inbox_mu);
+  impl_->lora_users.emplace(id, Impl::LoraUse{0, ++impl_->lora_loads});
+}
+
+bool Engine::remove_lora(int32_t id) {
+  std::lock_guard step(impl_->step_mu);
+  std::lock_guard lk(impl_->inbox_mu);
+  auto it = impl_->lora_users.find(id);
+  if (it == impl_->lora_users.end() || it->second.users > 0) return false;
+  impl_->lora_users.erase(it);
+  return impl_->runner->loras().remove(id);
+}
+
+std::vector<int32_t> Engine::loras() const {
+  std::lock_guard lk(impl_->inbox_mu);
+  std::vector<int32_t> ids;
+  for (const auto& [id, users] : impl_->lora_users) ids.push_back(id);
+  return ids;
 }
 
 EngineStats Engine::stats() const {

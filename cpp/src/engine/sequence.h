@@ -31,6 +31,8 @@ class Sequence {
   std::vector<uint64_t> block_hashes;  // chained hash of each full, computed block
   int num_computed_tokens = 0;         // tokens whose K/V are in the cache
   int num_cached_tokens = -1;          // prompt tokens found in the prefix cache at first admission
+  uint64_t prefix_salt = 0;            // seeds the hash chain: 0 for the base model, one value
+                                       // per loaded LoRA adapter (its blocks hold its own K/V)
 
   // Sampling state. The generator advances only when this sequence samples, so its draws do
   // not depend on what else runs in the batch.
