@@ -236,8 +236,8 @@ void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
   if (H <= 0 || n_heads % H != 0)
     throw InvalidRequest("paged_attention: " + std::to_string(n_heads) +
                          " query heads are not a multiple of " + std::to_string(H) + " kv heads");
-  if (hd > kMaxHeadDim || hd % 32 != 0)
-    throw InvalidRequest("paged_attention on CUDA needs head_dim a multiple of 32 up to " +
+  if (hd <= 0 || hd > kMaxHeadDim)
+    throw InvalidRequest("paged_attention on CUDA needs head_dim up to " +
                          std::to_string(kMaxHeadDim) + ", got " + std::to_string(hd));
   if (bs <= 0 || bs > 256)
     throw InvalidRequest("paged_attention on CUDA needs block_size 1..256, got " +
