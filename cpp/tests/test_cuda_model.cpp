@@ -27,7 +27,7 @@ std::vector<int32_t> greedy(Model& m, KVCache& kv, std::vector<int32_t> prompt, 
                             std::vector<float>* first_logits = nullptr) {
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> out;
-  std::vector<float> logits(size_t(V));
+  std::vector<float> logits(static_cast<size_t>(V));
   int32_t done = 0;
   for (int s = 0; s <= steps; ++s) {
     ForwardBatch b;

@@ -11,6 +11,7 @@
 #include "medrt/backend.h"
 #include "medrt/cuda.h"
 #include "medrt/dtype.h"
+#include "medrt/error.h"
 
 using namespace medrt;
 
@@ -178,7 +179,8 @@ TEST(linear_matches_the_dequantised_weight_for_every_type_and_path) {
       for (int64_t m = 0; m < M; ++m)
         for (int64_t r = 0; r < out; ++r) {
           double ref = 0;
-          for (int64_t i = 0; i < in; ++i) ref += tw.dense[size_t(r * in + i)] * x[size_t(m * in + i)];
+          for (int64_t i = 0; i < in; ++i)
+            ref += tw.dense[size_t(r * in + i)] * x[size_t(m * in + i)];
           float bias;
           std::memcpy(&bias, tw.bias.data() + 4 * r, 4);
           ref += bias;
@@ -225,7 +227,8 @@ TEST(elementwise_ops_match_the_cpu_backend) {
   float* dact = g.zeros(act.size());
   g.dev->silu_mul(g.up(ga), g.up(upv), T, F, dact);
   const std::vector<float> actd = g.down(dact, act.size());
-  for (size_t i = 0; i < act.size(); ++i) CHECK_NEAR(actd[i], act[i], 1e-5 * (1 + std::fabs(act[i])));
+  for (size_t i = 0; i < act.size(); ++i)
+    CHECK_NEAR(actd[i], act[i], 1e-5 * (1 + std::fabs(act[i])));
   float* dsum = g.up(ga);
   g.dev->add(dsum, g.up(upv), T * F);
   const std::vector<float> sum = g.down(dsum, ga.size());
@@ -235,7 +238,8 @@ TEST(elementwise_ops_match_the_cpu_backend) {
   g.dev->gather_rows(g.up(ga), F, g.up(rows), 3, dg);
   const std::vector<float> gathered = g.down(dg, size_t(3 * F));
   for (int r = 0; r < 3; ++r)
-    CHECK(std::memcmp(&gathered[size_t(r * F)], &ga[size_t(rows[size_t(r)] * F)], size_t(F) * 4) == 0);
+    CHECK(std::memcmp(&gathered[size_t(r * F)], &ga[size_t(rows[size_t(r)] * F)],
+                      size_t(F) * 4) == 0);
   // embedding from a bf16 table
   TestWeight table = make_weight(WeightType::BF16, 50, 64, 0);
   auto tc = g.cpu->prepare_linear(table.lw), td = g.dev->prepare_linear(table.lw);
@@ -292,7 +296,8 @@ void check_attention(Gpu& g, int64_t n_heads, int64_t kv_heads, int64_t hd, int6
                          scale, od);
   const std::vector<float> o = g.down(od, q.size());
   double max_err = 0;
-  for (size_t i = 0; i < o.size(); ++i) max_err = std::max(max_err, double(std::fabs(o[i] - oc[i])));
+  for (size_t i = 0; i < o.size(); ++i)
+    max_err = std::max(max_err, double(std::fabs(o[i] - oc[i])));
   if (!(max_err < 1e-4)) std::fprintf(stderr, "attention max error %g\n", max_err);
   CHECK(max_err < 1e-4);
 }

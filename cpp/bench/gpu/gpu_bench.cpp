@@ -162,7 +162,8 @@ int main(int argc, char** argv) {
         seq[size_t(b)] = int32_t(b);
         for (int64_t j = 0; j < blocks_per_seq; ++j)
           tables[size_t(b * blocks_per_seq + j)] = int32_t(b * blocks_per_seq + j);
-        slots[size_t(b)] = int32_t(tables[size_t(b * blocks_per_seq + context / bs)] * bs + context % bs);
+        slots[size_t(b)] =
+            int32_t(tables[size_t(b * blocks_per_seq + context / bs)] * bs + context % bs);
       }
       auto upload = [&](const std::vector<int32_t>& v) {
         DeviceBuffer d(*be, v.size() * 4);
@@ -193,7 +194,8 @@ int main(int argc, char** argv) {
           be->linear(*L.v, h.get<float>(), B, v.get<float>());
           be->rope(q.get<float>(), B, s.H, s.hd, d_pos.get<int32_t>(), d_inv.get<float>());
           be->rope(k.get<float>(), B, s.KVH, s.hd, d_pos.get<int32_t>(), d_inv.get<float>());
-          be->kv_write(k.get<float>(), v.get<float>(), B, d_slots.get<int32_t>(), caches[size_t(l)]);
+          be->kv_write(k.get<float>(), v.get<float>(), B, d_slots.get<int32_t>(),
+                       caches[size_t(l)]);
           be->paged_attention(q.get<float>(), s.H, caches[size_t(l)], ab, scale, att.get<float>());
           be->linear(*L.o, att.get<float>(), B, o.get<float>());
           be->add(x.get<float>(), o.get<float>(), B * s.D);

@@ -176,7 +176,8 @@ std::unique_ptr<BackendWeight> CudaBackend::prepare_linear(const LinearWeight& w
   need(w.out > 0 && w.in > 0, w.name, "empty shape");
   const bool four_bit = w.type == WeightType::Nf4 || w.type == WeightType::Int4;
   if (four_bit) {
-    need(w.in % 32 == 0, w.name, "4-bit weights need in % 32 == 0, got in = " + std::to_string(w.in));
+    need(w.in % 32 == 0, w.name,
+         "4-bit weights need in % 32 == 0, got in = " + std::to_string(w.in));
     need(w.group_size > 0 && w.group_size % 32 == 0 && w.in % w.group_size == 0, w.name,
          "4-bit group size must be a multiple of 32 dividing in, got " +
              std::to_string(w.group_size));
@@ -217,7 +218,8 @@ std::unique_ptr<BackendWeight> CudaBackend::prepare_linear(const LinearWeight& w
       const auto s = host_f16(w.scales, n_groups, w.name, "int4 scales");
       const auto z = host_f16(mins ? w.mins : w.zeros, n_groups, w.name,
                               mins ? "int4 mins" : "int4 zeros");
-      std::vector<uint16_t> inter(static_cast<size_t>(2 * n_groups));  // half2: (scale, zero-or-min)
+      // half2 per group: (scale, zero) or (scale, min)
+      std::vector<uint16_t> inter(static_cast<size_t>(2 * n_groups));
       for (int64_t g = 0; g < n_groups; ++g) {
         inter[size_t(2 * g)] = s[size_t(g)];
         inter[size_t(2 * g + 1)] = z[size_t(g)];

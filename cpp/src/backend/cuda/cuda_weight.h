@@ -5,7 +5,8 @@
 //   F32/F16/BF16  data: [out, in] as stored
 //   Int8          data: int8 codes [out, in]; row_scales: f32 [out] (group_size 0) or
 //                 scales: f16 [out, in/g] (group_size > 0)
-//   Nf4           data: packed codes [out, in/2] (32-input chunks, linear.h); scales f16 [out, in/g]
+//   Nf4           data: packed codes [out, in/2] (32-input chunks, linear.h);
+//                 scales: f16 [out, in/g]
 //   Int4          data: packed codes; params: half2 (scale, zero) or (scale, min) [out, in/g]
 //   bias          f32 [out] or null
 #pragma once
@@ -30,7 +31,9 @@ struct WeightView {
   const __half2* params = nullptr;
   const float* bias = nullptr;
 
-  __host__ __device__ int64_t groups_per_row() const { return group_size > 0 ? in / group_size : 0; }
+  __host__ __device__ int64_t groups_per_row() const {
+    return group_size > 0 ? in / group_size : 0;
+  }
 };
 
 // Owns the device allocations of one weight (freed with it).

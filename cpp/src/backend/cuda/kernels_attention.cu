@@ -38,7 +38,8 @@ __global__ void kv_write_kernel(const float* k, const float* v, int64_t T,
   const int32_t slot = slot_mapping[t];
   if (slot < 0) return;
   const int64_t block = slot / cache.block_size, off = slot % cache.block_size;
-  const int64_t dst = ((block * cache.n_kv_heads + h) * cache.block_size + off) * cache.head_dim + d;
+  const int64_t dst =
+      ((block * cache.n_kv_heads + h) * cache.block_size + off) * cache.head_dim + d;
   cache.k[dst] = k[idx];
   cache.v[dst] = v[idx];
 }
@@ -88,7 +89,8 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(AttnParam
       const int nrow = min(rows_per_pass, seg_end - r0);
       const int nq = nrow * gc;
       int64_t max_pos = 0;
-      for (int r = 0; r < nrow; ++r) max_pos = max(max_pos, int64_t(p.batch.positions[t0 + r0 + r]));
+      for (int r = 0; r < nrow; ++r)
+        max_pos = max(max_pos, int64_t(p.batch.positions[t0 + r0 + r]));
       const int64_t key_hi = min(max_pos + 1, key_lo + p.split_keys);
       if (tid < kQvMax) {
         srow[tid] = int(t0 + r0 + tid / gc);
@@ -252,7 +254,8 @@ void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
   p.rows_per_tile = T > 64 ? std::max(1, kQvMax / p.heads_per_cta) : 1;
   const int64_t tiles = ceil_div(T, p.rows_per_tile);
   const int64_t ctas = tiles * H * p.head_chunks;
-  int64_t splits = std::clamp<int64_t>(ceil_div(kTargetCtas, ctas), 1, std::max<int64_t>(1, batch.max_blocks));
+  int64_t splits = std::clamp<int64_t>(ceil_div(kTargetCtas, ctas), 1,
+                                        std::max<int64_t>(1, batch.max_blocks));
   const int64_t per_split_floats = T * n_heads * (hd + 2);
   if (splits > 1) splits = std::min<int64_t>(splits, scratch.floats / per_split_floats);
   splits = std::max<int64_t>(splits, 1);

@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
-#pragma unroll 2
+#pragma unroll 4
   for (int64_t v = lane; v < nvec; v += 32) {
     const uint4 raw = __ldg(row + v);
     float wv[E];

@@ -105,6 +105,8 @@ __device__ __forceinline__ void decode16(const WeightView& w, int64_t r, int64_t
     // One 32-input chunk; a group holds whole chunks, so one group parameter covers it.
     const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
     const int64_t g = r * w.groups_per_row() + (v * 32) / w.group_size;
+    __half2 p{};
+    if constexpr (T == WeightType::Int4) p = w.params[g];
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       const uint32_t b = (words[j / 4] >> (8 * (j % 4))) & 0xFF;
@@ -112,7 +114,6 @@ __device__ __forceinline__ void decode16(const WeightView& w, int64_t r, int64_t
       if constexpr (T == WeightType::Nf4) {
         out[j] = nf4[lo], out[j + 16] = nf4[hi];
       } else {
-        const __half2 p = w.params[g];
         out[j] = int4_value(w, lo, p), out[j + 16] = int4_value(w, hi, p);
       }
     }
