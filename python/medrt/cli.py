@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                         "every tensor (f32 keeps the dequantized weights exact)")
 
     sub.add_parser("models", help="list known and pulled models")
+    p = sub.add_parser("info", help="which device the engine would use, and why")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (MEDRT_DEVICE overrides)")
 
     p = sub.add_parser("generate", help="complete a prompt")
     p.add_argument("prompt", nargs="+", help="the prompt (words are joined with spaces)")
@@ -142,6 +144,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from medrt.device import describe, select_device
+
+    for line in describe(select_device(args.device)):
+        print(line)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     with _load(args) as llm:
         out = llm.generate(" ".join(args.prompt), _sampling(args))
@@ -201,6 +211,7 @@ _COMMANDS = {
     "pull": cmd_pull,
     "import-gguf": cmd_import_gguf,
     "models": cmd_models,
+    "info": cmd_info,
     "generate": cmd_generate,
     "chat": cmd_chat,
     "eval": cmd_eval,

@@ -66,9 +66,17 @@ class EngineFrontend:
         max_lora_rank: int = 64,
         lora: Any = None,
         merge: bool = False,
+        device: str = "auto",
+        enforce_eager: bool = False,
+        device_map: str | None = None,
     ) -> None:
         from medrt import _core
+        from medrt.device import select_device
         from medrt.lora.manager import LoraManager
+
+        # "auto" | "cpu" | "cuda" (MEDRT_DEVICE overrides); enforce_eager and device_map only
+        # matter on CUDA (docs/cuda.md).
+        self.device = select_device(device)
 
         model_dir = resolve_model_dir(model)
         if not (model_dir / "config.json").is_file():
@@ -92,6 +100,10 @@ class EngineFrontend:
         config.enable_prefix_caching = enable_prefix_caching
         config.num_threads = num_threads
         config.seed = seed
+        if self.device.device == "cuda":
+            config.device = "cuda"
+            config.enforce_eager = enforce_eager
+            config.device_map = device_map or ""
         engine = _core.Engine(config)
         self.model_config: dict[str, Any] = dict(engine.model_config)
         self.max_model_len: int = engine.max_model_len

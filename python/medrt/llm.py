@@ -27,7 +27,10 @@ class LLM(EngineFrontend):
     ``max_num_batched_tokens``, ``max_model_len`` (default: the model's context),
     ``enable_prefix_caching``; ``num_threads`` (0: physical cores) and ``seed`` (for
     requests without a seed of their own). ``tokenizer`` is a directory to read the tokenizer
-    files from instead of the model directory.
+    files from instead of the model directory. ``device`` is "auto" (CUDA when usable, else
+    the CPU), "cpu" or "cuda"; ``MEDRT_DEVICE`` overrides it and ``medrt info`` says what is
+    chosen and why. ``enforce_eager`` turns CUDA graphs off; ``device_map="auto"`` splits the
+    layers between GPU and CPU when they do not fit (docs/cuda.md).
 
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call
