@@ -68,6 +68,8 @@ class RequestOutput:
     """The state of one request: the prompt, its completion so far, and whether it is done.
 
     ``num_cached_tokens`` counts the prompt tokens served from the prefix cache.
+    ``medical_category`` is the category whose template answered the request (chat with
+    ``medical_template``), else None.
     """
 
     request_id: str
@@ -76,6 +78,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False)
+    medical_category: str | None = None
 
     @property
     def num_cached_tokens(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -87,8 +88,47 @@ def _check_unknown_fields(msg: Any, where: str = "") -> None:
             _check_unknown_fields(value, f"{where}{fd.name}.")
 
 
-def _generate_request(msg: medrt_pb2.GenerateRequest) -> ServeRequest:
+class Undecodable:
+    """What the deserializer hands the servicer for bytes that are not a valid message (e.g. a
+    string field holding invalid UTF-8), so that the client gets INVALID_ARGUMENT rather than
+    the UNKNOWN grpc would answer."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return Undecodable(e)
+    return parse
+
+
+def _decoded(msg: Any) -> Any:
+    if isinstance(msg, Undecodable):
+        raise invalid("request", f"cannot be parsed: {msg.error}")
     _check_unknown_fields(msg)
+    return msg
+
+
+def _handlers(servicer: medrt_pb2_grpc.MedrtServicer) -> grpc.GenericRpcHandler:
+    """The generated servicer's methods, registered with lenient request parsing."""
+    service = medrt_pb2.DESCRIPTOR.services_by_name["Medrt"]
+    handlers = {}
+    for m in service.methods:
+        make = (grpc.unary_stream_rpc_method_handler if m.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[m.name] = make(
+            getattr(servicer, m.name),
+            request_deserializer=_lenient(getattr(medrt_pb2, m.input_type.name)),
+            response_serializer=getattr(medrt_pb2, m.output_type.name).SerializeToString)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _generate_request(msg: medrt_pb2.GenerateRequest) -> ServeRequest:
+    _decoded(msg)
     req = ServeRequest("generate", model=msg.model, request_id=msg.request_id,
                        medical_template=msg.medical_template,
                        sampling=_sampling_from_proto(msg.sampling), field_prefix="sampling.")
@@ -103,7 +143,7 @@ def _generate_request(msg: medrt_pb2.GenerateRequest) -> ServeRequest:
 
 def _chat_request(msg: medrt_pb2.ChatRequest, check: bool = True) -> ServeRequest:
     if check:
-        _check_unknown_fields(msg)
+        _decoded(msg)
     return ServeRequest(
         "chat", model=msg.model, request_id=msg.request_id,
         messages=[{"role": m.role, "content": m.content} for m in msg.messages],
@@ -203,7 +243,7 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
     async def Tokenize(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
             tenant = self._tenant(context)
-            _check_unknown_fields(request)
+            _decoded(request)
             if request.WhichOneof("input") == "chat":
                 req = _chat_request(request.chat, check=False)
                 req.messages_field = "chat.messages"
@@ -218,7 +258,8 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
 
     async def ModelInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
-            self.core.check_model(self._tenant(context), request.model)
+            tenant = self._tenant(context)
+            self.core.check_model(tenant, _decoded(request).model)
         except Exception as e:  # noqa: BLE001
             await _abort(context, map_engine_error(e))
         llm, w = self.core.llm, self.core.weights
@@ -234,7 +275,7 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
     async def Abort(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
             tenant = self._tenant(context)
-            if not request.request_id:
+            if not _decoded(request).request_id:
                 raise invalid("request_id", "is empty")
         except Exception as e:  # noqa: BLE001
             await _abort(context, map_engine_error(e))
@@ -250,8 +291,7 @@ class GrpcFrontend:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
-        medrt_pb2_grpc.add_MedrtServicer_to_server(MedrtServicer(core, authenticate),
-                                                   self.server)
+        self.server.add_generic_rpc_handlers((_handlers(MedrtServicer(core, authenticate)),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
