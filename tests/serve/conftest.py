@@ -76,6 +76,17 @@ def start_server(tiny_llama: Path) -> Iterator[Callable[..., ServerThread]]:
             st.stop()
 
 
+@pytest.fixture(scope="session")
+def medium_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Llama big enough (hidden 256, 4 layers) that 1000 tokens take a while, for
+    cancel, deadline, queue and drain tests; still a 16 MB f32 checkpoint."""
+    from helpers.tiny_models import build_tiny_model
+
+    return build_tiny_model("llama", "float32", True, tmp_path_factory.mktemp("medium") / "m",
+                            hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=2)
+
+
 @pytest.fixture(scope="module")
 def server(start_server: Callable[..., ServerThread]) -> ServerThread:
     """An open server (no key file: anonymous tenant, loopback only)."""
