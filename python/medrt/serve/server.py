@@ -177,7 +177,9 @@ class Server:
         await self.grpc.set_serving(True)
         http = f", HTTP on {self.host}:{self.http_port}" if self.http_port else ""
         log.info(f"model {self.core.model_name} ready; gRPC on {self.host}:{self.grpc_port}"
-                 f"{http}; tenants: {'from ' + str(self.keys.path) if self.keys else 'none'}")
+                 f"{http}; tenants: {'from ' + str(self.keys.path) if self.keys else 'none'}",
+                 extra={"event": "ready", "grpc_port": self.grpc_port,
+                        "http_port": self.http_port})
 
     async def wait_ready(self, timeout: float) -> None:
         async def ready() -> None:
