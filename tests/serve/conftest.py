@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from medrt.serve.server import ServeConfig, Server
 
 START_TIMEOUT_S = 60
@@ -31,7 +30,7 @@ class ServerThread:
         await server.wait_ready(START_TIMEOUT_S)
         return server
 
-    def call(self, coro, timeout: float = START_TIMEOUT_S):  # noqa: ANN001, ANN201
+    def call(self, coro, timeout: float = START_TIMEOUT_S):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property

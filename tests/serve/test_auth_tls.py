@@ -15,12 +15,10 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
+from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from medrt.serve.auth import add_key, hash_key, parse_key_file
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
-
-from conftest import ServerThread
 
 REQ = medrt_pb2.GenerateRequest(prompt="hi", sampling=medrt_pb2.SamplingParams(max_tokens=2))
 
@@ -215,7 +213,6 @@ def test_server_tls(start_server: Callable[..., ServerThread], tmp_path: Path) -
     with grpc.secure_channel(f"localhost:{st.server.grpc_port}", creds) as ch:
         assert medrt_pb2_grpc.MedrtStub(ch).Generate(REQ, timeout=30).token_ids
     # a plaintext client cannot talk to the TLS port
-    with grpc.insecure_channel(st.grpc_target) as ch:
-        with pytest.raises(grpc.RpcError):
-            medrt_pb2_grpc.MedrtStub(ch).Generate(REQ, timeout=5)
+    with grpc.insecure_channel(st.grpc_target) as ch, pytest.raises(grpc.RpcError):
+        medrt_pb2_grpc.MedrtStub(ch).Generate(REQ, timeout=5)
     st.stop()

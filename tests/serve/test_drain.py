@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import grpc
+import medrt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-import medrt
 from medrt.serve.auth import add_key
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 

@@ -9,7 +9,6 @@ import urllib.request
 
 import openai
 import pytest
-
 from conftest import ServerThread
 
 MODEL = "tiny-llama"

@@ -11,11 +11,9 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
-
+from conftest import ServerThread
 from medrt.serve.auth import add_key
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
-
-from conftest import ServerThread
 
 LONG = medrt_pb2.SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
 

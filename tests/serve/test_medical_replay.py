@@ -10,15 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import medrt
 import openai
 import pytest
-
-import medrt
+from conftest import ServerThread
 from medrt.medical import P_BASE, classify, system_prompt
 from medrt.medical.conversation import apply_medical_template
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
-
-from conftest import ServerThread
 
 DOSE = "What is the maximum daily dose of ibuprofen for an adult?"
 SIGNS = "Which tests confirm a diagnosis of type 2 diabetes?"

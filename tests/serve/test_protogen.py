@@ -34,7 +34,7 @@ def test_no_generated_code_in_the_tree() -> None:
 
 
 def test_generated_into_the_home_from_the_proto(tmp_path: Path) -> None:
-    rpcs = re.findall(r"^\s*rpc (\w+)\(", PROTO.read_text(), flags=re.M)
+    rpcs = re.findall(r"^\s*rpc (\w+)\(", PROTO.read_text(), flags=re.MULTILINE)
     path, methods = _run(Path(medrt.__file__).parent.parent, tmp_path)[:2]
     assert Path(path).is_relative_to(tmp_path / "proto")
     assert methods.split() == rpcs

@@ -226,21 +226,21 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
                 _finish_fields(msg, rr, d)
             yield msg
 
-    async def Generate(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC names
+    async def Generate(self, request: Any, context: Any) -> Any:
         return await self._unary(context, lambda: _generate_request(request))
 
-    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for msg in self._stream(context, lambda: _generate_request(request)):
             yield msg
 
-    async def Chat(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def Chat(self, request: Any, context: Any) -> Any:
         return await self._unary(context, lambda: _chat_request(request))
 
-    async def ChatStream(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def ChatStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for msg in self._stream(context, lambda: _chat_request(request)):
             yield msg
 
-    async def Tokenize(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def Tokenize(self, request: Any, context: Any) -> Any:
         try:
             tenant = self._tenant(context)
             _decoded(request)
@@ -256,7 +256,7 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
         return medrt_pb2.TokenizeResponse(token_ids=ids, count=len(ids),
                                           max_model_len=self.core.llm.max_model_len)
 
-    async def ModelInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ModelInfo(self, request: Any, context: Any) -> Any:
         try:
             tenant = self._tenant(context)
             self.core.check_model(tenant, _decoded(request).model)
@@ -272,7 +272,7 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
             medrt_version=medrt.__version__,
             kv_block_size=stats["block_size"], kv_blocks_total=stats["num_blocks"])
 
-    async def Abort(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def Abort(self, request: Any, context: Any) -> Any:
         try:
             tenant = self._tenant(context)
             if not _decoded(request).request_id:

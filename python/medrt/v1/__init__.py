@@ -7,4 +7,4 @@ medrt.serve.protogen); this package only points its search path at them, so the 
 
 from medrt.serve.protogen import generated_dir
 
-__path__.append(str(generated_dir() / "medrt" / "v1"))  # noqa: F821 - the package's own path
+__path__.append(str(generated_dir() / "medrt" / "v1"))
