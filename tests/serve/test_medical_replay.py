@@ -158,3 +158,38 @@ def test_http_replay(server: ServerThread) -> None:
                                            extra_body={"ignore_eos": True})
     assert again.choices[0].token_ids == first.choices[0].token_ids
     assert again.system_fingerprint == first.system_fingerprint
+
+
+# -- the semantic cache's hook ---------------------------------------------------------------
+
+class DictCache:
+    def __init__(self) -> None:
+        self.store_calls: list = []
+        self.answers: dict = {}
+
+    def lookup(self, key: object, prompt: str) -> str | None:
+        return self.answers.get((key, prompt))
+
+    def store(self, key: object, prompt: str, answer: str) -> None:
+        self.store_calls.append(key)
+        self.answers[(key, prompt)] = answer
+
+
+def test_cache_hook_is_scoped_by_tenant_template_and_params(server: ServerThread,
+                                                           stub: medrt_pb2_grpc.MedrtStub) -> None:
+    hook = DictCache()
+    server.server.core.cache_hook = hook
+    try:
+        req = _chat(DOSE, "auto")
+        first = stub.Chat(req, timeout=30)
+        assert first.token_ids and len(hook.store_calls) == 1
+        key = hook.store_calls[0]
+        assert (key.tenant, key.model, key.template) == ("anonymous", "tiny-llama", "medication")
+        assert '"seed"' not in key.params  # the server drew it; the client did not ask for one
+        hit = stub.Chat(req, timeout=30)
+        assert hit.text == first.text and not hit.token_ids  # served from the cache
+        assert hit.finish_reason == "stop" and hit.medical_category == "medication"
+        other = stub.Chat(_chat(DOSE, "auto", top_k=5), timeout=30)  # other params: a miss
+        assert other.token_ids and len(hook.store_calls) == 2
+    finally:
+        server.server.core.cache_hook = None

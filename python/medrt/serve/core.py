@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -32,16 +33,25 @@ from medrt.serve.request import ServeRequest, check_shape, params_in_effect, sam
 log = logging.getLogger("medrt.serve")
 
 
+@dataclass(frozen=True)
+class CacheKey:
+    """What a cached answer is scoped by: tenant, model, the medical template's category and
+    the sampling parameters (the seed only when the client chose it)."""
+
+    tenant: str
+    model: str
+    template: str
+    params: str  # JSON of the parameters, sorted keys
+
+
 class CacheHook(Protocol):
-    """The semantic cache's seam (ARCHITECTURE.md step 2): consulted before the engine with
-    the tenant, model, template and sampling parameters; ``None`` is a miss. Stored into with
-    the finished answer. No implementation ships with the server yet."""
+    """The semantic cache's seam (ARCHITECTURE.md step 2). ``lookup`` runs before the request
+    is queued; an answer streams back without the engine. ``store`` gets each answer that
+    finished by itself (stop or length). No implementation ships with the server yet."""
 
-    def lookup(self, tenant: str, model: str, template: str, prompt: str,
-               params: dict[str, Any]) -> str | None: ...
+    def lookup(self, key: CacheKey, prompt: str) -> str | None: ...
 
-    def store(self, tenant: str, model: str, template: str, prompt: str,
-              params: dict[str, Any], answer: str) -> None: ...
+    def store(self, key: CacheKey, prompt: str, answer: str) -> None: ...
 
 
 @dataclass
@@ -73,6 +83,8 @@ class RunningRequest:
     arrival: float
     queue_time: float
     deadline_s: float | None
+    cache_key: CacheKey | None = None
+    cached_answer: str | None = None  # a cache hit: streamed without the engine
     usage: Usage = field(init=False)
     deadline_hit: bool = False
     aborted_by_client: bool = False
@@ -89,6 +101,12 @@ class RunningRequest:
                  if self.deadline_s is not None else None)
         last_time: float | None = None
         outcome = "CANCELLED"
+        if self.cached_answer is not None:
+            metrics.request_success.labels(tname, "stop").inc()
+            core._finish(self, "OK")
+            yield Delta(self.cached_answer, [], None, "stop")
+            return
+        answer: list[str] = []
         try:
             gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True)
             async with contextlib.aclosing(gen):  # closing it aborts the engine request now
@@ -112,6 +130,10 @@ class RunningRequest:
                                              "the deadline passed before the completion finished")
                         outcome = "CANCELLED"
                         raise ServeError("CANCELLED", "the request was aborted by an Abort call")
+                    answer.append(c.text)
+                    if c.finish_reason is not None and self.cache_key is not None:
+                        core.cache_hook.store(self.cache_key, self.prompt["prompt"],
+                                              "".join(answer))
                     yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
                                 c.finish_reason,
                                 None if c.stop_reason is None else str(c.stop_reason))
@@ -196,6 +218,18 @@ class ServeCore:
 
     async def start(self, tenant: Tenant, req: ServeRequest,
                     deadline_s: float | None = None) -> RunningRequest:
+        try:
+            return await self._start(tenant, req, deadline_s)
+        except ServeError as e:
+            self.count_failure(tenant.name, e.code)
+            raise
+
+    def count_failure(self, tenant: str, code: str) -> None:
+        """A request refused before it started (bad input, auth, a full queue, draining)."""
+        self.metrics.request_failure.labels(tenant, code).inc()
+
+    async def _start(self, tenant: Tenant, req: ServeRequest,
+                     deadline_s: float | None) -> RunningRequest:
         arrival = time.monotonic()
         self.check_model(tenant, req.model)
         check_shape(req, self.max_prompt_bytes)
@@ -205,6 +239,13 @@ class ServeCore:
             raise invalid("request_id", f"{request_id!r} is already running")
         prompt, category = self._render(req)
         params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]))
+        fp = self.fingerprint(params, req.medical_template)
+        key = self._cache_key(tenant, req, category, fp["sampling"], prompt)
+        if key is not None:
+            cached = self.cache_hook.lookup(key, prompt["prompt"])
+            if cached is not None:
+                return RunningRequest(self, tenant, request_id, engine_id, prompt, params,
+                                      category, fp, arrival, 0.0, deadline_s, key, cached)
         limit = tenant.max_concurrency or self.default_tenant_limit
         queue_time = await self.admission.acquire(tenant.name, limit)
         if self.draining:  # it waited in the queue while the drain began
@@ -212,17 +253,29 @@ class ServeCore:
             raise ServeError("UNAVAILABLE", "the server is draining")
         self.metrics.queue_time.labels(tenant.name).observe(queue_time)
         self.metrics.prompt_tokens.labels(tenant.name).inc(len(prompt["prompt_token_ids"]))
-        fp = self.fingerprint(params, req.medical_template)
         rr = RunningRequest(self, tenant, request_id, engine_id, prompt, params, category, fp,
-                            arrival, queue_time, deadline_s)
+                            arrival, queue_time, deadline_s, key)
         self._running[engine_id] = rr
         return rr
 
+    def _cache_key(self, tenant: Tenant, req: ServeRequest, category: str,
+                   params: dict[str, Any], prompt: dict[str, Any]) -> CacheKey | None:
+        if self.cache_hook is None or prompt["prompt"] is None:
+            return None
+        params = dict(params)
+        if req.sampling.get("seed") is None:
+            params.pop("seed")  # drawn by the server: not part of what the client asked
+        return CacheKey(tenant.name, self.model_name, category,
+                        json.dumps(params, sort_keys=True))
+
     def _finish(self, rr: RunningRequest, outcome: str) -> None:
-        if self._running.pop(rr.engine_request_id, None) is not None:
-            self.admission.release(rr.tenant.name)
+        if rr.cached_answer is not None or self._running.pop(rr.engine_request_id,
+                                                             None) is not None:
+            if rr.cached_answer is None:
+                self.admission.release(rr.tenant.name)
             log.info("request done", extra={"tenant": rr.tenant.name,
                                             "request_id": rr.request_id, "outcome": outcome,
+                                            "cached": rr.cached_answer is not None,
                                             "prompt_tokens": rr.usage.prompt_tokens,
                                             "completion_tokens": rr.usage.completion_tokens,
                                             "seconds": round(time.monotonic() - rr.arrival, 4)})

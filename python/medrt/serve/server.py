@@ -99,12 +99,12 @@ class Server:
         if self.keys is None:
             return Tenant(ANONYMOUS)
         token = bearer_token(header)
-        if token is None:
-            raise ServeError("UNAUTHENTICATED",
-                             "missing credentials: send 'authorization: Bearer <API key>'")
-        tenant = self.keys.lookup(token)
+        tenant = None if token is None else self.keys.lookup(token)
         if tenant is None:
-            raise ServeError("UNAUTHENTICATED", "the API key is not valid")
+            self.core.count_failure("unauthenticated", "UNAUTHENTICATED")
+            raise ServeError("UNAUTHENTICATED",
+                             "missing credentials: send 'authorization: Bearer <API key>'"
+                             if token is None else "the API key is not valid")
         return tenant
 
     def reload_keys(self) -> None:
