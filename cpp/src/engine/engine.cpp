@@ -9,12 +9,11 @@
 #include <thread>
 
 #include "engine/block_manager.h"
+#include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "medrt/error.h"
-#include "medrt/kv_cache.h"
-#include "medrt/model.h"
 
 namespace medrt {
 
@@ -36,17 +35,6 @@ int resolve_max_model_len(const EngineConfig& c, const ModelConfig& m) {
   return c.max_model_len;
 }
 
-int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
-  if (c.num_blocks > 0) return c.num_blocks;
-  int64_t per_block = KVCache::bytes_per_block(m, c.block_size);
-  int64_t n = c.kv_cache_bytes / per_block;
-  if (n < 1)
-    throw CapacityError("EngineConfig.kv_cache_bytes = " + std::to_string(c.kv_cache_bytes) +
-                        " holds no KV block (one block of " + std::to_string(c.block_size) +
-                        " tokens takes " + std::to_string(per_block) + " bytes)");
-  return n;
-}
-
 RequestOutput final_output(const Sequence& s) {
   RequestOutput o;
   o.request_id = s.id;
@@ -63,14 +51,12 @@ RequestOutput final_output(const Sequence& s) {
 struct Engine::Impl {
   EngineConfig cfg;
   ThreadPool pool;
-  std::unique_ptr<Model> model;
+  std::unique_ptr<engine::ModelRunner> runner;
   int max_model_len = 0;
   int vocab = 0;
-  std::unique_ptr<KVCache> kv;
   std::unique_ptr<engine::BlockManager> blocks;
   std::unique_ptr<engine::Scheduler> scheduler;
   std::unique_ptr<engine::Sampler> sampler;
-  std::vector<float> logits;  // [rows sampled this step, vocab]; grows, never shrinks
 
   // Live requests, touched only by the stepping thread; the scheduler holds pointers to them.
   std::map<uint64_t, std::unique_ptr<Sequence>> seqs;
@@ -103,12 +89,11 @@ struct Engine::Impl {
     require(c.max_num_batched_tokens > 0, "max_num_batched_tokens = " +
                                               std::to_string(c.max_num_batched_tokens) + ": must be > 0");
     require(c.num_blocks >= 0, "num_blocks = " + std::to_string(c.num_blocks) + ": must be >= 0");
-    model = Model::load(c.model_dir, pool);
-    const ModelConfig& m = model->config();
+    runner = std::make_unique<engine::ModelRunner>(c, pool);
+    const ModelConfig& m = runner->model_config();
     vocab = m.vocab_size;
     max_model_len = resolve_max_model_len(c, m);
-    int64_t num_blocks = resolve_num_blocks(c, m);
-    kv = std::make_unique<KVCache>(m, num_blocks, c.block_size);
+    const int64_t num_blocks = runner->num_blocks();
     blocks = std::make_unique<engine::BlockManager>(num_blocks, c.block_size, c.enable_prefix_caching);
     scheduler = std::make_unique<engine::Scheduler>(*blocks, c.max_num_seqs, c.max_num_batched_tokens);
     sampler = std::make_unique<engine::Sampler>(vocab, m.eos_token_ids);
@@ -193,34 +178,11 @@ struct Engine::Impl {
     }
   }
 
-  ForwardBatch build_batch(const std::vector<ScheduledSeq>& sched) const {
-    ForwardBatch fb;
-    const int bs = cfg.block_size;
-    fb.n_seqs = int64_t(sched.size());
-    for (const ScheduledSeq& s : sched)
-      fb.max_blocks = std::max(fb.max_blocks, int64_t(s.seq->block_table.size()));
-    fb.block_tables.assign(size_t(fb.n_seqs * fb.max_blocks), -1);
-    for (size_t i = 0; i < sched.size(); ++i) {
-      const Sequence& seq = *sched[i].seq;
-      std::copy(seq.block_table.begin(), seq.block_table.end(),
-                fb.block_tables.begin() + ptrdiff_t(i * size_t(fb.max_blocks)));
-      for (int j = 0; j < sched[i].num_tokens; ++j) {
-        int pos = seq.num_computed_tokens + j;
-        fb.tokens.push_back(seq.tokens[size_t(pos)]);
-        fb.positions.push_back(pos);
-        fb.token_seq.push_back(int32_t(i));
-        fb.slot_mapping.push_back(seq.block_table[size_t(pos / bs)] * bs + pos % bs);
-      }
-      if (sched[i].sample) fb.logit_rows.push_back(int32_t(fb.tokens.size()) - 1);
-    }
-    return fb;
-  }
-
   // Decides whether the token just appended ends the sequence, and why.
   void finish_check(Sequence& s, int32_t t) {
     const SamplingParams& p = s.params;
     bool is_stop = std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), t) != p.stop_token_ids.end();
-    const auto& eos = model->config().eos_token_ids;
+    const auto& eos = runner->model_config().eos_token_ids;
     bool is_eos = !p.ignore_eos && std::find(eos.begin(), eos.end(), t) != eos.end();
     if (is_stop || is_eos) {
       s.finish_reason = FinishReason::Stop;
@@ -236,10 +198,7 @@ struct Engine::Impl {
     std::vector<ScheduledSeq> sched = scheduler->schedule();
     int64_t prefill = 0, sampled = 0;
     if (!sched.empty()) {
-      ForwardBatch fb = build_batch(sched);
-      if (logits.size() < fb.logit_rows.size() * size_t(vocab))
-        logits.resize(fb.logit_rows.size() * size_t(vocab));
-      model->forward(fb, *kv, logits.data());
+      float* logits = runner->execute(sched);
       for (const ScheduledSeq& s : sched)
         if (!(s.num_tokens == 1 && s.seq->num_output_tokens() > 0 && s.sample)) prefill += s.num_tokens;
       scheduler->advance(sched);
@@ -250,7 +209,7 @@ struct Engine::Impl {
       std::vector<engine::Sample> samples(rows.size());
       pool.parallel_for(int64_t(rows.size()), [&](int, int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
-          samples[size_t(i)] = sampler->sample(logits.data() + size_t(i) * size_t(vocab), *rows[size_t(i)]);
+          samples[size_t(i)] = sampler->sample(logits + size_t(i) * size_t(vocab), *rows[size_t(i)]);
       });
       for (size_t i = 0; i < rows.size(); ++i) {
         Sequence& seq = *rows[i];
@@ -326,7 +285,7 @@ Engine::Engine(const EngineConfig& config) : impl_(std::make_unique<Impl>(config
 
 Engine::~Engine() { stop(); }
 
-const ModelConfig& Engine::model_config() const { return impl_->model->config(); }
+const ModelConfig& Engine::model_config() const { return impl_->runner->model_config(); }
 const EngineConfig& Engine::config() const { return impl_->cfg; }
 int Engine::max_model_len() const { return impl_->max_model_len; }
 

@@ -150,8 +150,7 @@ std::string architecture_of(const Fields& f) {
   }
   // Older or hand-written configs name only the model type.
   std::string model_type = f.string("model_type", "");
-  if (model_type == "llama") return "LlamaForCausalLM";
-  if (model_type == "qwen2") return "Qwen2ForCausalLM";
+  if (const ArchSpec* spec = find_arch_by_model_type(model_type)) return spec->hf_name;
   f.fail("architectures", "missing (and no model_type to infer it from)");
 }
 
@@ -170,14 +169,11 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
 
   ModelConfig c;
   c.architecture = architecture_of(f);
-  if (c.architecture == "LlamaForCausalLM") {
-    c.arch = Arch::Llama;
-  } else if (c.architecture == "Qwen2ForCausalLM") {
-    c.arch = Arch::Qwen2;
-  } else {
-    f.fail("architectures", "unsupported architecture \"" + c.architecture +
-                                "\" (medrt runs LlamaForCausalLM and Qwen2ForCausalLM)");
-  }
+  const ArchSpec* spec = find_arch(c.architecture);
+  if (!spec)
+    f.fail("architectures", "unsupported architecture \"" + c.architecture + "\" (medrt runs " +
+                                supported_architectures() + ")");
+  c.arch = spec->arch;
 
   c.hidden_size = f.positive("hidden_size");
   c.intermediate_size = f.positive("intermediate_size");
@@ -222,13 +218,9 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
   if (act != "silu") f.fail("hidden_act", "unsupported activation \"" + act + "\" (only silu)");
   if (f.boolean("mlp_bias", false)) f.fail("mlp_bias", "MLP biases are not supported");
 
-  if (c.arch == Arch::Qwen2) {
-    c.attention_bias = true;
-    if (f.boolean("use_sliding_window", false))
-      f.fail("use_sliding_window", "sliding-window attention is not supported");
-  } else {
-    c.attention_bias = f.boolean("attention_bias", false);
-  }
+  c.attention_bias = spec->qkv_bias_always || f.boolean("attention_bias", false);
+  if (spec->unsupported_flag && f.boolean(spec->unsupported_flag, false))
+    f.fail(spec->unsupported_flag, "this feature (sliding-window attention) is not supported");
   if (const json::Value* lt = f.get("layer_types")) {
     if (lt->type != json::Type::Array) f.fail("layer_types", "expected a list");
     for (const json::Value& t : lt->array)

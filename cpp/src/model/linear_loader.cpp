@@ -10,11 +10,10 @@ LinearWeight LinearLoader::linear(const std::string& name, int64_t out, int64_t 
                                   bool bias) const {
   const TensorView& w = ckpt_.get(name + ".weight", {out, in});
   const TensorView* b = bias ? &ckpt_.get(name + ".bias", {out}) : nullptr;
-  try {
-    return float_linear(name, w, b);
-  } catch (const InvalidCheckpoint& e) {
-    throw InvalidCheckpoint(ckpt_.dir() + ": " + e.what());
-  }
+  if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
+    throw InvalidCheckpoint(ckpt_.dir() + ": tensor '" + name + ".weight' is " +
+                            dtype_name(w.dtype) + "; medrt reads F32, F16 or BF16 weights");
+  return float_linear(name, w, b);
 }
 
 TensorView LinearLoader::vector(const std::string& name, int64_t n) const {
