@@ -161,3 +161,21 @@ def test_tenant_concurrency_limit(start_server: Callable[..., ServerThread], med
             for _ in first:
                 pass
     st.stop()
+
+
+def test_a_disconnect_loses_nothing_of_anyone_else(server: ServerThread,
+                                                   stub: medrt_pb2_grpc.MedrtStub) -> None:
+    free = server.stats()["free_blocks"]
+    params = medrt_pb2.SamplingParams(max_tokens=200, temperature=0.8, seed=7, ignore_eos=True)
+    req = medrt_pb2.GenerateRequest(prompt="Vaccination prevents influenza", sampling=params)
+    alone = stub.Generate(req, timeout=60)
+    kept = stub.GenerateStream(req, timeout=60)
+    dropped = [stub.GenerateStream(_long(f"Question {i}"), timeout=60) for i in range(1)]
+    got = list(next(kept).token_ids)
+    for call in dropped:
+        next(call)
+        call.cancel()
+    for msg in kept:
+        got.extend(msg.token_ids)
+    assert got == list(alone.token_ids)
+    _settled(server, free)
