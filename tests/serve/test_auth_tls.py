@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
-from conftest import ServerThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.serve_server import ServerThread
 from medrt.serve.auth import add_key, hash_key, parse_key_file
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 

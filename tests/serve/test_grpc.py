@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import grpc
 import medrt
 import pytest
-from conftest import ServerThread
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from helpers.serve_server import ServerThread
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 
 TIMEOUT = 30

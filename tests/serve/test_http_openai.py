@@ -9,7 +9,7 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import ServerThread
+from helpers.serve_server import ServerThread
 
 MODEL = "tiny-llama"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
-from conftest import ServerThread
+from helpers.serve_server import ServerThread
 from medrt.serve.auth import add_key
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 

@@ -13,7 +13,7 @@ import grpc
 import medrt
 import openai
 import pytest
-from conftest import ServerThread
+from helpers.serve_server import ServerThread
 from medrt.medical import P_BASE, classify, system_prompt
 from medrt.medical.conversation import apply_medical_template
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc

@@ -96,16 +96,16 @@ class RunningRequest:
         """The completion in deltas; the last has ``finish_reason``. Raises ServeError for a
         deadline or an Abort call, CancelledError when the client went away."""
         core, metrics, tname = self.core, self.core.metrics, self.tenant.name
-        loop = asyncio.get_running_loop()
-        timer = (loop.call_later(max(self.deadline_s, 0.0), self._on_deadline)
-                 if self.deadline_s is not None else None)
-        last_time: float | None = None
-        outcome = "CANCELLED"
         if self.cached_answer is not None:
             metrics.request_success.labels(tname, "stop").inc()
             core._finish(self, "OK")
             yield Delta(self.cached_answer, [], None, "stop")
             return
+        loop = asyncio.get_running_loop()
+        timer = (loop.call_later(max(self.deadline_s, 0.0), self._on_deadline)
+                 if self.deadline_s is not None else None)
+        last_time: float | None = None
+        outcome = "CANCELLED"
         answer: list[str] = []
         try:
             gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True)
@@ -247,10 +247,8 @@ class ServeCore:
                 return RunningRequest(self, tenant, request_id, engine_id, prompt, params,
                                       category, fp, arrival, 0.0, deadline_s, key, cached)
         limit = tenant.max_concurrency or self.default_tenant_limit
+        # A request already queued when a drain begins still runs: it is in flight.
         queue_time = await self.admission.acquire(tenant.name, limit)
-        if self.draining:  # it waited in the queue while the drain began
-            self.admission.release(tenant.name)
-            raise ServeError("UNAVAILABLE", "the server is draining")
         self.metrics.queue_time.labels(tenant.name).observe(queue_time)
         self.metrics.prompt_tokens.labels(tenant.name).inc(len(prompt["prompt_token_ids"]))
         rr = RunningRequest(self, tenant, request_id, engine_id, prompt, params, category, fp,
