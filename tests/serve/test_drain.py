@@ -4,6 +4,7 @@ exits 0."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -107,3 +108,33 @@ def test_sighup_reload_and_sigterm_drain(medium_llama: Path, tmp_path: Path) -> 
         if sp.proc.poll() is None:
             sp.proc.kill()
             sp.proc.wait()
+
+
+def test_not_serving_until_loaded(tiny_llama: Path) -> None:
+    import aiohttp
+    from medrt.serve.server import ServeConfig, Server
+
+    async def run() -> None:
+        server = Server(ServeConfig(model=str(tiny_llama), grpc_port=0, http_port=0,
+                                    num_threads=1, max_model_len=256))
+        await server.start()  # ports open, the model loads in the background
+        target = f"127.0.0.1:{server.grpc_port}"
+        async with grpc.aio.insecure_channel(target) as ch, aiohttp.ClientSession() as http:
+            health = health_pb2_grpc.HealthStub(ch)
+            stub = medrt_pb2_grpc.MedrtStub(ch)
+            resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Generate(medrt_pb2.GenerateRequest(prompt="hi"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            async with http.get(f"http://127.0.0.1:{server.http_port}/health") as r:
+                assert r.status == 503 and (await r.json())["status"] == "loading"
+            await server.wait_ready(60)
+            resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            async with http.get(f"http://127.0.0.1:{server.http_port}/health") as r:
+                assert r.status == 200
+        server.begin_drain()
+        await asyncio.wait_for(server.wait_stopped(), 30)
+
+    asyncio.run(run())
