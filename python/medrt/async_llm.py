@@ -69,12 +69,23 @@ class AsyncLLM(EngineFrontend):
         chat_template: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
+        medical_template: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams the answer to one conversation rendered with the chat template."""
+        """Streams the answer to one conversation rendered with the chat template.
+
+        ``medical_template`` ("auto" or a category) works as in :meth:`medrt.LLM.chat`.
+        """
+        category = None
+        if medical_template is not None:
+            from medrt.llm import _apply_medical_template
+
+            conversations, categories = _apply_medical_template([messages], medical_template)
+            messages, category = conversations[0], categories[0]
         prompt = self._render_chat(messages, add_generation_prompt, chat_template,
                                    chat_template_kwargs, tools)
         prepared = self._prepare(prompt, sampling_params)
         async for out in self._stream(prepared, request_id, delta):
+            out.medical_category = category
             yield out
 
     def abort(self, request_id: str) -> None:

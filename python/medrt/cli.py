@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_and_sampling(p)
 
     _add_eval_parser(sub, DEFAULT_MODEL)
+
+    from medrt.serve.cli_args import add_keys_parser, add_serve_parser
+
+    add_serve_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 
@@ -207,7 +212,21 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medrt.serve.cli_args import run_serve
+
+    return run_serve(args)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from medrt.serve.cli_args import run_keys
+
+    return run_keys(args)
+
+
 _COMMANDS = {
+    "serve": cmd_serve,
+    "keys": cmd_keys,
     "pull": cmd_pull,
     "import-gguf": cmd_import_gguf,
     "models": cmd_models,

@@ -74,6 +74,7 @@ class LLM(EngineFrontend):
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        medical_template: str | None = None,
     ) -> list[RequestOutput] | Iterator[str]:
         """Answers a conversation (a list of {"role", "content"} dicts) or several.
 
@@ -84,8 +85,14 @@ class LLM(EngineFrontend):
         With ``stream=True`` (one conversation only) returns an iterator of text chunks: their
         concatenation is the finished output's text, and no chunk shows the beginning of a
         stop string that later matches. Leaving the loop early aborts the request.
+
+        ``medical_template`` ("auto" or a category of medrt.medical) puts P_base + S_category
+        first in the system message; each output's ``medical_category`` names the category.
         """
         conversations = _as_conversation_list(messages)
+        categories: list[str | None] = [None] * len(conversations)
+        if medical_template is not None:
+            conversations, categories = _apply_medical_template(conversations, medical_template)
         params = _params_per_prompt(sampling_params, len(conversations))
         loras = _lora_per_prompt(lora_request, len(conversations))
         prepared = [
@@ -93,7 +100,10 @@ class LLM(EngineFrontend):
                                             chat_template_kwargs, tools), sp, lr)
             for c, sp, lr in zip(conversations, params, loras)]
         if not stream:
-            return self._run_batch(prepared)
+            outputs = self._run_batch(prepared)
+            for out, category in zip(outputs, categories):
+                out.medical_category = category
+            return outputs
         if len(prepared) != 1:
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
         return self._stream_text(prepared[0])
@@ -182,6 +192,17 @@ def _as_conversation_list(messages: Conversation | Sequence[Conversation]) -> li
     if all(isinstance(m, Mapping) for m in messages):
         return [messages]  # type: ignore[list-item]
     return list(messages)  # type: ignore[arg-type]
+
+
+def _apply_medical_template(conversations: list[Conversation], mode: str
+                            ) -> tuple[list[Conversation], list[str | None]]:
+    from medrt.medical.conversation import apply_medical_template
+
+    try:
+        pairs = [apply_medical_template(c, mode) for c in conversations]
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,

@@ -72,6 +72,8 @@ class RequestOutput:
     ``prompt_token_ids``: entry i maps the prompt token i (and the top alternatives at that
     position) to its Logprob given tokens 0..i-1; None for token 0 and for the tokens before
     SamplingParams.prompt_logprobs_start.
+    ``medical_category`` is the category whose template answered the request (chat with
+    ``medical_template``), else None.
     """
 
     request_id: str
@@ -81,6 +83,7 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics = field(repr=False)
     prompt_logprobs: list[dict[int, Logprob] | None] | None = field(default=None, repr=False)
+    medical_category: str | None = None
 
     @property
     def num_cached_tokens(self) -> int:
