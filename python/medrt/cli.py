@@ -79,7 +79,13 @@ def _human(n: int) -> str:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from medrt.models import pull
+    from medrt.models.registry import KNOWN_ENCODERS
 
+    if args.name in KNOWN_ENCODERS:  # a sentence encoder (medrt.Embedder)
+        from medrt.models.encoder_pull import pull_encoder
+
+        print(pull_encoder(args.name))
+        return 0
     print(pull(args.name))
     return 0
 
