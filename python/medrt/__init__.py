@@ -18,6 +18,8 @@ __all__ = [
     "LLM",
     "AsyncLLM",
     "CompletionOutput",
+    "Embedder",
+    "SemanticCache",
     "Logprob",
     "RequestMetrics",
     "RequestOutput",
@@ -36,4 +38,12 @@ def __getattr__(name: str) -> Any:
         from medrt.async_llm import AsyncLLM
 
         return AsyncLLM
+    if name == "Embedder":
+        from medrt.embedder import Embedder
+
+        return Embedder
+    if name == "SemanticCache":
+        from medrt.cache import SemanticCache
+
+        return SemanticCache
     raise AttributeError(f"module 'medrt' has no attribute {name!r}")
