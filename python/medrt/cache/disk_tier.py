@@ -134,31 +134,43 @@ class DiskTier:
     def insert(self, scope: str, tenant: str, model: str, qhash: str, question: str,
                answer: str, payload: dict, embedding: np.ndarray) -> Entry:
         """Stores an entry (replacing the scope's entry for the same text); durable on return."""
+        return self.insert_many([(scope, tenant, model, qhash, question, answer, payload,
+                                  embedding)])[0]
+
+    def insert_many(self, rows: list[tuple]) -> list[Entry]:
+        """insert() for many rows in one transaction (one fsync); all durable on return."""
         now = time.time()
-        blob = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
+        out, replaced = [], []
         try:
             self._write("BEGIN IMMEDIATE")
-            old = self._db.execute("SELECT id FROM entries WHERE scope = ? AND qhash = ?",
-                                   (scope, qhash)).fetchone()
-            if old is not None:
-                self._write("DELETE FROM entries WHERE id = ?", (old[0],))
-            cur = self._write(
-                "INSERT INTO entries (scope, tenant, model, qhash, question, answer, payload, "
-                "embedding, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (scope, tenant, model, qhash, question, answer, json.dumps(payload), blob, now))
+            for scope, tenant, model, qhash, question, answer, payload, embedding in rows:
+                blob = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
+                old = self._db.execute("SELECT id FROM entries WHERE scope = ? AND qhash = ?",
+                                       (scope, qhash)).fetchone()
+                if old is not None:
+                    self._write("DELETE FROM entries WHERE id = ?", (old[0],))
+                    replaced.append((scope, old[0]))
+                cur = self._write(
+                    "INSERT INTO entries (scope, tenant, model, qhash, question, answer, "
+                    "payload, embedding, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (scope, tenant, model, qhash, question, answer, json.dumps(payload), blob,
+                     now))
+                out.append(Entry(int(cur.lastrowid), scope, question, answer,
+                                 np.frombuffer(blob, dtype=np.float32), now, payload,
+                                 words(question)))
             self._write("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        entry = Entry(int(cur.lastrowid), scope, question, answer,
-                      np.frombuffer(blob, dtype=np.float32), now, payload, words(question))
-        idx = self._indexes.get(scope)
-        if idx is not None:  # loaded: keep it current; otherwise it is loaded (or rebuilt) later
-            if old is not None:
-                idx.remove([old[0]])
-            idx.add(np.array([entry.id]), entry.embedding.reshape(1, -1))
-        return entry
+        for scope, old_id in replaced:
+            if scope in self._indexes:
+                self._indexes[scope].remove([old_id])
+        for entry in out:
+            idx = self._indexes.get(entry.scope)
+            if idx is not None:  # loaded: keep it current; otherwise loaded (or rebuilt) later
+                idx.add(np.array([entry.id]), entry.embedding.reshape(1, -1))
+        return out
 
     def _entry(self, row: tuple) -> Entry:
         entry_id, scope, question, answer, payload, blob, created = row

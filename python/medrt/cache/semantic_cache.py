@@ -208,16 +208,34 @@ class SemanticCache:
             self.stats["stores"] += 1
             return True
 
-    def store_many(self, items: list[dict[str, Any]], batch_size: int = 64) -> int:
-        """store() for many items (question, answer, and store()'s keywords), embedding them
-        in batches; returns how many were stored."""
-        n = 0
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            vecs = self.embedder.embed([it["question"] for it in chunk])
-            for it, v in zip(chunk, vecs):
-                n += self.store(**it, embedding=v)
-        return n
+    def store_many(self, items: list[dict[str, Any]],
+                   embeddings: np.ndarray | None = None, batch_size: int = 64) -> int:
+        """store() for many items (dicts of question, answer and store()'s keywords) in one
+        transaction, embedding the questions in batches unless `embeddings` are given;
+        returns how many were stored."""
+        keep, rows, qhashes = [], [], []
+        for i, it in enumerate(items):
+            if self.refusal(it["question"], it.get("sampling"),
+                            it.get("patient_context", False)) is None:
+                keep.append(i)
+        if embeddings is None:
+            embeddings = np.zeros((len(items), self.embedder.dim), dtype=np.float32)
+            for s in range(0, len(keep), batch_size):
+                idx = keep[s:s + batch_size]
+                embeddings[idx] = self.embedder.embed([items[i]["question"] for i in idx])
+        for i in keep:
+            it = items[i]
+            scope = Scope.of(it.get("tenant", "default"), self._model_of(it.get("model")),
+                             it.get("category", "general"), it.get("sampling"))
+            qhashes.append(text_hash(it["question"]))
+            rows.append((scope.key, scope.tenant, scope.model, qhashes[-1], it["question"],
+                         it["answer"], it.get("payload") or {}, embeddings[i]))
+        with self._lock:
+            entries = self._guarded(self.disk.insert_many, rows) or []
+            for entry, qhash in zip(entries, qhashes):
+                self.memory.put(entry, qhash)
+            self.stats["stores"] += len(entries)
+        return len(entries)
 
     # -- housekeeping ---------------------------------------------------------------------
     def _guarded(self, fn, *args):

@@ -12,10 +12,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def _faiss():
+    import faiss
+
+    # A lookup searches one query: FAISS's OpenMP team costs more to wake (and, on a busy
+    # machine, spins for tens of milliseconds) than the scan it would split. This sets the
+    # process-wide OpenMP thread count FAISS uses.
+    faiss.omp_set_num_threads(1)
+    return faiss
+
+
 class VectorIndex:
     def __init__(self, dim: int) -> None:
-        import faiss
-
+        faiss = _faiss()
         self.dim = dim
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
