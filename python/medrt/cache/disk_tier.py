@@ -62,13 +62,15 @@ class DiskTier:
         self.index_dir = self.dir / "index"
         self.dim = dim
         self.ttl = ttl_seconds
+        if self.dir.is_dir() and not os.access(self.dir, os.W_OK | os.X_OK):
+            raise CacheError(f"{self.dir}: the cache directory is not writable")
         try:
             self.index_dir.mkdir(parents=True, exist_ok=True)
         except PermissionError as e:
             raise CacheError(f"{self.dir}: cannot create the cache directory: "
                              f"permission denied") from e
-        if not os.access(self.dir, os.W_OK | os.X_OK):
-            raise CacheError(f"{self.dir}: the cache directory is not writable")
+        except OSError as e:
+            raise CacheError(f"{self.dir}: cannot create the cache directory: {e}") from e
         self._db = self._connect()
         self._indexes: dict[str, VectorIndex] = {}
         self._check_meta(embedder_fingerprint)
