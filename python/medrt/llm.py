@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medrt.cache import frontend_cache as fcache
 from medrt.errors import InvalidRequest
 from medrt.frontend import Conversation, EngineFrontend, PreparedRequest, PromptType
 from medrt.outputs import RequestOutput
@@ -14,6 +16,8 @@ from medrt.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from medrt.cache import SemanticCache
 
 
 class LLM(EngineFrontend):
@@ -31,7 +35,17 @@ class LLM(EngineFrontend):
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call
     ``close()``, to stop the engine threads.
+
+    ``cache`` is a :class:`medrt.SemanticCache`: generate and chat then take ``tenant``,
+    ``cache`` ("auto" looks up and stores, "bypass" neither, "refresh" regenerates and
+    stores) and ``patient_context`` (never cached); an answer from the cache has
+    ``RequestOutput.cache`` set.
     """
+
+    def __init__(self, model: str | Path, *, cache: SemanticCache | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._cache = fcache.attach(self, cache)
 
     def __enter__(self) -> Self:
         return self
@@ -43,6 +57,10 @@ class LLM(EngineFrontend):
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> list[RequestOutput]:
         """Completes each prompt; returns one finished RequestOutput per prompt, in order.
 
@@ -53,7 +71,10 @@ class LLM(EngineFrontend):
         """
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
-        return self._run_batch([self._prepare(p, sp) for p, sp in zip(batch, params)])
+        reqs = [fcache.for_prompt(p, tenant, cache, patient_context) for p in batch]
+        return fcache.run_batch(self._cache, self,
+                                [self._prepare(p, sp) for p, sp in zip(batch, params)], reqs,
+                                self._run_batch)
 
     def chat(
         self,
@@ -65,6 +86,9 @@ class LLM(EngineFrontend):
         chat_template: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> list[RequestOutput] | Iterator[str]:
         """Answers a conversation (a list of {"role", "content"} dicts) or several.
 
@@ -82,11 +106,15 @@ class LLM(EngineFrontend):
             self._prepare(self._render_chat(c, add_generation_prompt, chat_template,
                                             chat_template_kwargs, tools), sp)
             for c, sp in zip(conversations, params)]
+        options = [add_generation_prompt, chat_template, chat_template_kwargs, tools]
+        reqs = [fcache.for_conversation(c, tenant, cache, patient_context, options)
+                for c in conversations]
         if not stream:
-            return self._run_batch(prepared)
+            return fcache.run_batch(self._cache, self, prepared, reqs, self._run_batch)
         if len(prepared) != 1:
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
-        return self._stream_text(prepared[0])
+        return fcache.stream_text(self._cache, reqs[0], prepared[0].params,
+                                  lambda: self._stream_text(prepared[0]))
 
     def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()

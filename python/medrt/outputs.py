@@ -67,7 +67,9 @@ class RequestMetrics:
 class RequestOutput:
     """The state of one request: the prompt, its completion so far, and whether it is done.
 
-    ``num_cached_tokens`` counts the prompt tokens served from the prefix cache.
+    ``num_cached_tokens`` counts the prompt tokens served from the prefix cache. ``cache`` is
+    None when the answer was generated; for an answer served by the semantic cache it is
+    ``{"score", "matched_question", "tier"}`` (tier: "exact", "memory" or "disk").
     """
 
     request_id: str
@@ -76,6 +78,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False)
+    cache: dict | None = None
 
     @property
     def num_cached_tokens(self) -> int:
