@@ -3,7 +3,7 @@ answer, whatever their similarity score.
 
 Compared as sets (after normalisation): numbers with their units ("20 kg" vs "40 kg", "5 mg"
 vs "5 g", "twice" vs "once"), negation cues ("not", "without", "avoid"), laterality words
-("left", "right"), patient details (child / adult / pregnant / renal ...), and medical entities
+("left", "right"), body sites ("leg" vs "arm"), patient details (child / adult / pregnant / renal ...), and medical entities
 of the training package's lexicon (drugs, contraindications, diagnostic criteria; a copy lives
 in medical/data/entities.json so the runtime does not import medrt_train), with spelling
 synonyms folded ("acetaminophen" = "paracetamol"). The word lists are in
@@ -28,7 +28,7 @@ _TOKEN = re.compile(r"[a-z0-9µ%]+(?:['/][a-z0-9]+)*")
 @dataclass(frozen=True)
 class GuardResult:
     ok: bool
-    reason: str | None = None  # "number", "negation", "laterality", "population", "entity"
+    reason: str | None = None  # number, negation, laterality, site, population, entity
     detail: str = ""
 
 
@@ -41,6 +41,7 @@ class Guard:
         self.negations = set(lexicon["negations"])
         self.laterality = set(lexicon["laterality"])
         self.population = dict(lexicon["population"])
+        self.body_sites = dict(lexicon["body_sites"])
         self.synonyms = dict(lexicon["synonyms"])
         terms: list[str] = []
         for spec in entities.get("groups", {}).values():
@@ -78,12 +79,13 @@ class Guard:
             "negation": frozenset(t for t in tokens if t in self.negations or t.endswith("n't")),
             "laterality": frozenset(t for t in tokens if t in self.laterality),
             "population": frozenset(self.population[t] for t in tokens if t in self.population),
+            "site": frozenset(self.body_sites[t] for t in tokens if t in self.body_sites),
             "entity": frozenset(entities),
         }
 
     def compare(self, a: dict[str, frozenset[str]], b: dict[str, frozenset[str]]) -> GuardResult:
         """ok when every feature set matches; else the first that differs and how."""
-        for kind in ("number", "negation", "laterality", "population", "entity"):
+        for kind in ("number", "negation", "laterality", "site", "population", "entity"):
             if a[kind] != b[kind]:
                 diff = sorted(a[kind] ^ b[kind])
                 return GuardResult(False, kind, ", ".join(diff))

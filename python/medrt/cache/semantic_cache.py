@@ -33,8 +33,8 @@ from medrt.errors import InvalidRequest
 from medrt.medical.phi import has_phi
 
 # The operating point of docs/semantic-cache.md (scripts/cache_eval.py chose it).
-DEFAULT_A = 0.3
-DEFAULT_THRESHOLD = 0.85
+DEFAULT_A = 0.0
+DEFAULT_THRESHOLD = 0.87
 
 
 @dataclass(frozen=True)
