@@ -43,6 +43,14 @@ def test_exact_then_paraphrase_then_disk_tier(cache, embedder, tmp_path: Path) -
         again.close()
 
 
+def test_a_new_answer_replaces_the_old_in_both_tiers(cache) -> None:
+    cache.store(Q, "old", sampling=GREEDY)
+    cache.store(Q, "new", sampling=GREEDY)  # cache="refresh" stores again under the same text
+    assert len(cache) == 1 and len(cache.memory) == 1
+    assert cache.lookup(Q, sampling=GREEDY).hit.answer == "new"
+    assert cache.lookup(PARA, sampling=GREEDY).hit.answer == "new"
+
+
 def test_guard_refuses_what_the_score_accepts(tmp_path: Path, embedder) -> None:
     # A low threshold lets every near-duplicate through the score; the guard must stop them.
     with medrt.SemanticCache(tmp_path, embedder=embedder, threshold=0.5) as c:

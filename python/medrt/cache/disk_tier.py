@@ -73,6 +73,8 @@ class DiskTier:
             raise CacheError(f"{self.dir}: cannot create the cache directory: {e}") from e
         self._db = self._connect()
         self._indexes: dict[str, VectorIndex] = {}
+        self._counts: dict[str, int] = {}  # entries per scope, once asked for
+        self._dirty: set[str] = set()  # scopes changed since their index file was written
         self._check_meta(embedder_fingerprint)
 
     # -- SQLite ---------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class DiskTier:
         """Deletes every entry and index file."""
         self._write("DELETE FROM entries")
         self._write("DELETE FROM index_files")
+        self._counts.clear()
         for f in self.index_dir.glob("*.faiss"):
             f.unlink(missing_ok=True)
         self._indexes.clear()
@@ -165,10 +168,15 @@ class DiskTier:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        self._dirty |= {e.scope for e in out}
         for scope, old_id in replaced:
             if scope in self._indexes:
                 self._indexes[scope].remove([old_id])
+            if scope in self._counts:
+                self._counts[scope] -= 1
         for entry in out:
+            if entry.scope in self._counts:
+                self._counts[entry.scope] += 1
             idx = self._indexes.get(entry.scope)
             if idx is not None:  # loaded: keep it current; otherwise loaded (or rebuilt) later
                 idx.add(np.array([entry.id]), entry.embedding.reshape(1, -1))
@@ -206,8 +214,11 @@ class DiskTier:
             tuple(ids)).fetchall()
         self._write(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))
         for entry_id, scope in rows:
+            self._dirty.add(scope)
             if scope in self._indexes:
                 self._indexes[scope].remove([entry_id])
+            if scope in self._counts:
+                self._counts[scope] -= 1
 
     def delete_other_models(self, model: str) -> list[int]:
         """Deletes the entries answered by any model but `model`; returns their ids."""
@@ -217,10 +228,13 @@ class DiskTier:
         return ids
 
     def count(self, scope: str | None = None) -> int:
+        """Entries in all, or of one scope (counted once, then kept current)."""
         if scope is None:
             return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-        return int(self._db.execute("SELECT COUNT(*) FROM entries WHERE scope = ?",
-                                    (scope,)).fetchone()[0])
+        if scope not in self._counts:
+            self._counts[scope] = int(self._db.execute(
+                "SELECT COUNT(*) FROM entries WHERE scope = ?", (scope,)).fetchone()[0])
+        return self._counts[scope]
 
     # -- per-scope vector index -----------------------------------------------------------
     def index_path(self, scope: str) -> Path:
@@ -255,6 +269,7 @@ class DiskTier:
             warnings.warn(f"{path}: {reason}; rebuilding it from {self.db_path.name}",
                           RuntimeWarning, stacklevel=3)
         idx = VectorIndex(self.dim)
+        self._dirty.add(scope)  # written back at the next checkpoint
         rows = self._db.execute("SELECT id, embedding FROM entries WHERE scope = ? ORDER BY id",
                                 (scope,)).fetchall()
         if rows:
@@ -264,10 +279,12 @@ class DiskTier:
         return idx
 
     def checkpoint(self) -> None:
-        """Writes each loaded scope's index file (atomically) and records what it covers."""
+        """Writes the index file of each scope changed since (atomically; a scope whose index
+        was never loaded is built from SQLite first) and records what it covers."""
         import faiss
 
-        for scope, idx in self._indexes.items():
+        for scope in sorted(self._dirty):
+            idx = self._index(scope)
             count, max_id = self._db.execute(
                 "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM entries WHERE scope = ?",
                 (scope,)).fetchone()
@@ -287,6 +304,7 @@ class DiskTier:
                 raise CacheError(f"{path}: cannot write: {e}") from e
             self._write("INSERT OR REPLACE INTO index_files VALUES (?, ?, ?)",
                         (scope, count, max_id))
+            self._dirty.discard(scope)
 
     def close(self) -> None:
         self._db.close()

@@ -41,6 +41,9 @@ class MemoryTier:
         if entry.id in self._lru:
             self._lru.move_to_end(entry.id)
             return
+        replaced = self._by_hash.get((entry.scope, qhash))
+        if replaced is not None:  # a refreshed answer: the old entry must not be served again
+            self.remove(replaced)
         self._lru[entry.id] = entry
         self._by_hash[(entry.scope, qhash)] = entry.id
         self._hash_of[entry.id] = qhash
@@ -69,6 +72,11 @@ class MemoryTier:
         self._hash_of.clear()
         self._indexes.clear()
         self.bytes = 0
+
+    def scope_size(self, scope: str) -> int:
+        """Entries of `scope` held here (expired ones included until they are dropped)."""
+        idx = self._indexes.get(scope)
+        return 0 if idx is None else len(idx)
 
     def get(self, entry_id: int) -> Entry | None:
         """The entry (marked recently used), or None when absent or expired (then dropped)."""

@@ -165,6 +165,8 @@ class SemanticCache:
         for tier in ("memory", "disk"):
             if tier == "memory":
                 cands = self.memory.search(scope, query, self.top_k)
+            elif self.memory.scope_size(scope) >= (self._guarded(self.disk.count, scope) or 0):
+                break  # memory holds every entry of the scope: the disk has nothing more
             else:
                 found = self._guarded(self.disk.search, scope, query, self.top_k) or []
                 found = [(i, c) for i, c in found if i not in seen]
