@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
 import subprocess
@@ -30,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-import medrt  # noqa: E402
-from medrt.cache.guard import Guard  # noqa: E402
-from medrt.cache.text import jaccard, words  # noqa: E402
+import medrt
+from medrt.cache.guard import Guard
+from medrt.cache.text import jaccard, words
 
 A_VALUES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 THRESHOLDS = np.round(np.arange(0.50, 1.0001, 0.01), 2)
@@ -215,13 +214,14 @@ def machine() -> dict:
     model = ""
     try:
         model = next(ln.split(":", 1)[1].strip() for ln in
-                     subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                     subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
                      if ln.startswith("Model name"))
     except (OSError, StopIteration):
         pass
     from medrt import _core  # noqa: F401
 
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     isa = "avx512" if re.search(r"\bavx512f\b", flags) else "avx2" if "avx2" in flags else "?"
     return {"cpu": model, "isa": isa, "python": platform.python_version()}
 

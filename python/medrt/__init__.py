@@ -19,11 +19,11 @@ __all__ = [
     "AsyncLLM",
     "CompletionOutput",
     "Embedder",
-    "SemanticCache",
     "Logprob",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "SemanticCache",
     "__version__",
     "errors",
 ]

@@ -11,9 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 import medrt
+import pytest
 from medrt import SamplingParams
 from medrt.cache import CacheCorrupt, CacheError
 from medrt.errors import InvalidCheckpoint
@@ -75,8 +74,8 @@ def test_corrupt_and_truncated_database_are_named(tmp_path: Path, embedder) -> N
 
     trunc = tmp_path / "trunc"
     with medrt.SemanticCache(trunc, embedder=embedder) as c:
-        c.store_many([dict(question=f"Question {i} about the dosing of insulin in adults?",
-                           answer="x" * 2000, sampling=GREEDY) for i in range(60)])
+        c.store_many([{"question": f"Question {i} about the dosing of insulin in adults?",
+                           "answer": "x" * 2000, "sampling": GREEDY} for i in range(60)])
     db = trunc / "cache.sqlite"
     for side in ("-wal", "-shm"):
         Path(str(db) + side).unlink(missing_ok=True)
@@ -114,8 +113,8 @@ def test_full_disk_turns_the_cache_off(tmp_path: Path, embedder) -> None:
         pages = c.disk._db.execute("PRAGMA page_count").fetchone()[0]
         c.disk._db.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.warns(RuntimeWarning, match="turned off.*disk full"):
-            stored = c.store_many([dict(question=f"Question {i} on asthma?", answer="y" * 4000,
-                                        sampling=GREEDY) for i in range(20)])
+            stored = c.store_many([{"question": f"Question {i} on asthma?", "answer": "y" * 4000,
+                                        "sampling": GREEDY} for i in range(20)])
         assert stored == 0 and c.disabled_reason and "cache.sqlite" in c.disabled_reason
         assert c.lookup("How is gout treated?", sampling=GREEDY).refused == "disabled"
         assert not c.store("How is gout treated?", "x", sampling=GREEDY)
@@ -147,7 +146,7 @@ def test_directory_without_write_permission(encoder_dir: Path) -> None:
                     print("CacheError:", e)
         """)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             env=_env(), timeout=120)
+                             env=_env(), timeout=120, check=False)
         lines = out.stdout.splitlines()
         assert len(lines) == 2, out.stderr[-2000:]
         assert lines[0].startswith(f"CacheError: {locked / 'c'}: ") and "permission" in lines[0]

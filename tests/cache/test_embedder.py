@@ -6,11 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import medrt
 import numpy as np
 import pytest
 from conftest import pubmedqa_sentences
-
-import medrt
 from medrt.errors import InvalidCheckpoint, InvalidRequest
 
 

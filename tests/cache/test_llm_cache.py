@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 import medrt
+import pytest
 from medrt import SamplingParams
 from medrt.errors import InvalidRequest
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from medrt.cache.guard import Guard
 from medrt.cache.semantic_cache import DEFAULT_A, DEFAULT_THRESHOLD
 from medrt.cache.text import combined_score, jaccard, words

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import medrt
 import numpy as np
 import pytest
-
-import medrt
 from medrt import SamplingParams
 from medrt.errors import InvalidRequest
 
@@ -77,10 +76,10 @@ def test_guard_refuses_what_the_score_accepts(tmp_path: Path, embedder) -> None:
 def test_scope_keys_isolate_entries(cache) -> None:
     cache.store(Q, "A20", tenant="hospital-a", model="m1", category="medication",
                 sampling=GREEDY)
-    same = dict(tenant="hospital-a", model="m1", category="medication", sampling=GREEDY)
+    same = {"tenant": "hospital-a", "model": "m1", "category": "medication", "sampling": GREEDY}
     assert cache.lookup(Q, **same).hit is not None
-    for change in (dict(tenant="hospital-b"), dict(model="m2"), dict(category="emergency"),
-                   dict(sampling=SamplingParams(temperature=0, max_tokens=65))):
+    for change in ({"tenant": "hospital-b"}, {"model": "m2"}, {"category": "emergency"},
+                   {"sampling": SamplingParams(temperature=0, max_tokens=65)}):
         assert cache.lookup(Q, **{**same, **change}).hit is None, change
     # The seed does not matter for greedy requests, but does for sampled ones.
     assert cache.lookup(Q, **{**same, "sampling": SamplingParams(temperature=0, max_tokens=64,
@@ -90,7 +89,7 @@ def test_scope_keys_isolate_entries(cache) -> None:
 def test_adversarial_tenant_gets_no_hit(cache, embedder) -> None:
     questions = [f"What is the usual dose of drug number {i} for adults?" for i in range(40)]
     questions += [Q, PARA, "How long does a sprained ankle take to heal?"]
-    cache.store_many([dict(question=q, answer=f"secret-{i}", tenant="A", sampling=GREEDY)
+    cache.store_many([{"question": q, "answer": f"secret-{i}", "tenant": "A", "sampling": GREEDY}
                       for i, q in enumerate(questions)])
     for q in questions:  # tenant B sends tenant A's exact questions (and near copies)
         for probe in (q, q.upper(), q + " please"):
@@ -126,13 +125,13 @@ def test_only_deterministic_requests_are_stored(cache, tmp_path, embedder) -> No
 def test_memory_tier_lru_bounds_and_ttl(tmp_path: Path, embedder) -> None:
     with medrt.SemanticCache(tmp_path, embedder=embedder, memory_entries=3) as c:
         qs = [f"How is condition {i} treated in adults?" for i in range(5)]
-        c.store_many([dict(question=q, answer=str(i), sampling=GREEDY) for i, q in enumerate(qs)])
+        c.store_many([{"question": q, "answer": str(i), "sampling": GREEDY} for i, q in enumerate(qs)])
         assert len(c.memory) == 3 and len(c) == 5
         assert c.lookup(qs[0], sampling=GREEDY).hit.tier == "exact"  # from disk, promoted
         assert qs[0] in {e.question for e in c.memory._lru.values()}
     with medrt.SemanticCache(tmp_path / "b", embedder=embedder, memory_bytes=5000) as c:
-        c.store_many([dict(question=f"Question number {i} about asthma inhalers?",
-                           answer="x" * 500, sampling=GREEDY) for i in range(10)])
+        c.store_many([{"question": f"Question number {i} about asthma inhalers?",
+                           "answer": "x" * 500, "sampling": GREEDY} for i in range(10)])
         assert c.memory.bytes <= 5000 and len(c.memory) < 10
     with medrt.SemanticCache(tmp_path / "ttl", embedder=embedder, ttl_seconds=0.3) as c:
         c.store(Q, "A20", sampling=GREEDY)
@@ -157,9 +156,9 @@ def test_bad_settings_are_refused(tmp_path: Path, embedder) -> None:
                     ({"top_k": 0}, "positive"), ({"ttl_seconds": 0}, "ttl_seconds")]:
         with pytest.raises(InvalidRequest, match=msg):
             medrt.SemanticCache(tmp_path, embedder=embedder, **kw)
-    with medrt.SemanticCache(tmp_path, embedder=embedder) as c:
-        with pytest.raises(InvalidRequest, match="tenant"):
-            c.lookup(Q, tenant="", sampling=GREEDY)
+    with medrt.SemanticCache(tmp_path, embedder=embedder) as c, \
+            pytest.raises(InvalidRequest, match="tenant"):
+        c.lookup(Q, tenant="", sampling=GREEDY)
 
 
 def test_lookup_latency_does_not_depend_on_other_tenants(tmp_path: Path, embedder) -> None:
@@ -181,10 +180,10 @@ def test_lookup_latency_does_not_depend_on_other_tenants(tmp_path: Path, embedde
     shared = medrt.SemanticCache(tmp_path / "shared", embedder=embedder)
     try:
         for c in (alone, shared):
-            c.store_many([dict(question=f"tenant a question {i}", answer="a", tenant="A",
-                               sampling=GREEDY) for i in range(len(own))], own)
-        shared.store_many([dict(question=f"tenant b question {i}", answer="b", tenant="B",
-                                sampling=GREEDY) for i in range(len(others))], others)
+            c.store_many([{"question": f"tenant a question {i}", "answer": "a", "tenant": "A",
+                               "sampling": GREEDY} for i in range(len(own))], own)
+        shared.store_many([{"question": f"tenant b question {i}", "answer": "b", "tenant": "B",
+                                "sampling": GREEDY} for i in range(len(others))], others)
         times: dict[int, list[float]] = {0: [], 1: []}
         for v in probes[:50]:  # warm up both
             for c in (alone, shared):

@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from medrt.cache.scope import Scope, is_deterministic
 from medrt.cache.text import combined_score, jaccard, text_hash, words
 from medrt.errors import InvalidRequest
 from medrt.medical.phi import has_phi
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 # The operating point of docs/semantic-cache.md (scripts/cache_eval.py chose it).
 DEFAULT_A = 0.0
@@ -262,7 +265,7 @@ class SemanticCache:
                 self._guarded(self.disk.checkpoint)
             self.disk.close()
 
-    def __enter__(self) -> SemanticCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
