@@ -116,7 +116,13 @@ def _say_weights(model_dir: Any) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from medrt.models import pull
+    from medrt.models.registry import KNOWN_ENCODERS
 
+    if args.name in KNOWN_ENCODERS:  # a sentence encoder (medrt.Embedder)
+        from medrt.models.encoder_pull import pull_encoder
+
+        print(pull_encoder(args.name))
+        return 0
     model_dir = pull(args.name, dtype=args.dtype)
     print(model_dir)
     _say_weights(model_dir)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medrt.cache import frontend_cache as fcache
 from medrt.errors import InvalidRequest
 from medrt.frontend import Conversation, EngineFrontend, PreparedRequest, PromptType
 from medrt.lora.request import LoRARequest
@@ -15,6 +17,8 @@ from medrt.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from medrt.cache import SemanticCache
 
 
 class LLM(EngineFrontend):
@@ -35,7 +39,17 @@ class LLM(EngineFrontend):
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call
     ``close()``, to stop the engine threads.
+
+    ``cache`` is a :class:`medrt.SemanticCache`: generate and chat then take ``tenant``,
+    ``cache`` ("auto" looks up and stores, "bypass" neither, "refresh" regenerates and
+    stores) and ``patient_context`` (never cached); an answer from the cache has
+    ``RequestOutput.cache`` set.
     """
+
+    def __init__(self, model: str | Path, *, cache: SemanticCache | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._cache = fcache.attach(self, cache)
 
     def __enter__(self) -> Self:
         return self
@@ -48,6 +62,10 @@ class LLM(EngineFrontend):
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        *,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> list[RequestOutput]:
         """Completes each prompt; returns one finished RequestOutput per prompt, in order.
 
@@ -60,8 +78,13 @@ class LLM(EngineFrontend):
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
         loras = _lora_per_prompt(lora_request, len(batch))
-        return self._run_batch([self._prepare(p, sp, lr)
-                                for p, sp, lr in zip(batch, params, loras)])
+        # An adapter changes the answer: requests with one bypass the semantic cache.
+        reqs = [fcache.for_prompt(p, tenant, cache if lr is None else "bypass", patient_context)
+                for p, lr in zip(batch, loras)]
+        return fcache.run_batch(self._cache, self,
+                                [self._prepare(p, sp, lr)
+                                 for p, sp, lr in zip(batch, params, loras)], reqs,
+                                self._run_batch)
 
     def chat(
         self,
@@ -75,6 +98,9 @@ class LLM(EngineFrontend):
         tools: list[dict] | None = None,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         medical_template: str | None = None,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> list[RequestOutput] | Iterator[str]:
         """Answers a conversation (a list of {"role", "content"} dicts) or several.
 
@@ -99,14 +125,21 @@ class LLM(EngineFrontend):
             self._prepare(self._render_chat(c, add_generation_prompt, chat_template,
                                             chat_template_kwargs, tools), sp, lr)
             for c, sp, lr in zip(conversations, params, loras)]
+        options = [add_generation_prompt, chat_template, chat_template_kwargs, tools]
+        # The medical template is in the system message, so it is part of the cache scope;
+        # an adapter changes the answer, so requests with one bypass the cache.
+        reqs = [fcache.for_conversation(c, tenant, cache if lr is None else "bypass",
+                                        patient_context, options)
+                for c, lr in zip(conversations, loras)]
         if not stream:
-            outputs = self._run_batch(prepared)
+            outputs = fcache.run_batch(self._cache, self, prepared, reqs, self._run_batch)
             for out, category in zip(outputs, categories):
                 out.medical_category = category
             return outputs
         if len(prepared) != 1:
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
-        return self._stream_text(prepared[0])
+        return fcache.stream_text(self._cache, reqs[0], prepared[0].params,
+                                  lambda: self._stream_text(prepared[0]))
 
     def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
