@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   medrt::bindings::bind_model(m);
   medrt::bindings::bind_engine(m);
   medrt::bindings::bind_device(m);
+  medrt::bindings::bind_encoder(m);
 }
