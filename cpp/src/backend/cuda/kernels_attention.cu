@@ -14,7 +14,9 @@
 // (max, sum, accumulator) triples. The number of splits comes from host-known shapes only
 // (T, max_blocks, the scratch size), so a captured graph stays valid when it is replayed with
 // other positions and block tables.
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/launch.h"
