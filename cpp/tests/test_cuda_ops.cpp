@@ -160,13 +160,19 @@ TestWeight make_weight(WeightType type, int64_t out, int64_t in, int group, bool
 
 TEST(linear_matches_the_dequantised_weight_for_every_type_and_path) {
   Gpu g;
-  const int64_t out = 96, in = 256;
-  struct Case { WeightType t; int group; bool mins; };
-  const Case cases[] = {{WeightType::F32, 0, false},  {WeightType::F16, 0, false},
-                        {WeightType::BF16, 0, false}, {WeightType::Int8, 0, false},
-                        {WeightType::Int8, 32, false}, {WeightType::Nf4, 64, false},
-                        {WeightType::Int4, 32, false}, {WeightType::Int4, 64, true}};
+  struct Case { WeightType t; int group; bool mins; int64_t out, in; };
+  // in = 256: one K split; in = 1024 with few output tiles: split-K partial sums; in = 48:
+  // rows that are not whole 32-input pieces (the element-wise GEMM; as f32 they are whole
+  // 16-byte pieces, so M <= 8 still takes the GEMV).
+  using W = WeightType;
+  const Case cases[] = {{W::F32, 0, false, 96, 256},   {W::F16, 0, false, 96, 256},
+                        {W::BF16, 0, false, 96, 256},  {W::Int8, 0, false, 96, 256},
+                        {W::Int8, 32, false, 96, 256}, {W::Nf4, 64, false, 96, 256},
+                        {W::Int4, 32, false, 96, 256}, {W::Int4, 64, true, 96, 256},
+                        {W::BF16, 0, false, 80, 1024}, {W::Int4, 64, false, 80, 1024},
+                        {W::F32, 0, false, 40, 48}};
   for (const Case& c : cases) {
+    const int64_t out = c.out, in = c.in;
     TestWeight tw = make_weight(c.t, out, in, c.group, c.mins);
     auto w = g.dev->prepare_linear(tw.lw);
     for (int64_t M : {1, 3, 8, 9, 70}) {
@@ -191,8 +197,9 @@ TEST(linear_matches_the_dequantised_weight_for_every_type_and_path) {
       // bf16/f16 (8 or 11 mantissa bits) and accumulates in f32.
       const double tol = (M <= 8 ? 2e-5 : 1.5e-2) * (max_ref + 1.0);
       if (!(max_err <= tol))
-        std::fprintf(stderr, "%s g%d M=%lld: max error %g (max |y| %g)\n",
-                     weight_type_name(c.t), c.group, (long long)M, max_err, max_ref);
+        std::fprintf(stderr, "%s g%d [%lld, %lld] M=%lld: max error %g (max |y| %g)\n",
+                     weight_type_name(c.t), c.group, (long long)out, (long long)in,
+                     (long long)M, max_err, max_ref);
       CHECK(max_err <= tol);
     }
   }

@@ -155,8 +155,9 @@ int main(int argc, char** argv) {
         caches.push_back(cpu::PagedKV{kv[kv.size() - 2].get<float>(), kv.back().get<float>(), nb,
                                       bs, s.KVH, s.hd});
       }
-      std::vector<int32_t> tokens(size_t(B)), pos(size_t(B), int32_t(context)), seq(size_t(B)),
-          slots(size_t(B)), tables(size_t(B * blocks_per_seq));
+      const size_t nB = static_cast<size_t>(B);
+      std::vector<int32_t> tokens(nB), pos(nB, static_cast<int32_t>(context)), seq(nB), slots(nB),
+          tables(nB * static_cast<size_t>(blocks_per_seq));
       for (int64_t b = 0; b < B; ++b) {
         tokens[size_t(b)] = int32_t((b * 7919) % s.V);
         seq[size_t(b)] = int32_t(b);

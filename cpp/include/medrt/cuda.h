@@ -40,6 +40,8 @@ struct CudaBackendOptions {
   // Scratch of the attention split-KV partials (bytes, allocated once at construction): the
   // number of key splits a launch uses shrinks to fit it, never grows it.
   int64_t attention_scratch_bytes = 64ll << 20;
+  // Scratch of the GEMM's split-K partial sums; fewer splits (none) when a shape needs more.
+  int64_t gemm_scratch_bytes = 64ll << 20;
 };
 
 // The CUDA backend on one device and one stream (backend/cuda/cuda_backend.h). Throws

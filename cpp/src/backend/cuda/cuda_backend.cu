@@ -2,9 +2,11 @@
 
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_check.h"
@@ -98,11 +100,15 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : device_(options.de
   attn_scratch_.floats = scratch / int64_t(sizeof(float));
   if (attn_scratch_.floats > 0)
     attn_scratch_.data = static_cast<float*>(alloc(size_t(attn_scratch_.floats) * sizeof(float)));
+  gemm_scratch_.floats = std::max<int64_t>(options.gemm_scratch_bytes, 0) / int64_t(sizeof(float));
+  if (gemm_scratch_.floats > 0)
+    gemm_scratch_.data = static_cast<float*>(alloc(size_t(gemm_scratch_.floats) * sizeof(float)));
 }
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (attn_scratch_.data) cudaFreeAsync(attn_scratch_.data, stream_);
+  if (gemm_scratch_.data) cudaFreeAsync(gemm_scratch_.data, stream_);
   cudaStreamSynchronize(stream_);
   cudaStreamDestroy(stream_);
 }
@@ -270,7 +276,7 @@ void CudaBackend::rmsnorm(const float* x, int64_t T, int64_t D, const BackendWei
 
 void CudaBackend::linear(const BackendWeight& w, const float* x, int64_t M, float* y) {
   make_current();
-  cuda::linear(view_of(w), x, M, y, stream_);
+  cuda::linear(view_of(w), x, M, y, gemm_scratch_, stream_);
 }
 
 void CudaBackend::rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim,

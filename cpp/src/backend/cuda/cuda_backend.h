@@ -4,7 +4,8 @@
 //  - weights are uploaded once at prepare time (cuda_weight.h), synchronously;
 //  - ops launch kernels on the stream and never allocate or wait, so a decode step can be
 //    captured as a CUDA graph (capture_step_graph in medrt/cuda.h);
-//  - the only scratch, the split-KV partials of attention, is allocated at construction.
+//  - the only scratch (split-KV partials of attention, split-K partials of the GEMM) is
+//    allocated at construction.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -61,6 +62,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaMemPool_t pool_ = nullptr;
   AttentionScratch attn_scratch_;
+  GemmScratch gemm_scratch_;
 };
 
 }  // namespace medrt::cuda

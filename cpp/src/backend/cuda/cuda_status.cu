@@ -1,6 +1,7 @@
 // medrt/cuda.h with the CUDA backend built in: what the driver reports, and the backend.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "backend/cuda/cuda_backend.h"

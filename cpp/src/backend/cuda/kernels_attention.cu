@@ -14,7 +14,9 @@
 // (max, sum, accumulator) triples. The number of splits comes from host-known shapes only
 // (T, max_blocks, the scratch size), so a captured graph stays valid when it is replayed with
 // other positions and block tables.
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/launch.h"
@@ -164,9 +166,13 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(AttnParam
             if (qi < nq) acc[qi][u] *= salpha[qi];
           for (int64_t j = 0; j < nk; ++j) {
             const float vj = vb[j * hd + d];
+            // A masked key (p = 0) may sit in a slot never written (device KV memory is not
+            // cleared): skip it rather than multiply 0 by whatever bits are there.
 #pragma unroll
-            for (int qi = 0; qi < kQvMax; ++qi)
-              if (qi < nq) acc[qi][u] = fmaf(ss[qi * bs + j], vj, acc[qi][u]);
+            for (int qi = 0; qi < kQvMax; ++qi) {
+              const float pj = qi < nq ? ss[qi * bs + j] : 0.0f;
+              if (pj != 0.0f) acc[qi][u] = fmaf(pj, vj, acc[qi][u]);
+            }
           }
         }
         __syncthreads();

@@ -5,11 +5,10 @@
 // multiplies them with up to 8 activation rows, so a weight byte crosses HBM once per step.
 // The warp's lanes are summed with a fixed shuffle tree: a row's result does not depend on M.
 //
-// Prefill (more rows): tensor-core GEMM (WMMA 16x16x16, f32 accumulate). A 64x64 output tile
-// walks K in steps of 32: activations are rounded to the operand type and weights dequantised
-// into shared memory, so int8/int4/NF4 need no dequantised copy of the weight in memory.
-// Operands are f16 for F16 weights and bf16 otherwise (bf16 keeps the f32 exponent range, so
-// large activations cannot overflow).
+// More rows: the vectorised tensor-core GEMM of kernels_gemm.cu; for rows that are not whole
+// 16-byte pieces of 32 inputs (tiny test models), the element-wise WMMA kernel below: a 64x64
+// output tile walks K in steps of 32, each weight element dequantised by weight_at into shared
+// memory. Operands are f16 for F16 weights and bf16 otherwise.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -192,10 +191,13 @@ void gemm(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t
   check_launch("gemm_kernel");
 }
 
-void linear(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t stream) {
+void linear(const WeightView& w, const float* x, int64_t M, float* y, const GemmScratch& scratch,
+            cudaStream_t stream) {
   if (M <= 0) return;
   if (M <= kGemvMaxRows && gemv_supports(w))
     gemv(w, x, M, y, stream);
+  else if (gemm_vec_supports(w))
+    gemm_vec(w, x, M, y, scratch, stream);
   else
     gemm(w, x, M, y, stream);
 }

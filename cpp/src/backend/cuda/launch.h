@@ -10,13 +10,24 @@
 
 namespace medrt::cuda {
 
+// Scratch of the GEMM's split-K partial sums (allocated once by the backend).
+struct GemmScratch {
+  float* data = nullptr;
+  int64_t floats = 0;
+};
+
 // y[M, out] = x[M, in] @ W^T + bias. Few rows (decode): weight-only GEMV that dequantises in
-// registers and reads each weight byte once per 8 rows; more rows (prefill): tensor-core GEMM
-// over tiles dequantised into shared memory.
-void linear(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t stream);
+// registers and reads each weight byte once per 8 rows; more rows (prefill, big decode
+// batches): tensor-core GEMM over tiles dequantised into shared memory (kernels_gemm.cu), or
+// its element-wise variant for rows that are not whole 16-byte pieces of 32 inputs.
+void linear(const WeightView& w, const float* x, int64_t M, float* y, const GemmScratch& scratch,
+            cudaStream_t stream);
 constexpr int64_t kGemvMaxRows = 8;
 bool gemv_supports(const WeightView& w);  // row length a whole number of 16-byte loads
 void gemv(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t stream);
+bool gemm_vec_supports(const WeightView& w);  // in % 32 == 0 and 16-byte rows
+void gemm_vec(const WeightView& w, const float* x, int64_t M, float* y,
+              const GemmScratch& scratch, cudaStream_t stream);
 void gemm(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t stream);
 
 void embedding(const WeightView& table, const int32_t* tokens, int64_t T, float* out,
