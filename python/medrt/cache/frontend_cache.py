@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medrt.cache.semantic_cache import CacheHit, SemanticCache
@@ -215,10 +216,26 @@ async def stream_outputs(fc: FrontendCache | None, frontend: Any, prepared: Any,
         await asyncio.to_thread(fc.store, req, prepared.params, last)
 
 
-def attach(frontend: Any, cache: SemanticCache | None) -> FrontendCache | None:
-    """The cache bound to `frontend`'s model (its fingerprint), or None without a cache."""
-    if cache is None:
-        return None
+def model_fingerprint_of(frontend: Any) -> str:
+    """The fingerprint of the model a frontend answers with. A LoRA adapter merged into the
+    weights, or applied to requests that name none, changes every answer, so it is part of it:
+    such an LLM never shares cache entries with the base model's."""
     from medrt.embedder import model_fingerprint
 
-    return FrontendCache(cache, model_fingerprint(frontend.model_dir))
+    fingerprint = model_fingerprint(frontend.model_dir)
+    lora = getattr(frontend, "_lora", None)
+    adapter = (lora.merged or lora.default) if lora is not None else None
+    if adapter is None or not adapter.lora_path:
+        return fingerprint
+    h = hashlib.sha256(fingerprint.encode())
+    for f in sorted(Path(adapter.lora_path).iterdir()):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def attach(frontend: Any, cache: SemanticCache | None) -> FrontendCache | None:
+    """The cache bound to `frontend`'s model (model_fingerprint_of), or None without a cache."""
+    if cache is None:
+        return None
+    return FrontendCache(cache, model_fingerprint_of(frontend))
