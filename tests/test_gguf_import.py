@@ -258,8 +258,8 @@ def test_tokenizer_and_chat_template_survive(hf_models: dict[str, Path], tmp_pat
 
 
 def _edited_gguf(src: Path, path: Path, arch: str | None = None,
-                 extra_tensor: str | None = None) -> Path:
-    """A GGUF with a different architecture name or an extra tensor (copied through)."""
+                 extra_tensor: str | None = None, ints: dict[str, int] | None = None) -> Path:
+    """A GGUF with a different architecture name, an extra tensor or integer fields replaced."""
     reader = gguf.GGUFReader(write_gguf(src, path.with_suffix(".orig.gguf")))
     w = gguf.GGUFWriter(str(path), arch or "llama")
     for f in reader.fields.values():
@@ -269,7 +269,11 @@ def _edited_gguf(src: Path, path: Path, arch: str | None = None,
         name = f.name.replace("llama.", f"{arch}.", 1) if arch else f.name
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        if ints and name in ints:
+            value = ints.pop(name)
         w.add_key_value(name, value, vtype, sub_type=sub)
+    for name, value in (ints or {}).items():
+        w.add_uint32(name, value)
     for t in reader.tensors:
         w.add_tensor(t.name, np.array(t.data))
     if extra_tensor:
@@ -285,6 +289,17 @@ def test_unsupported_architecture_is_a_clear_error(hf_models: dict[str, Path],
                                                    tmp_path: Path) -> None:
     path = _edited_gguf(hf_models["llama"], tmp_path / "phi.gguf", arch="phi3")
     with pytest.raises(InvalidCheckpoint, match="architecture 'phi3' is not supported"):
+        import_gguf(path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("key", ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
+                                 "tokenizer.ggml.padding_token_id"])
+def test_special_token_id_past_the_vocabulary(hf_models: dict[str, Path], tmp_path: Path,
+                                              key: str) -> None:
+    # The engine masks EOS by indexing the logits row: such an id must stop at import.
+    vocab = json.loads((hf_models["llama"] / "config.json").read_text())["vocab_size"]
+    path = _edited_gguf(hf_models["llama"], tmp_path / "t.gguf", ints={key: vocab + 7})
+    with pytest.raises(InvalidCheckpoint, match=f"{vocab + 7} is outside the vocabulary"):
         import_gguf(path, tmp_path / "out")
 
 
@@ -309,3 +324,27 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidCheckpoint, match="not a GGUF file"):
         import_gguf(bad, tmp_path / "out")
 
+
+
+def test_string_length_past_the_end_of_the_file(tmp_path: Path) -> None:
+    # Found by tests/fuzz/fuzz_gguf_import.py: a key length of 2^60 made the reader allocate
+    # for it (MemoryError) instead of reporting a broken file.
+    bad = tmp_path / "long.gguf"
+    bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little")
+                    + (1).to_bytes(8, "little") + (1 << 60).to_bytes(8, "little") + b"key")
+    with pytest.raises(InvalidCheckpoint, match="runs past the end of the file"):
+        import_gguf(bad, tmp_path / "out")
+
+
+def test_file_cut_anywhere_is_invalid_checkpoint(hf_models: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    # Found by tests/fuzz/fuzz_gguf_import.py: a file cut inside the tensor descriptions made
+    # gguf.GGUFReader raise IndexError. Any cut must read as a broken file.
+    data = write_gguf(hf_models["qwen2"], tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    infos = data.index(b"blk.0.")  # the tensor descriptions follow the metadata
+    cuts = [*range(8, len(data) - 1, max(1, len(data) // 50)), *range(infos - 12, infos + 120, 5)]
+    for i, n in enumerate(cuts):
+        cut.write_bytes(data[:n])
+        with pytest.raises(InvalidCheckpoint):
+            import_gguf(cut, tmp_path / f"out{i}")

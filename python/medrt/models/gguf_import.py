@@ -197,11 +197,26 @@ def hf_config(meta: Mapping[str, Any], reader: gguf.GGUFReader, dtype: str) -> d
         )
     bos = meta.get("tokenizer.ggml.bos_token_id")
     if bos is not None:
-        cfg["bos_token_id"] = int(bos)
+        cfg["bos_token_id"] = _token_id(meta, "bos", cfg["vocab_size"])
     eos = eos_token_ids(meta)
+    for i in eos:
+        if not 0 <= i < cfg["vocab_size"]:
+            raise InvalidCheckpoint(
+                f"GGUF end-of-sequence token id {i} is outside the vocabulary "
+                f"[0, {cfg['vocab_size']})"
+            )
     if eos:
         cfg["eos_token_id"] = eos[0] if len(eos) == 1 else eos
     return cfg
+
+
+def _token_id(meta: Mapping[str, Any], kind: str, vocab_size: int) -> int:
+    # The engine indexes logits with special ids: one past the vocabulary is a broken file.
+    key = f"tokenizer.ggml.{kind}_token_id"
+    idx = int(meta[key])
+    if not 0 <= idx < vocab_size:
+        raise InvalidCheckpoint(f"GGUF {key} = {idx} is outside the vocabulary [0, {vocab_size})")
+    return idx
 
 
 def _auto_dtype(reader: gguf.GGUFReader) -> str:
@@ -352,7 +367,7 @@ def import_gguf(
     check_tensor_data(gguf_path)  # names a truncated tensor, which GGUFReader would not
     try:
         reader = gguf.GGUFReader(gguf_path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, IndexError, KeyError) as e:  # gguf's errors on a cut file
         raise InvalidCheckpoint(f"{gguf_path}: not a readable GGUF file: {e}") from e
     keep = dtype == "auto"
     if keep:
@@ -399,9 +414,8 @@ def import_gguf(
 
     _write_json(out_dir / "config.json", cfg)
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
-    pad = meta.get("tokenizer.ggml.padding_token_id")
-    if pad is not None:
-        gen["pad_token_id"] = int(pad)
+    if meta.get("tokenizer.ggml.padding_token_id") is not None:
+        gen["pad_token_id"] = _token_id(meta, "padding", cfg["vocab_size"])
     _write_json(out_dir / "generation_config.json", gen)
     return out_dir
 

@@ -30,6 +30,10 @@ _STRING, _ARRAY = 8, 9
 
 
 def _read(f: BinaryIO, n: int) -> bytes:
+    # Lengths come from the file: one past its end is a broken file, not a huge allocation.
+    if n > os.fstat(f.fileno()).st_size - f.tell():
+        raise InvalidCheckpoint(f"{f.name}: GGUF metadata is truncated (a {n}-byte value "
+                                "runs past the end of the file)")
     b = f.read(n)
     if len(b) != n:
         raise InvalidCheckpoint(f"{f.name}: GGUF metadata is truncated")

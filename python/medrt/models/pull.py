@@ -103,14 +103,22 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _stderr_fd() -> int:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an in-memory stream
+        return subprocess.DEVNULL
+
+
 def _pip_download(requirement: str, dest: Path, quiet: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), requirement]
     if quiet:
         cmd.append("--quiet")
-    # pip's own progress bar goes to stdout (the terminal); its errors are kept for the message.
+    # pip's progress goes to our stderr, never into stdout where the command's answer goes;
+    # its errors are kept for the message.
     proc = subprocess.run(cmd, check=False, stderr=subprocess.PIPE, text=True,
-                          stdout=subprocess.DEVNULL if quiet else None)
+                          stdout=subprocess.DEVNULL if quiet else _stderr_fd())
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]

