@@ -164,7 +164,7 @@ def _check_module(index: TensorIndex, module: str, wt: WeightType, entry: dict) 
     if wt.name in QUANT_TYPES:
         shape = entry.get("shape")
         if not (isinstance(shape, list) and len(shape) == 2 and all(
-                isinstance(x, int) and x > 0 for x in shape)):
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape)):
             raise QuantFormatError(f"module {module}: 'shape' must be [out, in]")
         out_f, in_f = shape
         check_shape(wt, out_f, in_f, f"module {module}")
