@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from medrt.cache import SemanticCache
+    from medrt.embedder import EmbeddingRequestOutput
 
 
 class LLM(EngineFrontend):
@@ -44,8 +46,32 @@ class LLM(EngineFrontend):
 
     def __init__(self, model: str | Path, *, cache: SemanticCache | None = None,
                  **kwargs: Any) -> None:
+        from medrt.embedder import Embedder, is_encoder
+
+        self._embedder = None
+        if is_encoder(model):  # an embedding model: embed() only (as vLLM's task="embed")
+            self._embedder = Embedder(model, num_threads=kwargs.get("num_threads", 0))
+            self.model_dir = self._embedder.model_dir
+            self._finalizer = lambda: None
+            self._ids = itertools.count()
+            self._cache = None
+            return
         super().__init__(model, **kwargs)
         self._cache = fcache.attach(self, cache)
+
+    def embed(self, prompts: str | Sequence[str]) -> list[EmbeddingRequestOutput]:
+        """Embeddings of texts when the model is an encoder (all-MiniLM-L6-v2 or another
+        BERT): one EmbeddingRequestOutput per text, ``outputs.embedding`` of unit norm."""
+        if self._embedder is None:
+            raise InvalidRequest(f"{self.model_dir} is a decoder; embed() needs an encoder "
+                                 "model such as 'all-minilm-l6-v2'")
+        from medrt.embedder import embed_outputs
+
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        first = next(self._ids)
+        for _ in range(len(batch) - 1):
+            next(self._ids)
+        return embed_outputs(self._embedder, batch, first)
 
     def __enter__(self) -> Self:
         return self
@@ -69,6 +95,7 @@ class LLM(EngineFrontend):
         SamplingParams for all prompts or a list with one per prompt. Every prompt is checked
         before any is queued.
         """
+        self._require_decoder("generate")
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
         reqs = [fcache.for_prompt(p, tenant, cache, patient_context) for p in batch]
@@ -100,6 +127,7 @@ class LLM(EngineFrontend):
         concatenation is the finished output's text, and no chunk shows the beginning of a
         stop string that later matches. Leaving the loop early aborts the request.
         """
+        self._require_decoder("chat")
         conversations = _as_conversation_list(messages)
         params = _params_per_prompt(sampling_params, len(conversations))
         prepared = [
@@ -115,6 +143,11 @@ class LLM(EngineFrontend):
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
         return fcache.stream_text(self._cache, reqs[0], prepared[0].params,
                                   lambda: self._stream_text(prepared[0]))
+
+    def _require_decoder(self, what: str) -> None:
+        if self._embedder is not None:
+            raise InvalidRequest(f"{self.model_dir} is an encoder (embedding) model: use "
+                                 f"embed(), not {what}()")
 
     def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
