@@ -276,10 +276,10 @@ def main() -> None:
     print(json.dumps({k: report[k] for k in ("operating_point", "same_point_without_guard",
                                             "best_without_guard_at_1pct")}, indent=1))
     plot(rows, point, out / "cache_sweep.png")
-    if args.sizes:
-        report["latency"] = latency(emb, args.sizes, point["a"], point["threshold"])
     if not args.skip_speed:
         report["embedder_speed"] = embedder_speed(emb)
+    if args.sizes:
+        report["latency"] = latency(emb, args.sizes, point["a"], point["threshold"])
     if args.smollm2:
         report["smollm2"] = hit_vs_generate(emb, point["a"], point["threshold"])
         print(report["smollm2"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,10 +143,11 @@ def is_encoder(model: str | os.PathLike) -> bool:
 
 
 def embed_outputs(embedder: Embedder, texts: Sequence[str] | str,
-                  first_id: int) -> list[EmbeddingRequestOutput]:
-    """LLM.embed's result: one EmbeddingRequestOutput per text, in order."""
+                  request_ids: Iterator[int]) -> list[EmbeddingRequestOutput]:
+    """LLM.embed's result: one EmbeddingRequestOutput per text, in order (request ids drawn
+    from `request_ids`)."""
     batch = [texts] if isinstance(texts, str) else list(texts)
     vectors = embedder.embed(batch)
-    ids = embedder.tokenize(batch)
-    return [EmbeddingRequestOutput(str(first_id + i), t, ids[i], EmbeddingOutput(v.tolist()))
-            for i, (t, v) in enumerate(zip(batch, vectors))]
+    tokens = embedder.tokenize(batch)
+    return [EmbeddingRequestOutput(str(next(request_ids)), t, ids, EmbeddingOutput(v.tolist()))
+            for t, ids, v in zip(batch, tokens, vectors)]

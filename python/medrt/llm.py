@@ -67,11 +67,7 @@ class LLM(EngineFrontend):
                                  "model such as 'all-minilm-l6-v2'")
         from medrt.embedder import embed_outputs
 
-        batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        first = next(self._ids)
-        for _ in range(len(batch) - 1):
-            next(self._ids)
-        return embed_outputs(self._embedder, batch, first)
+        return embed_outputs(self._embedder, prompts, self._ids)
 
     def __enter__(self) -> Self:
         return self
