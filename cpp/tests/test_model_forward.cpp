@@ -143,6 +143,35 @@ TEST(chunked_prefill_and_decode_match_one_prefill_bitwise) {
   }
 }
 
+// Layer-to-backend mapping: the same decoder split over two backends (layers 0-1 on one, the
+// rest and the LM head on another, so the hidden state crosses twice) gives the same logits as
+// one backend, bit for bit, and each layer's KV lives with its backend.
+TEST(layers_split_across_backends_give_the_same_logits) {
+  Fixture f;
+  ForwardBatch batch;
+  add_rows(batch, f.b, 0, 0, 20);
+  set_tables(batch, {&f.b});
+  KVCache kv(f.model->config(), 8, kBlock);
+  const std::vector<float> one = run(*f.model, kv, batch);
+
+  std::unique_ptr<Backend> first = make_cpu_backend(f.pool), second = make_cpu_backend(f.pool);
+  const int layers = f.model->config().num_layers;
+  CHECK(layers >= 2);
+  ModelPlacement placement{second.get(), {}};
+  for (int i = 0; i < layers; ++i) placement.layers.push_back(i < 1 ? first.get() : second.get());
+  placement.io = first.get();  // embedding on `first`, layer 0 on `first`, the rest elsewhere
+  auto split = Model::load(f.dir.path.string(), placement);
+  CHECK(&split->io_backend() == first.get());
+  CHECK(split->layer_backends()[size_t(layers - 1)] == second.get());
+  KVCache kv_split(split->config(), 8, kBlock, split->layer_backends());
+  const std::vector<float> two = run(*split, kv_split, batch);
+  CHECK(one.size() == two.size());
+  CHECK(bitwise_equal(one.data(), two.data(), one.size()));
+
+  ModelPlacement too_few{first.get(), {first.get()}};
+  CHECK_THROWS(InvalidRequest, Model::load(f.dir.path.string(), too_few), "layers");
+}
+
 TEST(forward_refuses_a_malformed_batch) {
   Fixture f;
   KVCache kv(f.model->config(), 8, kBlock);

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLM",
+    "LoRARequest",
     "CompletionOutput",
     "Embedder",
     "Logprob",
@@ -38,6 +39,10 @@ def __getattr__(name: str) -> Any:
         from medrt.async_llm import AsyncLLM
 
         return AsyncLLM
+    if name == "LoRARequest":
+        from medrt.lora.request import LoRARequest
+
+        return LoRARequest
     if name == "Embedder":
         from medrt.embedder import Embedder
 

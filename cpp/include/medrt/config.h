@@ -4,11 +4,10 @@
 #include <string>
 #include <vector>
 
+#include "medrt/arch.h"
 #include "medrt/dtype.h"
 
 namespace medrt {
-
-enum class Arch { Llama, Qwen2 };
 
 // rope_scaling {"rope_type": "llama3", ...}; other types are rejected at parse time.
 struct RopeScaling {
@@ -35,7 +34,10 @@ struct ModelConfig {
   std::optional<RopeScaling> rope_scaling;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases: always for Qwen2, optional for Llama
+  const ArchSpec& spec() const { return arch_spec(arch); }
+  // Special token ids; -1 when config.json does not set one. Each set id is in [0, vocab_size).
   int bos_token_id = -1;
+  int pad_token_id = -1;
   std::vector<int> eos_token_ids;
   DType torch_dtype = DType::F32;
 

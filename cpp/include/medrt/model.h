@@ -1,10 +1,14 @@
-// One decoder graph (Llama and Qwen2) written over the kernels in kernels.h.
+// One decoder graph (Llama and Qwen2) written over the Backend interface (backend.h): the model
+// calls backend ops only, so the same code runs on the CPU, on a GPU, or split across both
+// (each layer on its own backend; the hidden state is copied across where consecutive layers
+// differ).
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "medrt/backend.h"
 #include "medrt/checkpoint.h"
 #include "medrt/config.h"
 #include "medrt/kv_cache.h"
@@ -12,7 +16,12 @@
 
 namespace medrt {
 
+namespace model {
+class LoraSet;
+}
+
 // The tokens of one engine step, flattened across sequences (prefill chunks and decodes mixed).
+// Host memory; the model copies it to each backend that is not the host.
 struct ForwardBatch {
   std::vector<int32_t> tokens;        // [T]
   std::vector<int32_t> positions;     // [T] absolute position of each token in its sequence
@@ -22,19 +31,50 @@ struct ForwardBatch {
   int64_t n_seqs = 0;
   int64_t max_blocks = 0;
   std::vector<int32_t> logit_rows;    // rows of T whose logits the caller wants, in order
+  std::vector<int32_t> token_lora;    // [T] LoRA adapter of each token (0: base); empty: all base
+
+  void clear();  // empties every array, keeping their capacity (and so their addresses)
+};
+
+// Where the model runs: `io` holds the embedding, the final norm and the LM head (and produces
+// the logits); `layers[i]` runs decoder layer i. Backends must outlive the model.
+struct ModelPlacement {
+  Backend* io = nullptr;
+  std::vector<Backend*> layers;  // empty: every layer on `io`
+};
+
+// What the weights are, for model_info: modules and bytes per weight type.
+struct WeightSummary {
+  std::string type;  // weight_type_name
+  int64_t modules = 0;
+  int64_t bytes = 0;  // as stored in the checkpoint
 };
 
 class Model {
  public:
-  // Opens and validates the checkpoint (every tensor the architecture needs, with the shape the
-  // config implies) and binds weights in place from the mapping.
+  // Opens and validates the checkpoint (every module the architecture needs, with the shape the
+  // config implies) and prepares the weights on a CPU backend over `pool` that the model owns.
   static std::unique_ptr<Model> load(const std::string& dir, ThreadPool& pool);
+  // The same on the given backends.
+  static std::unique_ptr<Model> load(const std::string& dir, const ModelPlacement& placement);
 
   const ModelConfig& config() const { return ckpt_->config(); }
   const Checkpoint& checkpoint() const { return *ckpt_; }
+  Backend& io_backend() const;
+  const std::vector<Backend*>& layer_backends() const;  // one per layer
+  std::vector<WeightSummary> weight_summary() const;
 
-  // Runs the decoder over the batch: writes K/V of every token into `kv`, and writes
-  // logits [batch.logit_rows.size(), vocab] to `logits`.
+  // Sizes the activation buffers for up to `max_tokens` rows and `max_logit_rows` logit rows
+  // now, so that forward() never reallocates (persistent addresses, as graph capture needs).
+  // forward() grows them when a batch is larger.
+  void reserve(int64_t max_tokens, int64_t max_logit_rows);
+
+  // Adapter mode: after each base projection, rows whose batch.token_lora names an adapter of
+  // `loras` get its delta (model/lora_set.h). `loras` must outlive the model; nullptr: none.
+  void set_loras(const model::LoraSet* loras);
+
+  // Runs the decoder over the batch: writes K/V of every token into `kv`, and writes logits
+  // [batch.logit_rows.size(), vocab] to `logits` (host memory).
   void forward(const ForwardBatch& batch, KVCache& kv, float* logits);
 
   ~Model();

@@ -3,139 +3,356 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <vector>
 
-#include "medrt/kernels.h"
+#include "medrt/error.h"
 #include "model/batch_check.h"
+#include "model/lora_set.h"
 #include "model/rope_freqs.h"
 #include "model/weights.h"
 
 namespace medrt {
 
+void ForwardBatch::clear() {
+  tokens.clear();
+  positions.clear();
+  token_seq.clear();
+  slot_mapping.clear();
+  token_lora.clear();
+  block_tables.clear();
+  logit_rows.clear();
+  n_seqs = max_blocks = 0;
+}
+
 namespace {
 
-// Grows a scratch buffer to at least n elements; never shrinks, so steady-state steps reuse
-// the same memory and allocate nothing.
+// A weight prepared on its backend, per decoder layer.
+struct PreparedLayer {
+  std::unique_ptr<BackendWeight> input_norm, post_attention_norm;
+  std::unique_ptr<BackendWeight> q, k, v, o, gate, up, down;
+};
+
+// A backend buffer that grows (never shrinks) to the size a batch needs.
 template <typename T>
-T* at_least(std::vector<T>& v, int64_t n) {
-  if (int64_t(v.size()) < n) v.resize(size_t(n));
-  return v.data();
+T* grow(Backend& b, DeviceBuffer& buf, int64_t n) {
+  const size_t bytes = size_t(std::max<int64_t>(n, 1)) * sizeof(T);
+  if (buf.bytes() < bytes) buf = DeviceBuffer(b, bytes);
+  return buf.get<T>();
 }
+
+// The activations and the batch's index arrays in one backend's memory. On a host backend the
+// index arrays are the ForwardBatch's own; elsewhere they are copied in once per forward.
+struct Workspace {
+  explicit Workspace(Backend& b) : b(b) {}
+  Backend& b;
+  DeviceBuffer x, h, q, k, v, attn, o, gate, up, act, x_out, q_out, logits;
+  DeviceBuffer inv_freq;
+  DeviceBuffer idx_tokens, idx_positions, idx_seq, idx_slots, idx_tables, idx_rows, idx_seq_out,
+      idx_pos_out;
+  // This forward's index arrays, in this backend's memory.
+  const int32_t *tokens = nullptr, *positions = nullptr, *token_seq = nullptr,
+                *slot_mapping = nullptr, *block_tables = nullptr, *logit_rows = nullptr,
+                *seq_out = nullptr, *pos_out = nullptr;
+
+  const int32_t* stage(DeviceBuffer& buf, const std::vector<int32_t>& v) {
+    if (b.is_host()) return v.data();
+    int32_t* p = grow<int32_t>(b, buf, int64_t(v.size()));
+    b.to_device(p, v.data(), v.size() * sizeof(int32_t));
+    return p;
+  }
+};
 
 }  // namespace
 
 struct Model::Impl {
-  Impl(const Checkpoint& ckpt, ThreadPool& pool)
-      : cfg(ckpt.config()), pool(pool), w(model::bind_weights(ckpt)),
-        inv_freq(model::rope_inv_freq(cfg)),
-        scale(float(1.0 / std::sqrt(double(cfg.head_dim)))) {}
+  Impl(const Checkpoint& ckpt, const ModelPlacement& placement, std::unique_ptr<Backend> owned);
 
   void forward(const ForwardBatch& b, KVCache& kv, float* logits);
+  void reserve(int64_t T, int64_t R);
 
+  Workspace& ws(Backend* b) { return *workspaces.at(b); }
+  // Copies n floats of activations between workspaces of different backends.
+  void transfer(Backend& from, const float* src, Backend& to, float* dst, int64_t n);
   // Attention over the paged cache for `n` query rows, then o_proj, the MLP and both residual
-  // adds onto x [n, hidden].
-  void attend_and_mlp(const model::LayerWeights& l, const cpu::PagedKV& cache, const float* q,
-                      float* x, int64_t n, const cpu::AttentionBatch& ab);
+  // adds onto x [n, hidden], on the layer's backend.
+  void attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu::PagedKV& cache,
+                      const float* q, float* x, int64_t n, const cpu::AttentionBatch& ab,
+                      int64_t li, const model::LoraRows& lora_rows);
+  // Adapter mode: the LoRA delta of the rows in `rows`, after the base projection p of layer li.
+  void lora_delta(Backend& be, int64_t li, model::LoraProj p, const model::LoraRows& rows,
+                  const float* x, float* y) const;
 
   const ModelConfig& cfg;
-  ThreadPool& pool;
-  model::ModelWeights w;
-  std::vector<float> inv_freq;
+  std::unique_ptr<Backend> owned_backend;  // when loaded over a thread pool
+  Backend* io;
+  std::vector<Backend*> layer_backends;
+  model::ModelWeights stored;  // the weights as the checkpoint stores them (views)
+  std::unique_ptr<BackendWeight> embed, final_norm, lm_head_untied;
+  const BackendWeight* lm_head = nullptr;
+  std::vector<PreparedLayer> layers;
+  std::map<Backend*, std::unique_ptr<Workspace>> workspaces;
   float scale;
 
-  // Activations, f32, [rows, width] each; see forward() for which holds what.
-  std::vector<float> x, h, q, k, v, attn, o, gate, up, act;
-  // The rows whose logits are wanted, gathered for the last layer: residual, queries, and
-  // their sequence / position.
-  std::vector<float> x_out, q_out;
+  // Host-side scratch: the sequence and position of each logit row, the batch check's state,
+  // and a staging area for hidden states that cross between backends.
   std::vector<int32_t> seq_out, pos_out;
   std::vector<int64_t> check_scratch;
+  std::vector<float> staging;
+
+  // Adapter mode: the loaded adapters, and this forward's adapted rows of T and of R.
+  const model::LoraSet* loras = nullptr;
+  model::LoraRows lora_all, lora_out;
 };
 
-void Model::Impl::attend_and_mlp(const model::LayerWeights& l, const cpu::PagedKV& cache,
-                                 const float* qs, float* xs, int64_t n,
-                                 const cpu::AttentionBatch& ab) {
-  const int64_t D = cfg.hidden_size, F = cfg.intermediate_size;
-  const int64_t q_dim = int64_t(cfg.num_heads) * cfg.head_dim;
-  cpu::paged_attention(qs, cfg.num_heads, cache, ab, scale, attn.data(), pool);
-  cpu::linear(attn.data(), n, q_dim, l.o, model::bias_or_null(l.o_bias), o.data(), pool);
-  cpu::add_inplace(xs, o.data(), n * D);
+Model::Impl::Impl(const Checkpoint& ckpt, const ModelPlacement& placement,
+                  std::unique_ptr<Backend> owned)
+    : cfg(ckpt.config()), owned_backend(std::move(owned)), io(placement.io),
+      layer_backends(placement.layers), stored(model::bind_weights(ckpt)),
+      scale(float(1.0 / std::sqrt(double(cfg.head_dim)))) {
+  if (!io) throw InvalidRequest("ModelPlacement.io: no backend given");
+  if (layer_backends.empty()) layer_backends.assign(size_t(cfg.num_layers), io);
+  if (int64_t(layer_backends.size()) != cfg.num_layers)
+    throw InvalidRequest("ModelPlacement.layers: " + std::to_string(layer_backends.size()) +
+                         " backends for " + std::to_string(cfg.num_layers) + " layers");
+  for (Backend* b : layer_backends)
+    if (!b) throw InvalidRequest("ModelPlacement.layers: a layer has no backend");
 
-  cpu::rmsnorm(xs, n, D, l.post_attention_norm, cfg.rms_norm_eps, h.data());
+  embed = io->prepare_linear(stored.embed_tokens);
+  final_norm = io->prepare_vector(stored.final_norm, "model.norm");
+  if (cfg.tie_word_embeddings) {
+    lm_head = embed.get();
+  } else {
+    lm_head_untied = io->prepare_linear(stored.lm_head);
+    lm_head = lm_head_untied.get();
+  }
+  layers.resize(stored.layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    Backend& b = *layer_backends[i];
+    const model::LayerWeights& s = stored.layers[i];
+    PreparedLayer& l = layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    l.input_norm = b.prepare_vector(s.input_norm, p + "input_layernorm");
+    l.post_attention_norm = b.prepare_vector(s.post_attention_norm, p + "post_attention_layernorm");
+    l.q = b.prepare_linear(s.q);
+    l.k = b.prepare_linear(s.k);
+    l.v = b.prepare_linear(s.v);
+    l.o = b.prepare_linear(s.o);
+    l.gate = b.prepare_linear(s.gate);
+    l.up = b.prepare_linear(s.up);
+    l.down = b.prepare_linear(s.down);
+  }
+
+  const std::vector<float> inv_freq = model::rope_inv_freq(cfg);
+  auto add_workspace = [&](Backend* b) {
+    if (workspaces.count(b)) return;
+    auto w = std::make_unique<Workspace>(*b);
+    w->inv_freq = DeviceBuffer(*b, inv_freq.size() * sizeof(float));
+    b->to_device(w->inv_freq.get(), inv_freq.data(), inv_freq.size() * sizeof(float));
+    workspaces.emplace(b, std::move(w));
+  };
+  add_workspace(io);
+  for (Backend* b : layer_backends) add_workspace(b);
+}
+
+void Model::Impl::reserve(int64_t T, int64_t R) {
+  const int64_t D = cfg.hidden_size, F = cfg.intermediate_size, hd = cfg.head_dim;
+  const int64_t H = cfg.num_heads, KVH = cfg.num_kv_heads;
+  const int64_t rows = std::max(T, R);
+  for (auto& [backend, wp] : workspaces) {
+    Workspace& w = *wp;
+    Backend& b = *backend;
+    grow<float>(b, w.x, T * D);
+    grow<float>(b, w.h, rows * D);
+    grow<float>(b, w.q, T * H * hd);
+    grow<float>(b, w.k, T * KVH * hd);
+    grow<float>(b, w.v, T * KVH * hd);
+    grow<float>(b, w.attn, rows * H * hd);
+    grow<float>(b, w.o, rows * D);
+    grow<float>(b, w.gate, rows * F);
+    grow<float>(b, w.up, rows * F);
+    grow<float>(b, w.act, rows * F);
+    grow<float>(b, w.x_out, R * D);
+    grow<float>(b, w.q_out, R * H * hd);
+    if (!b.is_host() && &b == io) grow<float>(b, w.logits, R * cfg.vocab_size);
+  }
+  seq_out.reserve(size_t(R));
+  pos_out.reserve(size_t(R));
+}
+
+void Model::Impl::transfer(Backend& from, const float* src, Backend& to, float* dst, int64_t n) {
+  const size_t bytes = size_t(n) * sizeof(float);
+  if (from.is_host()) return to.to_device(dst, src, bytes);
+  if (to.is_host()) return from.to_host(dst, src, bytes);
+  staging.resize(size_t(n));
+  from.to_host(staging.data(), src, bytes);
+  to.to_device(dst, staging.data(), bytes);
+}
+
+void Model::Impl::lora_delta(Backend& be, int64_t li, model::LoraProj p,
+                             const model::LoraRows& rows, const float* x, float* y) const {
+  if (rows.empty()) return;
+  if (!be.is_host())
+    throw InvalidRequest("LoRA adapter mode runs on host backends; layer " + std::to_string(li) +
+                         " is on " + be.name());
+  loras->apply(li, p, rows, x, y);
+}
+
+void Model::Impl::attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu::PagedKV& cache,
+                                 const float* qs, float* xs, int64_t n,
+                                 const cpu::AttentionBatch& ab, int64_t li,
+                                 const model::LoraRows& lr) {
+  using model::LoraProj;
+  Backend& b = w.b;
+  const int64_t D = cfg.hidden_size, F = cfg.intermediate_size;
+  float *attn = w.attn.get<float>(), *o = w.o.get<float>(), *h = w.h.get<float>();
+  float *gate = w.gate.get<float>(), *up = w.up.get<float>(), *act = w.act.get<float>();
+  b.paged_attention(qs, cfg.num_heads, cache, ab, scale, attn);
+  b.linear(*l.o, attn, n, o);
+  lora_delta(b, li, LoraProj::O, lr, attn, o);
+  b.add(xs, o, n * D);
+
+  b.rmsnorm(xs, n, D, *l.post_attention_norm, cfg.rms_norm_eps, h);
   // Two calls rather than one fused [2F, D] weight: gate and up sit apart in the mapping and
   // fusing them would mean copying the weights.
-  cpu::linear(h.data(), n, D, l.gate, nullptr, gate.data(), pool);
-  cpu::linear(h.data(), n, D, l.up, nullptr, up.data(), pool);
-  cpu::silu_mul(gate.data(), up.data(), n, F, F, act.data());
-  cpu::linear(act.data(), n, F, l.down, nullptr, o.data(), pool);
-  cpu::add_inplace(xs, o.data(), n * D);
+  b.linear(*l.gate, h, n, gate);
+  lora_delta(b, li, LoraProj::Gate, lr, h, gate);
+  b.linear(*l.up, h, n, up);
+  lora_delta(b, li, LoraProj::Up, lr, h, up);
+  b.silu_mul(gate, up, n, F, act);
+  b.linear(*l.down, act, n, o);
+  lora_delta(b, li, LoraProj::Down, lr, act, o);
+  b.add(xs, o, n * D);
 }
 
 void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
   model::check_batch(b, kv, cfg, check_scratch);
   const int64_t T = int64_t(b.tokens.size()), R = int64_t(b.logit_rows.size());
   if (T == 0) return;
-  const int64_t D = cfg.hidden_size, F = cfg.intermediate_size, hd = cfg.head_dim;
+  const int64_t D = cfg.hidden_size, hd = cfg.head_dim;
   const int64_t H = cfg.num_heads, KVH = cfg.num_kv_heads;
-  const int64_t rows = std::max(T, R);
-  at_least(x, T * D);
-  at_least(h, rows * D);
-  at_least(q, T * H * hd);
-  at_least(k, T * KVH * hd);
-  at_least(v, T * KVH * hd);
-  at_least(attn, rows * H * hd);
-  at_least(o, rows * D);
-  at_least(gate, rows * F);
-  at_least(up, rows * F);
-  at_least(act, rows * F);
-  at_least(x_out, R * D);
-  at_least(q_out, R * H * hd);
-  at_least(seq_out, R);
-  at_least(pos_out, R);
+  reserve(T, R);
+  seq_out.resize(size_t(R));
+  pos_out.resize(size_t(R));
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t t = b.logit_rows[size_t(r)];
+    seq_out[size_t(r)] = b.token_seq[size_t(t)];
+    pos_out[size_t(r)] = b.positions[size_t(t)];
+  }
+  if (!b.token_lora.empty() && int64_t(b.token_lora.size()) != T)
+    throw InvalidRequest("ForwardBatch.token_lora has " + std::to_string(b.token_lora.size()) +
+                         " entries for " + std::to_string(T) + " tokens");
+  if (loras) {
+    loras->group(b.token_lora, nullptr, T, lora_all);
+    loras->group(b.token_lora, b.logit_rows.data(), R, lora_out);
+  } else if (std::any_of(b.token_lora.begin(), b.token_lora.end(), [](int32_t id) { return id; })) {
+    throw InvalidRequest("ForwardBatch.token_lora names LoRA adapters but none are loaded");
+  }
+  for (auto& [backend, wp] : workspaces) {
+    Workspace& w = *wp;
+    w.tokens = w.stage(w.idx_tokens, b.tokens);
+    w.positions = w.stage(w.idx_positions, b.positions);
+    w.token_seq = w.stage(w.idx_seq, b.token_seq);
+    w.slot_mapping = w.stage(w.idx_slots, b.slot_mapping);
+    w.block_tables = w.stage(w.idx_tables, b.block_tables);
+    w.logit_rows = w.stage(w.idx_rows, b.logit_rows);
+    w.seq_out = w.stage(w.idx_seq_out, seq_out);
+    w.pos_out = w.stage(w.idx_pos_out, pos_out);
+  }
 
-  cpu::embedding(b.tokens.data(), T, w.embed_tokens, x.data());
-  const cpu::AttentionBatch all_rows{T, b.token_seq.data(), b.positions.data(),
-                                     b.block_tables.data(), b.max_blocks};
-  const int64_t n_layers = int64_t(w.layers.size());
+  Workspace* cur = &ws(io);
+  io->embedding(*embed, cur->tokens, T, cur->x.get<float>());
+  const int64_t n_layers = int64_t(layers.size());
   for (int64_t li = 0; li < n_layers; ++li) {
-    const model::LayerWeights& l = w.layers[size_t(li)];
+    Workspace& w = ws(layer_backends[size_t(li)]);
+    if (&w != cur) {  // the layer runs elsewhere: its input crosses once
+      transfer(cur->b, cur->x.get<float>(), w.b, w.x.get<float>(), T * D);
+      cur = &w;
+    }
+    Backend& be = w.b;
+    const PreparedLayer& l = layers[size_t(li)];
     const cpu::PagedKV cache = kv.layer(li);
-    cpu::rmsnorm(x.data(), T, D, l.input_norm, cfg.rms_norm_eps, h.data());
-    cpu::linear(h.data(), T, D, l.q, model::bias_or_null(l.q_bias), q.data(), pool);
-    cpu::linear(h.data(), T, D, l.k, model::bias_or_null(l.k_bias), k.data(), pool);
-    cpu::linear(h.data(), T, D, l.v, model::bias_or_null(l.v_bias), v.data(), pool);
-    cpu::rope(q.data(), T, H, hd, b.positions.data(), inv_freq.data());
-    cpu::rope(k.data(), T, KVH, hd, b.positions.data(), inv_freq.data());
-    cpu::kv_write(k.data(), v.data(), T, b.slot_mapping.data(), cache);
+    float *x = w.x.get<float>(), *h = w.h.get<float>(), *q = w.q.get<float>();
+    float *k = w.k.get<float>(), *v = w.v.get<float>();
+    be.rmsnorm(x, T, D, *l.input_norm, cfg.rms_norm_eps, h);
+    be.linear(*l.q, h, T, q);
+    be.linear(*l.k, h, T, k);
+    be.linear(*l.v, h, T, v);
+    lora_delta(be, li, model::LoraProj::Q, lora_all, h, q);
+    lora_delta(be, li, model::LoraProj::K, lora_all, h, k);
+    lora_delta(be, li, model::LoraProj::V, lora_all, h, v);
+    be.rope(q, T, H, hd, w.positions, w.inv_freq.get<float>());
+    be.rope(k, T, KVH, hd, w.positions, w.inv_freq.get<float>());
+    be.kv_write(k, v, T, w.slot_mapping, cache);
     if (li + 1 < n_layers) {
-      attend_and_mlp(l, cache, q.data(), x.data(), T, all_rows);
+      const cpu::AttentionBatch all_rows{T, w.token_seq, w.positions, w.block_tables,
+                                         b.max_blocks};
+      attend_and_mlp(l, w, cache, q, x, T, all_rows, li, lora_all);
       continue;
     }
     // Past the last K/V write only the rows whose logits are wanted still matter; every op is
     // row-wise (kernels.h), so computing just those rows changes none of their values.
     if (R == 0) return;
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t t = b.logit_rows[size_t(r)];
-      std::memcpy(&x_out[size_t(r * D)], &x[size_t(t * D)], size_t(D) * sizeof(float));
-      std::memcpy(&q_out[size_t(r * H * hd)], &q[size_t(t * H * hd)],
-                  size_t(H * hd) * sizeof(float));
-      seq_out[size_t(r)] = b.token_seq[size_t(t)];
-      pos_out[size_t(r)] = b.positions[size_t(t)];
-    }
-    const cpu::AttentionBatch out_rows{R, seq_out.data(), pos_out.data(), b.block_tables.data(),
-                                       b.max_blocks};
-    attend_and_mlp(l, cache, q_out.data(), x_out.data(), R, out_rows);
+    be.gather_rows(x, D, w.logit_rows, R, w.x_out.get<float>());
+    be.gather_rows(q, H * hd, w.logit_rows, R, w.q_out.get<float>());
+    const cpu::AttentionBatch out_rows{R, w.seq_out, w.pos_out, w.block_tables, b.max_blocks};
+    attend_and_mlp(l, w, cache, w.q_out.get<float>(), w.x_out.get<float>(), R, out_rows, li,
+                   lora_out);
   }
-  cpu::rmsnorm(x_out.data(), R, D, w.final_norm, cfg.rms_norm_eps, x_out.data());
-  cpu::linear(x_out.data(), R, D, w.lm_head, nullptr, logits, pool);
+  Workspace& o = ws(io);
+  if (cur != &o) transfer(cur->b, cur->x_out.get<float>(), o.b, o.x_out.get<float>(), R * D);
+  float* x_out = o.x_out.get<float>();
+  io->rmsnorm(x_out, R, D, *final_norm, cfg.rms_norm_eps, x_out);
+  if (io->is_host()) {
+    io->linear(*lm_head, x_out, R, logits);
+  } else {
+    io->linear(*lm_head, x_out, R, o.logits.get<float>());
+    io->to_host(logits, o.logits.get<float>(), size_t(R * cfg.vocab_size) * sizeof(float));
+  }
 }
 
 std::unique_ptr<Model> Model::load(const std::string& dir, ThreadPool& pool) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend(pool);
+  ModelPlacement placement{cpu.get(), {}};
   std::unique_ptr<Model> m(new Model());
   m->ckpt_ = Checkpoint::open(dir);
-  m->impl_ = std::make_unique<Impl>(*m->ckpt_, pool);
+  m->impl_ = std::make_unique<Impl>(*m->ckpt_, placement, std::move(cpu));
   return m;
 }
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const ModelPlacement& placement) {
+  std::unique_ptr<Model> m(new Model());
+  m->ckpt_ = Checkpoint::open(dir);
+  m->impl_ = std::make_unique<Impl>(*m->ckpt_, placement, nullptr);
+  return m;
+}
+
+Backend& Model::io_backend() const { return *impl_->io; }
+const std::vector<Backend*>& Model::layer_backends() const { return impl_->layer_backends; }
+
+std::vector<WeightSummary> Model::weight_summary() const {
+  std::map<std::string, WeightSummary> by_type;
+  auto count = [&](const LinearWeight& w) {
+    WeightSummary& s = by_type[weight_type_name(w.type)];
+    s.type = weight_type_name(w.type);
+    s.modules += 1;
+    s.bytes += w.bytes();
+  };
+  const model::ModelWeights& w = impl_->stored;
+  count(w.embed_tokens);
+  for (const model::LayerWeights& l : w.layers)
+    for (const LinearWeight* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) count(*p);
+  if (!config().tie_word_embeddings) count(w.lm_head);
+  std::vector<WeightSummary> out;
+  for (auto& [name, s] : by_type) out.push_back(s);
+  return out;
+}
+
+void Model::reserve(int64_t max_tokens, int64_t max_logit_rows) {
+  impl_->reserve(max_tokens, max_logit_rows);
+}
+
+void Model::set_loras(const model::LoraSet* loras) { impl_->loras = loras; }
 
 void Model::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
   impl_->forward(batch, kv, logits);

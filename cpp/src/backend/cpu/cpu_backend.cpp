@@ -1,0 +1,154 @@
+// CpuBackend: the Backend interface over the CPU kernels (kernels.h, weight_kernels.h). Memory
+// is host memory, ops run synchronously on the calling thread and the shared thread pool, and
+// weights are repacked once at load by the weight type's table entry.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/weight_kernels.h"
+#include "medrt/backend.h"
+#include "medrt/error.h"
+
+namespace medrt {
+namespace {
+
+struct CpuLinear : BackendWeight {
+  cpu::PackedLinear p;
+};
+
+struct CpuVector : BackendWeight {
+  std::vector<float> v;
+  TensorView view() const {
+    TensorView t;
+    t.dtype = DType::F32;
+    t.shape = {int64_t(v.size())};
+    t.data = v.data();
+    t.nbytes = v.size() * sizeof(float);
+    return t;
+  }
+};
+
+const CpuLinear& as_linear(const BackendWeight& w) { return static_cast<const CpuLinear&>(w); }
+const CpuVector& as_vector(const BackendWeight& w) { return static_cast<const CpuVector&>(w); }
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(ThreadPool& pool) : pool_(pool) {}
+
+  std::string name() const override {
+    return std::string("cpu (") + cpu::isa_name(cpu::active_isa()) + ", " +
+           std::to_string(pool_.size()) + " threads)";
+  }
+  bool is_host() const override { return true; }
+
+  void* alloc(size_t bytes) override {
+    const size_t padded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, padded ? padded : 64);
+    if (!p) throw CapacityError("out of host memory allocating " + std::to_string(bytes) + " bytes");
+    return p;
+  }
+  void free(void* p) noexcept override { std::free(p); }
+  void to_device(void* dst, const void* src, size_t bytes) override {
+    if (dst != src && bytes) std::memcpy(dst, src, bytes);
+  }
+  void to_host(void* dst, const void* src, size_t bytes) override {
+    if (dst != src && bytes) std::memcpy(dst, src, bytes);
+  }
+  void synchronize() override {}
+
+  std::unique_ptr<BackendWeight> prepare_linear(const LinearWeight& w) override {
+    auto out = std::make_unique<CpuLinear>();
+    out->p = cpu::pack_linear(w);
+    out->type = w.type;
+    out->rows = w.out;
+    out->cols = w.in;
+    out->bytes = is_float_type(w.type) ? int64_t(w.weight.nbytes)
+                                       : int64_t(out->p.packed.size);
+    out->bytes += int64_t(out->p.bias.size() * sizeof(float));
+    return out;
+  }
+
+  std::unique_ptr<BackendWeight> prepare_vector(const TensorView& t,
+                                                const std::string& name) override {
+    auto out = std::make_unique<CpuVector>();
+    const int64_t n = t.numel();
+    out->v.resize(size_t(n));
+    const auto* h = static_cast<const uint16_t*>(t.data);
+    switch (t.dtype) {
+      case DType::F32: std::memcpy(out->v.data(), t.data, size_t(n) * sizeof(float)); break;
+      case DType::F16:
+        for (int64_t i = 0; i < n; ++i) out->v[size_t(i)] = f16_to_f32(h[i]);
+        break;
+      case DType::BF16:
+        for (int64_t i = 0; i < n; ++i) out->v[size_t(i)] = bf16_to_f32(h[i]);
+        break;
+      default:
+        throw InvalidCheckpoint("'" + name + "' is " + dtype_name(t.dtype) +
+                                "; expected F32, F16 or BF16");
+    }
+    out->type = WeightType::F32;
+    out->rows = 1;
+    out->cols = n;
+    out->bytes = n * int64_t(sizeof(float));
+    return out;
+  }
+
+  void embedding(const BackendWeight& table, const int32_t* tokens, int64_t T,
+                 float* out) override {
+    const cpu::PackedLinear& p = as_linear(table).p;
+    for (int64_t t = 0; t < T; ++t)
+      if (tokens[t] < 0 || tokens[t] >= p.out)
+        throw InvalidRequest("token id " + std::to_string(tokens[t]) +
+                             " is outside the vocabulary [0, " + std::to_string(p.out) + ")");
+    if (is_float_type(p.type)) return cpu::embedding(tokens, T, p.weight, out);
+    for (int64_t t = 0; t < T; ++t) p.kernels->dequant_row(p, tokens[t], out + t * p.in);
+  }
+
+  void rmsnorm(const float* x, int64_t T, int64_t D, const BackendWeight& w, float eps,
+               float* y) override {
+    cpu::rmsnorm(x, T, D, as_vector(w).view(), eps, y);
+  }
+
+  void linear(const BackendWeight& w, const float* x, int64_t M, float* y) override {
+    cpu::linear(as_linear(w).p, x, M, y, pool_);
+  }
+
+  void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+            const float* inv_freq) override {
+    cpu::rope(x, T, n_heads, head_dim, positions, inv_freq);
+  }
+
+  void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, float* out) override {
+    cpu::silu_mul(gate, up, T, F, F, out);
+  }
+
+  void add(float* x, const float* y, int64_t n) override { cpu::add_inplace(x, y, n); }
+
+  void gather_rows(const float* src, int64_t width, const int32_t* rows, int64_t n,
+                   float* dst) override {
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(dst + r * width, src + int64_t(rows[r]) * width, size_t(width) * sizeof(float));
+  }
+
+  void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_mapping,
+                const cpu::PagedKV& cache) override {
+    cpu::kv_write(k, v, T, slot_mapping, cache);
+  }
+
+  void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
+                       const cpu::AttentionBatch& batch, float scale, float* out) override {
+    cpu::paged_attention(q, n_heads, cache, batch, scale, out, pool_);
+  }
+
+ private:
+  ThreadPool& pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(ThreadPool& pool) {
+  return std::make_unique<CpuBackend>(pool);
+}
+
+}  // namespace medrt
