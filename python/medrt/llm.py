@@ -56,7 +56,6 @@ class LLM(EngineFrontend):
         if is_encoder(model):  # an embedding model: embed() only (as vLLM's task="embed")
             self._embedder = Embedder(model, num_threads=kwargs.get("num_threads", 0))
             self.model_dir = self._embedder.model_dir
-            self._finalizer = lambda: None
             self._ids = itertools.count()
             self._cache = None
             return
@@ -164,6 +163,11 @@ class LLM(EngineFrontend):
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
         return fcache.stream_text(self._cache, reqs[0], prepared[0].params,
                                   lambda: self._stream_text(prepared[0]))
+
+    def close(self) -> None:
+        """Stops the engine (an encoder model has none to stop). Idempotent."""
+        if self._embedder is None:
+            super().close()
 
     def _require_decoder(self, what: str) -> None:
         if self._embedder is not None:
