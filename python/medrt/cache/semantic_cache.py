@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # The operating point of docs/semantic-cache.md (scripts/cache_eval.py chose it).
 DEFAULT_A = 0.0
-DEFAULT_THRESHOLD = 0.87
+DEFAULT_THRESHOLD = 0.89
 
 
 @dataclass(frozen=True)
