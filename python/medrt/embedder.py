@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,45 @@ def model_fingerprint(model_dir: str | os.PathLike, sample_bytes: int = 1 << 20)
             f.seek(max(0, size - sample_bytes))
             h.update(f.read(sample_bytes))
     return h.hexdigest()[:16]
+
+
+@dataclass
+class EmbeddingOutput:
+    """One text's embedding (vLLM's name)."""
+
+    embedding: list[float]
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """What LLM.embed returns per text, shaped like vLLM's."""
+
+    request_id: str
+    prompt: str
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
+    finished: bool = True
+
+
+def is_encoder(model: str | os.PathLike) -> bool:
+    """True for a known encoder name or a directory whose config.json says BERT."""
+    from medrt.models.registry import KNOWN_ENCODERS
+
+    if str(model) in KNOWN_ENCODERS:
+        return True
+    config = Path(model).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type") == "bert"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def embed_outputs(embedder: Embedder, texts: Sequence[str] | str,
+                  request_ids: Iterator[int]) -> list[EmbeddingRequestOutput]:
+    """LLM.embed's result: one EmbeddingRequestOutput per text, in order (request ids drawn
+    from `request_ids`)."""
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    vectors = embedder.embed(batch)
+    tokens = embedder.tokenize(batch)
+    return [EmbeddingRequestOutput(str(next(request_ids)), t, ids, EmbeddingOutput(v.tolist()))
+            for t, ids, v in zip(batch, tokens, vectors)]

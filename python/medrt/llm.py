@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from medrt.cache import SemanticCache
+    from medrt.embedder import EmbeddingRequestOutput
 
 
 class LLM(EngineFrontend):
@@ -48,8 +50,27 @@ class LLM(EngineFrontend):
 
     def __init__(self, model: str | Path, *, cache: SemanticCache | None = None,
                  **kwargs: Any) -> None:
+        from medrt.embedder import Embedder, is_encoder
+
+        self._embedder = None
+        if is_encoder(model):  # an embedding model: embed() only (as vLLM's task="embed")
+            self._embedder = Embedder(model, num_threads=kwargs.get("num_threads", 0))
+            self.model_dir = self._embedder.model_dir
+            self._ids = itertools.count()
+            self._cache = None
+            return
         super().__init__(model, **kwargs)
         self._cache = fcache.attach(self, cache)
+
+    def embed(self, prompts: str | Sequence[str]) -> list[EmbeddingRequestOutput]:
+        """Embeddings of texts when the model is an encoder (all-MiniLM-L6-v2 or another
+        BERT): one EmbeddingRequestOutput per text, ``outputs.embedding`` of unit norm."""
+        if self._embedder is None:
+            raise InvalidRequest(f"{self.model_dir} is a decoder; embed() needs an encoder "
+                                 "model such as 'all-minilm-l6-v2'")
+        from medrt.embedder import embed_outputs
+
+        return embed_outputs(self._embedder, prompts, self._ids)
 
     def __enter__(self) -> Self:
         return self
@@ -75,6 +96,7 @@ class LLM(EngineFrontend):
         before any is queued. ``lora_request`` (adapter mode) is one LoRARequest for all
         prompts or a list with one per prompt; None runs the base model.
         """
+        self._require_decoder("generate")
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
         loras = _lora_per_prompt(lora_request, len(batch))
@@ -115,6 +137,7 @@ class LLM(EngineFrontend):
         ``medical_template`` ("auto" or a category of medrt.medical) puts P_base + S_category
         first in the system message; each output's ``medical_category`` names the category.
         """
+        self._require_decoder("chat")
         conversations = _as_conversation_list(messages)
         categories: list[str | None] = [None] * len(conversations)
         if medical_template is not None:
@@ -140,6 +163,16 @@ class LLM(EngineFrontend):
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
         return fcache.stream_text(self._cache, reqs[0], prepared[0].params,
                                   lambda: self._stream_text(prepared[0]))
+
+    def close(self) -> None:
+        """Stops the engine (an encoder model has none to stop). Idempotent."""
+        if self._embedder is None:
+            super().close()
+
+    def _require_decoder(self, what: str) -> None:
+        if self._embedder is not None:
+            raise InvalidRequest(f"{self.model_dir} is an encoder (embedding) model: use "
+                                 f"embed(), not {what}()")
 
     def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()

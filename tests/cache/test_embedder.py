@@ -81,3 +81,19 @@ def test_names_missing_and_malformed_files(encoder_dir: Path, tmp_path: Path) ->
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidCheckpoint, match=r"model\.safetensors"):
         medrt.Embedder(bad)
+
+
+def test_llm_embed_with_an_encoder_model(encoder_dir: Path, embedder, tiny_llama: Path) -> None:
+    texts = ["How is gout treated?", "What is the normal blood pressure for an adult?"]
+    with medrt.LLM(encoder_dir, num_threads=2) as llm:
+        outs = llm.embed(texts)
+        assert [o.prompt for o in outs] == texts and all(o.finished for o in outs)
+        np.testing.assert_array_equal(np.array([o.outputs.embedding for o in outs],
+                                               dtype=np.float32), embedder.embed(texts))
+        assert outs[0].prompt_token_ids[0] == 101  # [CLS]
+        assert len(llm.embed("one text")) == 1
+        with pytest.raises(InvalidRequest, match="encoder.*use embed"):
+            llm.generate("hello")
+    with medrt.LLM(tiny_llama, num_threads=1) as llm, \
+            pytest.raises(InvalidRequest, match="decoder; embed"):
+        llm.embed(["x"])

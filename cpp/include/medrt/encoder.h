@@ -30,7 +30,9 @@ struct EncoderConfig {
 class Encoder {
  public:
   // Loads <dir>/config.json and <dir>/model.safetensors; throws InvalidCheckpoint naming the
-  // file (and tensor) that is missing or malformed. n_threads <= 0: the physical cores.
+  // file (and tensor) that is missing or malformed. n_threads goes through
+  // ThreadPool::resolve_num_threads (0: the physical cores this process may use; more than
+  // the usable CPUs is refused with InvalidRequest).
   static std::unique_ptr<Encoder> open(const std::string& dir, int n_threads = 0);
   virtual ~Encoder() = default;
 

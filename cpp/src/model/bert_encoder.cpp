@@ -38,7 +38,8 @@ std::vector<float> Encoder::embed(const std::vector<std::vector<int32_t>>& rows)
 namespace model {
 namespace fs = std::filesystem;
 
-BertEncoder::BertEncoder(const std::string& dir, int n_threads) : pool_(n_threads) {
+BertEncoder::BertEncoder(const std::string& dir, int n_threads)
+    : pool_(ThreadPool::resolve_num_threads(n_threads)) {
   if (!fs::is_directory(dir))
     throw InvalidCheckpoint(dir + ": not a directory (expected a BERT model directory)");
   const std::string config_path = (fs::path(dir) / "config.json").string();

@@ -220,6 +220,19 @@ class DiskTier:
             if scope in self._counts:
                 self._counts[scope] -= 1
 
+    def delete_tenant(self, tenant: str) -> list[int]:
+        """Deletes every entry of `tenant` (and its scopes' index files); returns their ids."""
+        rows = self._db.execute("SELECT id, scope FROM entries WHERE tenant = ?",
+                                (tenant,)).fetchall()
+        self.delete([r[0] for r in rows])
+        for scope in {r[1] for r in rows}:
+            if self.count(scope) == 0:
+                self._indexes.pop(scope, None)
+                self._dirty.discard(scope)
+                self.index_path(scope).unlink(missing_ok=True)
+                self._write("DELETE FROM index_files WHERE scope = ?", (scope,))
+        return [r[0] for r in rows]
+
     def delete_other_models(self, model: str) -> list[int]:
         """Deletes the entries answered by any model but `model`; returns their ids."""
         ids = [r[0] for r in self._db.execute("SELECT id FROM entries WHERE model != ?",

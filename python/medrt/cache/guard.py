@@ -23,6 +23,7 @@ from medrt.cache.text import normalize
 _DATA = Path(__file__).resolve().parent.parent / "medical" / "data"
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)\s*(%|[a-zµ]+(?:/[a-z0-9]+)?)?")
 _TOKEN = re.compile(r"[a-z0-9µ%]+(?:['/][a-z0-9]+)*")
+_AGE_BEFORE = re.compile(r"\b(?:age|aged)\s*$")
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ class Guard:
     """Extracts the answer-changing details of a question and compares two of them."""
 
     def __init__(self, lexicon: dict, entities: dict) -> None:
-        self.units = set(lexicon["units"])
+        self.units = dict(lexicon["units"])
         self.number_words = dict(lexicon["number_words"])
-        self.negations = set(lexicon["negations"])
+        self.negations = dict(lexicon["negations"])
         self.laterality = set(lexicon["laterality"])
         self.population = dict(lexicon["population"])
         self.body_sites = dict(lexicon["body_sites"])
@@ -65,18 +66,22 @@ class Guard:
     def features(self, question: str) -> dict[str, frozenset[str]]:
         """The details the guard compares, each as a set of canonical strings."""
         text = normalize(question)
-        tokens = _TOKEN.findall(text)
+        # Possessives name the same thing: "child's fever" is about a child.
+        tokens = [t.removesuffix("'s") for t in _TOKEN.findall(text)]
         numbers = set()
         for m in _NUMBER.finditer(text):
             value = m.group(1).replace(",", ".")
             value = value.rstrip("0").rstrip(".") if "." in value else value
-            unit = m.group(2) or ""
-            numbers.add(f"{value} {unit}" if unit in self.units else value)
+            unit = self.units.get(m.group(2) or "")
+            if unit is None and _AGE_BEFORE.search(text[:m.start()]):
+                unit = "year"  # "at age 65" is "65 years"
+            numbers.add(f"{value} {unit}" if unit else value)
         numbers |= {self.number_words[t] for t in tokens if t in self.number_words}
         entities = {self.synonyms.get(m.group(0), m.group(0)) for m in self._entity.finditer(text)}
         return {
             "number": frozenset(numbers),
-            "negation": frozenset(t for t in tokens if t in self.negations or t.endswith("n't")),
+            "negation": frozenset(self.negations.get(t, "not") for t in tokens
+                                  if t in self.negations or t.endswith("n't")),
             "laterality": frozenset(t for t in tokens if t in self.laterality),
             "population": frozenset(self.population[t] for t in tokens if t in self.population),
             "site": frozenset(self.body_sites[t] for t in tokens if t in self.body_sites),

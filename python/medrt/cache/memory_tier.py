@@ -26,6 +26,7 @@ class MemoryTier:
         self._by_hash: dict[tuple[str, str], int] = {}
         self._hash_of: dict[int, str] = {}
         self._indexes: dict[str, VectorIndex] = {}
+        self._scope_of: dict[int, str] = {}  # entries forgotten, not yet out of their index
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -38,39 +39,64 @@ class MemoryTier:
         return self.ttl is not None and (now or time.time()) - entry.created > self.ttl
 
     def put(self, entry: Entry, qhash: str) -> None:
-        if entry.id in self._lru:
-            self._lru.move_to_end(entry.id)
-            return
-        replaced = self._by_hash.get((entry.scope, qhash))
-        if replaced is not None:  # a refreshed answer: the old entry must not be served again
-            self.remove(replaced)
-        self._lru[entry.id] = entry
-        self._by_hash[(entry.scope, qhash)] = entry.id
-        self._hash_of[entry.id] = qhash
-        self.bytes += entry.nbytes()
-        idx = self._indexes.get(entry.scope)
-        if idx is None:
-            idx = self._indexes[entry.scope] = VectorIndex(self.dim)
-        idx.add(np.array([entry.id]), entry.embedding.reshape(1, -1))
+        self.put_many([(entry, qhash)])
+
+    def put_many(self, items: list[tuple[Entry, str]]) -> None:
+        """Adds entries (most recent last), then evicts the least recently used beyond the
+        limits in one pass."""
+        new: dict[str, list[Entry]] = {}
+        for entry, qhash in items:
+            if entry.id in self._lru:
+                self._lru.move_to_end(entry.id)
+                continue
+            replaced = self._by_hash.get((entry.scope, qhash))
+            if replaced is not None:  # a refreshed answer: the old one must not be served
+                self.remove(replaced)
+            self._lru[entry.id] = entry
+            self._by_hash[(entry.scope, qhash)] = entry.id
+            self._hash_of[entry.id] = qhash
+            self.bytes += entry.nbytes()
+            new.setdefault(entry.scope, []).append(entry)
+        for scope, entries in new.items():
+            idx = self._indexes.get(scope)
+            if idx is None:
+                idx = self._indexes[scope] = VectorIndex(self.dim)
+            idx.add(np.array([e.id for e in entries]), np.stack([e.embedding for e in entries]))
+        evicted: list[int] = []
         while len(self._lru) > self.max_entries or self.bytes > self.max_bytes:
-            self.remove(next(iter(self._lru)))
+            evicted.append(next(iter(self._lru)))
+            self._forget(evicted[-1])
+        self._unindex(evicted)
 
     def remove(self, entry_id: int) -> None:
-        entry = self._lru.pop(entry_id, None)
-        if entry is None:
-            return
+        if entry_id in self._lru:
+            self._forget(entry_id)
+            self._unindex([entry_id])
+
+    def _forget(self, entry_id: int) -> None:
+        entry = self._lru.pop(entry_id)
         self.bytes -= entry.nbytes()
         self._by_hash.pop((entry.scope, self._hash_of.pop(entry_id)), None)
-        idx = self._indexes[entry.scope]
-        idx.remove([entry_id])
-        if len(idx) == 0:
-            del self._indexes[entry.scope]
+        self._scope_of[entry_id] = entry.scope
+
+    def _unindex(self, ids: list[int]) -> None:
+        # One remove_ids per scope: a flat index compacts itself on each call (O(size)),
+        # so evicting many entries one by one would cost O(size) each.
+        by_scope: dict[str, list[int]] = {}
+        for entry_id in ids:
+            by_scope.setdefault(self._scope_of.pop(entry_id), []).append(entry_id)
+        for scope, scope_ids in by_scope.items():
+            idx = self._indexes[scope]
+            idx.remove(scope_ids)
+            if len(idx) == 0:
+                del self._indexes[scope]
 
     def clear(self) -> None:
         self._lru.clear()
         self._by_hash.clear()
         self._hash_of.clear()
         self._indexes.clear()
+        self._scope_of.clear()
         self.bytes = 0
 
     def scope_size(self, scope: str) -> int:

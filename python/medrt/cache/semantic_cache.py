@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # The operating point of docs/semantic-cache.md (scripts/cache_eval.py chose it).
 DEFAULT_A = 0.0
-DEFAULT_THRESHOLD = 0.87
+DEFAULT_THRESHOLD = 0.89
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,15 @@ class SemanticCache:
                 for entry_id in self._guarded(self.disk.delete_other_models, fingerprint) or []:
                     self.memory.remove(entry_id)
 
+    def delete_tenant(self, tenant: str) -> int:
+        """Deletes every entry of `tenant` from both tiers (a tenant that leaves, or asks to
+        be forgotten); returns how many."""
+        with self._lock:
+            ids = self._guarded(self.disk.delete_tenant, tenant) or []
+            for entry_id in ids:
+                self.memory.remove(entry_id)
+            return len(ids)
+
     # -- lookup ---------------------------------------------------------------------------
     def embed(self, question: str) -> np.ndarray:
         return self.embedder.embed([question])[0]
@@ -153,6 +162,8 @@ class SemanticCache:
         entry = self.memory.exact(scope, qhash)
         tier = "exact"
         if entry is None:
+            if self._memory_holds_scope(scope):
+                return None
             entry = self._guarded(self.disk.exact, scope, qhash)
             if entry is None or self.disk.expired(entry):
                 return None
@@ -168,8 +179,8 @@ class SemanticCache:
         for tier in ("memory", "disk"):
             if tier == "memory":
                 cands = self.memory.search(scope, query, self.top_k)
-            elif self.memory.scope_size(scope) >= (self._guarded(self.disk.count, scope) or 0):
-                break  # memory holds every entry of the scope: the disk has nothing more
+            elif self._memory_holds_scope(scope):
+                break
             else:
                 found = self._guarded(self.disk.search, scope, query, self.top_k) or []
                 found = [(i, c) for i, c in found if i not in seen]
@@ -192,6 +203,11 @@ class SemanticCache:
                 return CacheHit(entry.answer, float(score), entry.question, tier,
                                 entry.payload), None
         return None, refused
+
+    def _memory_holds_scope(self, scope: str) -> bool:
+        """True when every stored entry of the scope is in memory: the disk has nothing more,
+        and a lookup then touches no shared file (nor another tenant's rows' B-tree)."""
+        return self.memory.scope_size(scope) >= (self._guarded(self.disk.count, scope) or 0)
 
     # -- store ----------------------------------------------------------------------------
     def store(self, question: str, answer: str, *, tenant: str = "default",
@@ -237,8 +253,7 @@ class SemanticCache:
                          it["answer"], it.get("payload") or {}, embeddings[i]))
         with self._lock:
             entries = self._guarded(self.disk.insert_many, rows) or []
-            for entry, qhash in zip(entries, qhashes):
-                self.memory.put(entry, qhash)
+            self.memory.put_many(list(zip(entries, qhashes)))
             self.stats["stores"] += len(entries)
         return len(entries)
 
