@@ -51,9 +51,11 @@ class AsyncLLM(EngineFrontend):
         request_id: str | None = None,
         *,
         delta: bool = False,
+        lora_request: Any = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams the completion of one prompt (text, token ids, or a prompt dict)."""
-        prepared = self._prepare(prompt, sampling_params)
+        """Streams the completion of one prompt (text, token ids, or a prompt dict);
+        ``lora_request`` names its LoRA adapter (adapter mode), None the base model."""
+        prepared = self._prepare(prompt, sampling_params, lora_request)
         async for out in self._stream(prepared, request_id, delta):
             yield out
 
@@ -68,11 +70,12 @@ class AsyncLLM(EngineFrontend):
         chat_template: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
+        lora_request: Any = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the answer to one conversation rendered with the chat template."""
         prompt = self._render_chat(messages, add_generation_prompt, chat_template,
                                    chat_template_kwargs, tools)
-        prepared = self._prepare(prompt, sampling_params)
+        prepared = self._prepare(prompt, sampling_params, lora_request)
         async for out in self._stream(prepared, request_id, delta):
             yield out
 
