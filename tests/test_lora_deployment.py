@@ -49,15 +49,15 @@ def test_auto_picks_adapter_mode_for_several_adapters(tiny_llama: Path, tmp_path
                                                       caplog: pytest.LogCaptureFixture) -> None:
     reqs = [LoRARequest(name, i + 1, str(build_adapter(tiny_llama, tmp_path / name, seed=i)))
             for i, name in enumerate(["cardiology", "paediatrics", "pharmacy"])]
-    with caplog.at_level(logging.INFO, logger="medrt.lora"):
-        with medrt.LLM(str(tiny_llama), num_threads=1, lora=reqs, deployment="auto") as llm:
-            assert llm.deployment["mode"] == "adapter"
-            terms = llm.deployment["terms"]
-            assert terms["adapters"] == 3 and terms["t_adapter_s"] > 0 and terms["t_base_s"] > 0
-            assert sorted(llm.list_loras()) == [1, 2, 3]
-            params = medrt.SamplingParams(temperature=0.0, max_tokens=2)
-            out = llm.generate(["chest pain"] * 2, params, lora_request=["pharmacy", None])
-            assert len(out) == 2
+    with caplog.at_level(logging.INFO, logger="medrt.lora"), \
+            medrt.LLM(str(tiny_llama), num_threads=1, lora=reqs, deployment="auto") as llm:
+        assert llm.deployment["mode"] == "adapter"
+        terms = llm.deployment["terms"]
+        assert terms["adapters"] == 3 and terms["t_adapter_s"] > 0 and terms["t_base_s"] > 0
+        assert sorted(llm.list_loras()) == [1, 2, 3]
+        params = medrt.SamplingParams(temperature=0.0, max_tokens=2)
+        out = llm.generate(["chest pain"] * 2, params, lora_request=["pharmacy", None])
+        assert len(out) == 2
     assert "deployment=auto chose adapter mode" in caplog.text
     with pytest.raises(InvalidRequest, match="merged mode folds one adapter"):
         medrt.LLM(str(tiny_llama), lora=reqs, deployment="merged")

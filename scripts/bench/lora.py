@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
 
-import medrt  # noqa: E402
-from medrt.lora import LoRARequest  # noqa: E402
-from medrt.lora.adapter import PROJECTIONS, base_linear_shapes  # noqa: E402
-from medrt.lora.tensors import read_tensors, to_stored, write_tensors  # noqa: E402
+import medrt
+from medrt.lora import LoRARequest
+from medrt.lora.adapter import PROJECTIONS, base_linear_shapes
+from medrt.lora.tensors import read_tensors, to_stored, write_tensors
 
 _DT = {"f16": "F16", "bf16": "BF16", "f32": "F32"}
 
@@ -42,7 +42,7 @@ def convert(model: Path, out: Path, dtype: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for f in model.iterdir():
         if f.suffix == ".safetensors":
-            tensors, dtypes = read_tensors(f)
+            tensors, _ = read_tensors(f)
             names = {k: _DT[dtype] if v.ndim > 1 else "F32" for k, v in tensors.items()}
             write_tensors(out / f.name, {k: to_stored(v, names[k]) for k, v in tensors.items()},
                           names)
