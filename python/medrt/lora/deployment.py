@@ -2,15 +2,14 @@
 
     D(M, E, R) = w1 P(M, E) + w2 F(M, R) - w3 C(M, E)
 
-M is the mode, E this machine, R the need: k adapters carrying the traffic. Here
-  P  decode throughput of the mode, measured now on this machine for c = 2k concurrent requests
-     spread over the k adapters, as a fraction of the better mode. Merged mode folds one adapter
-     per model copy, so k adapters are k engines taking turns on the same cores, each decoding
-     c/k rows: cost k * t_base(c/k) per c tokens (a merged model computes exactly what the base
-     does). Adapter mode decodes all c rows in one batch with the deltas: t_adapter(c) per c.
-  F  the share of the k adapters the mode can serve at once: merged, the model copies that fit
-     in the memory budget over k; adapter, max_loras over k (each capped at 1).
-  C  memory as a share of the budget: merged k * model bytes; adapter model + adapter bytes.
+M is the mode of this LLM, E this machine, R the need: the k adapters that carry the traffic.
+  P  decode throughput of the mode as a fraction of the better one, measured now on this
+     machine: one decode step of c = 2k concurrent rows, on the base (what a merged model
+     computes) and in adapter mode over the k adapters; t_base(c) / c against t_adapter(c) / c.
+  F  the share of the k adapters the mode serves: merged mode folds one adapter into the
+     weights, 1/k; adapter mode min(1, max_loras / k).
+  C  memory as a share of the budget (MemAvailable): merged the model bytes; adapter the model
+     plus the adapters' f32 bytes.
 Weights default to 1. The decision and every term are logged (logger "medrt.lora") and kept on
 the LLM as `deployment`; docs/adapters.md has the measured terms of our machines."""
 
@@ -33,7 +32,7 @@ log = logging.getLogger("medrt.lora")
 class DeploymentTerms:
     adapters: int            # k
     concurrency: int         # c
-    t_base_s: float          # one decode step of c/k base rows (what a merged copy runs)
+    t_base_s: float          # one decode step of c base rows (what a merged model runs)
     t_adapter_s: float       # one decode step of c rows over the k adapters
     model_bytes: int
     adapter_bytes: int
@@ -55,14 +54,12 @@ class DeploymentChoice:
 
 def score(terms: DeploymentTerms, w: tuple[float, float, float] = (1.0, 1.0, 1.0)
           ) -> DeploymentChoice:
-    k, c = terms.adapters, terms.concurrency
-    cost = {"merged": k * terms.t_base_s / c, "adapter": terms.t_adapter_s / c}  # s per token
-    best = min(cost.values())
-    copies = terms.budget_bytes // max(terms.model_bytes, 1)
+    k = terms.adapters
+    best = min(terms.t_base_s, terms.t_adapter_s)
     parts = {
-        "merged": {"P": best / cost["merged"], "F": min(1.0, copies / k),
-                   "C": k * terms.model_bytes / terms.budget_bytes},
-        "adapter": {"P": best / cost["adapter"], "F": min(1.0, terms.max_loras / k),
+        "merged": {"P": best / terms.t_base_s, "F": 1.0 / k,
+                   "C": terms.model_bytes / terms.budget_bytes},
+        "adapter": {"P": best / terms.t_adapter_s, "F": min(1.0, terms.max_loras / k),
                     "C": (terms.model_bytes + terms.adapter_bytes) / terms.budget_bytes},
     }
     scores = {m: w[0] * p["P"] + w[1] * p["F"] - w[2] * p["C"] for m, p in parts.items()}
@@ -98,19 +95,23 @@ def _decode_step_seconds(engine: Any, lora_ids: list[int], steps: int, core: Any
 
 
 def measure(engine: Any, model_dir: Path, adapters: dict[int, LoraAdapter], max_loras: int,
-            core: Any, steps: int = 8) -> DeploymentTerms:
-    """Measures the terms on `engine` (synchronous mode, adapters loaded under their ids)."""
+            core: Any, steps: int = 8, rounds: int = 3) -> DeploymentTerms:
+    """Measures the terms on `engine` (synchronous mode, adapters loaded under their ids).
+    The two step times alternate over `rounds` and each keeps its fastest round, so load from
+    other processes weighs on both alike."""
     ids = sorted(adapters)
     k = len(ids)
     c = 2 * k
     rows = [ids[i % k] for i in range(c)]
-    t_base = _decode_step_seconds(engine, [0] * (c // k), steps, core)
-    t_adapter = _decode_step_seconds(engine, rows, steps, core)
+    t_base, t_adapter = [], []
+    for _ in range(rounds):
+        t_base.append(_decode_step_seconds(engine, [0] * c, steps, core))
+        t_adapter.append(_decode_step_seconds(engine, rows, steps, core))
     model_bytes = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
     adapter_bytes = sum(4 * (m.a.size + m.b.size) for a in adapters.values()
                         for m in a.modules.values())
-    return DeploymentTerms(k, c, t_base, t_adapter, model_bytes, adapter_bytes, memory_budget(),
-                           max_loras)
+    return DeploymentTerms(k, c, min(t_base), min(t_adapter), model_bytes, adapter_bytes,
+                           memory_budget(), max_loras)
 
 
 def choose(make_engine: Callable[[], Any], model_dir: Path, adapters: dict[int, LoraAdapter],

@@ -78,6 +78,12 @@ class LoraManager:
 
             choice = choose(probe_engine, model_dir, adapters, max_loras, _core)
             self.deployment, mode = choice.as_dict(), choice.mode
+            if mode == "merged" and len(requests) > 1:
+                # Adapters are listed by traffic: the first carries the most.
+                log.warning("deployment=auto: merged mode serves '%s' only; %s need their "
+                            "own LLM", requests[0].lora_name,
+                            [r.lora_name for r in requests[1:]])
+                requests = requests[:1]
         if mode == "merged":
             if len(requests) != 1:
                 raise InvalidRequest(f"merged mode folds one adapter into the weights, got "
