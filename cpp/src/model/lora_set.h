@@ -26,6 +26,7 @@ class LoraSet;
 // The adapted rows of one set of activations, grouped by adapter.
 struct LoraRows {
   std::vector<int32_t> rows;       // row indices, adapter by adapter
+  std::vector<int32_t> token;      // the token of each entry (its routing gates, LoRA-MoE)
   std::vector<const void*> owner;  // the adapter of each entry of `rows`
   bool empty() const { return rows.empty(); }
 };
@@ -48,6 +49,10 @@ class LoraSet {
   void group(const std::vector<int32_t>& row_adapter, const int32_t* pick, int64_t n,
              LoraRows& out) const;
 
+  // LoRA-MoE: routes every row of `rows` (token rows) whose adapter has a router, from the
+  // layer's input hidden state h [*, hidden]; apply() of this layer then uses these gates.
+  void route(int64_t layer, const LoraRows& rows, const float* h);
+
   // y[r, :] += delta of row r for every row in `rows` (x [*, in], y [*, out] of the projection).
   void apply(int64_t layer, LoraProj p, const LoraRows& rows, const float* x, float* y) const;
 
@@ -58,6 +63,8 @@ class LoraSet {
   const ModelConfig& cfg_;
   ThreadPool& pool_;
   std::map<int32_t, std::unique_ptr<Adapter>> adapters_;
+  int64_t max_experts_ = 1;
+  std::vector<float> gates_;  // [tokens, max_experts_] of the layer being computed
 };
 
 }  // namespace medrt::model

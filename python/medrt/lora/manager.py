@@ -14,6 +14,7 @@ from typing import Any
 from medrt.errors import CapacityError, InvalidRequest
 from medrt.lora.adapter import LoraAdapter, base_linear_shapes, read_adapter
 from medrt.lora.merge import is_quantized, merge_into_dir
+from medrt.lora.moe import is_moe_dir, read_moe_adapter
 from medrt.lora.request import LoRARequest
 
 log = logging.getLogger("medrt.lora")
@@ -144,11 +145,17 @@ class LoraManager:
         if request.lora_int_id in self._loaded:
             self._loaded.move_to_end(request.lora_int_id)
             return False
-        adapter = self.read(request)
-        if len(self._loaded) >= self.max_loras:
-            self._evict_one()
-        modules = [(m.name, m.a, m.b) for m in adapter.modules.values()]
-        self._engine.add_lora(request.lora_int_id, modules, adapter.scale)
+        if is_moe_dir(request.lora_path):  # a LoRA-MoE adapter: routers and experts
+            moe = read_moe_adapter(request.lora_path, self.base_shapes, self.max_lora_rank)
+            if len(self._loaded) >= self.max_loras:
+                self._evict_one()
+            self._engine.add_lora_moe(request.lora_int_id, **moe.engine_args())
+        else:
+            adapter = self.read(request)
+            if len(self._loaded) >= self.max_loras:
+                self._evict_one()
+            modules = [(m.name, m.a, m.b) for m in adapter.modules.values()]
+            self._engine.add_lora(request.lora_int_id, modules, adapter.scale)
         self._loaded[request.lora_int_id] = request
         self._known[request.lora_name] = request
         return True
@@ -197,7 +204,8 @@ class LoraManager:
                 raise InvalidRequest(f"unknown LoRA adapter '{request.lora_name}' (no path "
                                      "given and never added)")
             return self._known[request.lora_name]
-        if not (Path(request.lora_path).expanduser() / "adapter_config.json").is_file():
+        path = Path(request.lora_path).expanduser()
+        if not ((path / "adapter_config.json").is_file() or is_moe_dir(path)):
             raise InvalidRequest(f"LoRA adapter '{request.lora_name}': no adapter_config.json "
                                  f"in {request.lora_path}")
         return request
