@@ -13,7 +13,7 @@ moe = pytest.importorskip("medrt_train.moe")
 
 import medrt
 from helpers.tiny_models import MODEL_VOCAB
-from medrt.errors import InvalidCheckpoint
+from medrt.errors import InvalidCheckpoint, InvalidRequest
 from medrt.lora import LoRARequest
 
 TOL = 1e-4
@@ -84,3 +84,5 @@ def test_bad_moe_files_name_what_is_wrong(tiny_llama: Path, tmp_path: Path) -> N
     with medrt.LLM(str(tiny_llama), num_threads=1, enable_lora=True, max_lora_rank=8) as llm, \
             pytest.raises(InvalidCheckpoint, match="version 9"):
         llm.generate("chest pain", lora_request=LoRARequest("m", 1, str(tmp_path / "moe")))
+    with pytest.raises(InvalidRequest, match="run in adapter mode only, not merged"):
+        medrt.LLM(str(tiny_llama), lora=str(tmp_path / "moe"), merge=True)

@@ -69,6 +69,10 @@ class LoraManager:
         mode = _mode(deployment, merge, requests)
         if mode is None:
             return
+        moe = [r.lora_name for r in requests if r.lora_path and is_moe_dir(r.lora_path)]
+        if moe and mode != "adapter":
+            raise InvalidRequest(f"LoRA-MoE adapters {moe} route per token and run in adapter "
+                                 f"mode only, not {mode}")
         if mode != "adapter" and is_quantized(model_dir):
             log.warning("%s is quantized: LoRA adapters run unmerged (adapter mode)", model_dir)
             mode = "adapter"
