@@ -85,6 +85,11 @@ float dot(const float* a, const float* b, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
+// Below this many multiply-adds a delta runs on the calling thread: a pool dispatch per
+// projection (7 per layer) costs more than the work for a few decode rows. Which thread computes
+// a row never changes its result.
+constexpr int64_t kParallelWork = 1 << 21;
+
 }  // namespace
 
 // Checks a LoRA-MoE router against the model and keeps it with its keys normalised.
@@ -186,13 +191,20 @@ void LoraSet::group(const std::vector<int32_t>& row_adapter, const int32_t* pick
   }
 }
 
+void LoraSet::for_rows(int64_t n, int64_t work,
+                       const std::function<void(int64_t, int64_t)>& fn) const {
+  if (work < kParallelWork || pool_.size() == 1) return fn(0, n);
+  pool_.parallel_for(n, [&](int, int64_t begin, int64_t end) { fn(begin, end); });
+}
+
 void LoraSet::route(int64_t layer, const LoraRows& rows, const float* h) {
   if (rows.empty() || max_experts_ == 1) return;
   const int64_t D = cfg_.hidden_size, NE = max_experts_;
   int64_t T = 0;
   for (int32_t t : rows.token) T = std::max<int64_t>(T, t + 1);
   if (int64_t(gates_.size()) < T * NE) gates_.resize(size_t(T * NE));
-  pool_.parallel_for(int64_t(rows.rows.size()), [&](int, int64_t begin, int64_t end) {
+  const int64_t n = int64_t(rows.rows.size());
+  for_rows(n, n * D * 64, [&](int64_t begin, int64_t end) {
     std::vector<float> q, p;
     for (int64_t i = begin; i < end; ++i) {
       const Adapter& ad = *static_cast<const Adapter*>(rows.owner[size_t(i)]);
@@ -234,7 +246,8 @@ void LoraSet::apply(int64_t layer, LoraProj p, const LoraRows& rows, const float
   if (rows.empty()) return;
   auto [out, in] = proj_shape(cfg_, int(p));
   const int64_t NE = max_experts_;
-  pool_.parallel_for(int64_t(rows.rows.size()), [&](int, int64_t begin, int64_t end) {
+  const int64_t n = int64_t(rows.rows.size());
+  for_rows(n, n * (in + out) * 16, [&](int64_t begin, int64_t end) {
     std::vector<float> z;
     for (int64_t i = begin; i < end; ++i) {
       const Adapter& ad = *static_cast<const Adapter*>(rows.owner[size_t(i)]);

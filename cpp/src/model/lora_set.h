@@ -8,6 +8,7 @@
 // depend on which other rows or adapters share the batch (batch invariance). Host backends only.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -60,6 +61,10 @@ class LoraSet {
   struct Adapter;
 
  private:
+  // fn(begin, end) over n rows: on the calling thread when `work` (multiply-adds) is small,
+  // split over the pool otherwise.
+  void for_rows(int64_t n, int64_t work, const std::function<void(int64_t, int64_t)>& fn) const;
+
   const ModelConfig& cfg_;
   ThreadPool& pool_;
   std::map<int32_t, std::unique_ptr<Adapter>> adapters_;
