@@ -19,10 +19,12 @@ __all__ = [
     "AsyncLLM",
     "LoRARequest",
     "CompletionOutput",
+    "Embedder",
     "Logprob",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "SemanticCache",
     "__version__",
     "errors",
 ]
@@ -41,4 +43,12 @@ def __getattr__(name: str) -> Any:
         from medrt.lora.request import LoRARequest
 
         return LoRARequest
+    if name == "Embedder":
+        from medrt.embedder import Embedder
+
+        return Embedder
+    if name == "SemanticCache":
+        from medrt.cache import SemanticCache
+
+        return SemanticCache
     raise AttributeError(f"module 'medrt' has no attribute {name!r}")

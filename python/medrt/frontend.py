@@ -67,9 +67,17 @@ class EngineFrontend:
         lora: Any = None,
         merge: bool = False,
         deployment: str | None = None,
+        device: str = "auto",
+        enforce_eager: bool = False,
+        device_map: str | None = None,
     ) -> None:
         from medrt import _core
+        from medrt.device import select_device
         from medrt.lora.manager import LoraManager
+
+        # "auto" | "cpu" | "cuda" (MEDRT_DEVICE overrides); enforce_eager and device_map only
+        # matter on CUDA (docs/cuda.md).
+        self.device = select_device(device)
 
         model_dir = resolve_model_dir(model)
         if not (model_dir / "config.json").is_file():
@@ -102,6 +110,10 @@ class EngineFrontend:
                                  deployment=deployment, probe_engine=probe_engine)
         self.deployment: dict[str, Any] | None = self._lora.deployment
         config.model_dir = str(self._lora.engine_model_dir)
+        if self.device.device == "cuda":
+            config.device = "cuda"
+            config.enforce_eager = enforce_eager
+            config.device_map = device_map or ""
         engine = _core.Engine(config)
         self.model_config: dict[str, Any] = dict(engine.model_config)
         self.max_model_len: int = engine.max_model_len
@@ -121,6 +133,7 @@ class EngineFrontend:
     def close(self) -> None:
         """Aborts running requests and stops the engine. Idempotent."""
         self._finalizer()
+        self._client.close()  # when another thread is closing, waits until it is done
 
     def stats(self) -> dict[str, int]:
         """Engine counters: KV blocks (num_blocks, free_blocks), running/waiting requests,
@@ -129,6 +142,16 @@ class EngineFrontend:
 
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model directory and its weights: ``weight_types`` (type -> number of modules,
+        e.g. {"int4-g32-mins": 210, "f32": 61, "int8-g32": 1}), ``weight_bytes`` (as stored),
+        ``f16_bytes`` (the same weights in f16) and ``memory_cut`` (1 - weight_bytes /
+        f16_bytes: 0.64 is 64% less memory than f16)."""
+        from medrt.models.weight_info import weight_summary
+
+        return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict()}
 
     # -- LoRA adapters (adapter mode) ------------------------------------------------------
 
@@ -191,12 +214,12 @@ class EngineFrontend:
     def _render_chat(self, messages: Conversation, add_generation_prompt: bool,
                      chat_template: str | None, chat_template_kwargs: Mapping[str, Any] | None,
                      tools: list[dict] | None) -> dict[str, Any]:
-        text = self.tokenizer.render_chat(
+        # The template writes BOS itself, so the text is encoded without adding it again;
+        # control tokens spelled inside messages are encoded as text (no forged turns).
+        text, ids = self.tokenizer.encode_chat(
             messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
             tools=tools, **dict(chat_template_kwargs or {}))
-        # The template writes BOS itself, so the text is encoded without adding it again.
-        return {"prompt": text,
-                "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
+        return {"prompt": text, "prompt_token_ids": ids}
 
     def _submit(self, prepared: PreparedRequest, sink: Sink,
                 request_id: str | None = None) -> RequestState:
