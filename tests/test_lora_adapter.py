@@ -114,3 +114,18 @@ def test_merge_matches_peft_merge_and_unload(tiny_model_dir, tmp_path: Path, dty
         else:  # one rounding to bf16 of the f32 sum: within half a bf16 ulp of peft's
             assert dtypes[name] == "BF16"
             np.testing.assert_allclose(value, ref, rtol=2 ** -8, atol=1e-6, err_msg=name)
+
+
+def test_base_shapes_of_quantized_modules(tmp_path: Path) -> None:
+    from medrt.lora.tensors import write_tensors
+
+    tensors = {"model.layers.0.mlp.down_proj.qweight": np.zeros((64, 64), np.uint8),  # 4-bit
+               "model.layers.0.mlp.up_proj.qweight": np.zeros((128, 64), np.int8),   # int8
+               "model.layers.0.mlp.down_proj.scales": np.zeros((64, 2), np.float16),
+               "model.norm.weight": np.ones(64, np.float32)}
+    dtypes = {"model.layers.0.mlp.down_proj.qweight": "U8",
+              "model.layers.0.mlp.up_proj.qweight": "I8",
+              "model.layers.0.mlp.down_proj.scales": "F16", "model.norm.weight": "F32"}
+    write_tensors(tmp_path / "model.safetensors", tensors, dtypes)
+    assert base_linear_shapes(tmp_path) == {"model.layers.0.mlp.down_proj": (64, 128),
+                                            "model.layers.0.mlp.up_proj": (128, 64)}

@@ -20,7 +20,7 @@ import medrt
 from helpers.lora_adapters import build_adapter, peft_model
 from helpers.tiny_models import MODEL_VOCAB
 from medrt import _core
-from medrt.errors import CapacityError, InvalidCheckpoint, InvalidRequest
+from medrt.errors import InvalidCheckpoint, InvalidRequest
 from medrt.lora import LoRARequest
 
 TOL = 1e-4
@@ -219,4 +219,19 @@ def test_engine_refuses_bad_ids_and_modules(tiny_llama: Path) -> None:
     while e.has_unfinished():
         e.step()
     assert e.remove_lora(1) is True and e.loras() == []
-    _ = CapacityError  # all slots busy is covered by the manager's eviction path
+
+
+def test_async_llm_takes_a_lora_request(tiny_llama: Path, llm: medrt.LLM, adapters) -> None:
+    import asyncio
+
+    req = _requests(adapters)[2]
+    prompt = {"prompt_token_ids": _prompt(5)}
+    want = llm.generate(prompt, _greedy(), lora_request=req)[0].outputs[0].token_ids
+
+    async def run() -> list[int]:
+        async with medrt.AsyncLLM(str(tiny_llama), num_threads=1, enable_lora=True) as engine:
+            async for out in engine.generate(prompt, _greedy(), lora_request=req):
+                last = out
+        return last.outputs[0].token_ids
+
+    assert asyncio.run(run()) == want

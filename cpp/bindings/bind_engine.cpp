@@ -228,6 +228,31 @@ void bind_engine(py::module_& m) {
           },
           py::arg("id"), py::arg("modules"), py::arg("scale"),
           "Loads a LoRA adapter: modules [(name, lora_A [r, in], lora_B [out, r])], scale.")
+      .def(
+          "add_lora_moe",
+          [](Engine& e, int32_t id,
+             const std::vector<std::tuple<std::string, int, F32Array, F32Array>>& modules,
+             float scale, int64_t top_k, float temperature, const std::vector<F32Array>& proj,
+             const std::vector<F32Array>& keys) {
+            std::vector<std::tuple<std::string, F32Array, F32Array>> plain;
+            for (const auto& [name, expert, a, b] : modules) plain.emplace_back(name, a, b);
+            LoraAdapterWeights w = to_adapter(plain, scale);
+            for (size_t i = 0; i < modules.size(); ++i) w.modules[i].expert = std::get<1>(modules[i]);
+            LoraRouterWeights& r = w.router;
+            r.top_k = top_k, r.temperature = temperature;
+            for (const F32Array& k : keys) {
+              if (k.ndim() != 2) throw InvalidCheckpoint("LoRA-MoE router keys must be 2-D");
+              r.n_experts = k.shape(0), r.dim = k.shape(1);
+              r.keys.emplace_back(k.data(), k.data() + k.size());
+            }
+            for (const F32Array& p : proj) r.proj.emplace_back(p.data(), p.data() + p.size());
+            py::gil_scoped_release nogil;
+            e.add_lora(id, w);
+          },
+          py::arg("id"), py::arg("modules"), py::arg("scale"), py::arg("top_k"),
+          py::arg("temperature"), py::arg("proj"), py::arg("keys"),
+          "Loads a LoRA-MoE adapter: modules [(name, expert, lora_A, lora_B)], the router per "
+          "layer (proj [dim, hidden], keys [experts, dim]).")
       .def("remove_lora", &Engine::remove_lora, py::arg("id"),
            py::call_guard<py::gil_scoped_release>())
       .def("loras", &Engine::loras)

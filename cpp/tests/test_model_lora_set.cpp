@@ -109,6 +109,16 @@ TEST(a_rows_delta_does_not_depend_on_the_batch) {
   set.group({2, 1, 0, 1, 2, 1, 0, 2, 1}, nullptr, 9, rows);
   set.apply(1, LoraProj::Down, rows, x.data(), y.data());
   CHECK(std::equal(alone_y.begin(), alone_y.end(), y.begin() + 5 * D));
+  // A prefill-sized batch (split over the pool's threads): the same bits again.
+  const int64_t big = 4096;
+  std::vector<float> xb = randn(size_t(big * F), g), yb(size_t(big * D), 0.5f);
+  std::copy(row.begin(), row.end(), xb.begin() + 3001 * F);
+  std::vector<int32_t> ids(static_cast<size_t>(big));
+  for (int64_t i = 0; i < big; ++i) ids[size_t(i)] = int32_t(i % 3);
+  ids[3001] = 1;
+  set.group(ids, nullptr, big, rows);
+  set.apply(1, LoraProj::Down, rows, xb.data(), yb.data());
+  CHECK(std::equal(alone_y.begin(), alone_y.end(), yb.begin() + 3001 * D));
   // Output rows picked from tokens (the last layer's logit rows).
   const std::vector<int32_t> pick = {3, 0};
   set.group({2, 1, 0, 1}, pick.data(), 2, rows);

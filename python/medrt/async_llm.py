@@ -57,11 +57,14 @@ class AsyncLLM(EngineFrontend):
         tenant: str = "default",
         cache: str = "auto",
         patient_context: bool = False,
+        lora_request: Any = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the completion of one prompt (text, token ids, or a prompt dict). With a
-        semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.generate."""
-        prepared = self._prepare(prompt, sampling_params)
-        req = fcache.for_prompt(prompt, tenant, cache, patient_context)
+        semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.generate;
+        ``lora_request`` names its LoRA adapter (adapter mode; such requests bypass the cache)."""
+        prepared = self._prepare(prompt, sampling_params, lora_request)
+        req = fcache.for_prompt(prompt, tenant, cache if lora_request is None else "bypass",
+                                patient_context)
         async for out in fcache.stream_outputs(self._cache, self, prepared, req,
                                                self._stream(prepared, request_id, delta),
                                                request_id, delta):
@@ -82,11 +85,13 @@ class AsyncLLM(EngineFrontend):
         tenant: str = "default",
         cache: str = "auto",
         patient_context: bool = False,
+        lora_request: Any = None,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the answer to one conversation rendered with the chat template.
 
         ``medical_template`` ("auto" or a category) works as in :meth:`medrt.LLM.chat`; with a
         semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.chat.
+        ``lora_request`` names its LoRA adapter (adapter mode; such requests bypass the cache).
         """
         category = None
         if medical_template is not None:
@@ -96,8 +101,10 @@ class AsyncLLM(EngineFrontend):
             messages, category = conversations[0], categories[0]
         prompt = self._render_chat(messages, add_generation_prompt, chat_template,
                                    chat_template_kwargs, tools)
-        prepared = self._prepare(prompt, sampling_params)
-        req = fcache.for_conversation(messages, tenant, cache, patient_context,
+        prepared = self._prepare(prompt, sampling_params, lora_request)
+        req = fcache.for_conversation(messages, tenant,
+                                      cache if lora_request is None else "bypass",
+                                      patient_context,
                                       [add_generation_prompt, chat_template,
                                        chat_template_kwargs, tools])
         async for out in fcache.stream_outputs(self._cache, self, prepared, req,

@@ -66,6 +66,7 @@ class EngineFrontend:
         max_lora_rank: int = 64,
         lora: Any = None,
         merge: bool = False,
+        deployment: str | None = None,
         device: str = "auto",
         enforce_eager: bool = False,
         device_map: str | None = None,
@@ -83,12 +84,8 @@ class EngineFrontend:
             raise InvalidCheckpoint(f"{model_dir}: no config.json")
         self.model_dir = model_dir
         self.tokenizer = Tokenizer(tokenizer if tokenizer is not None else model_dir)
-        # LoRA: merged mode hands the engine a merged copy of the model; adapter mode (lora=
-        # without merge, or enable_lora) loads adapters into engine slots (docs/adapters.md).
-        self._lora = LoraManager(model_dir, enable_lora=enable_lora, max_loras=max_loras,
-                                 max_lora_rank=max_lora_rank, lora=lora, merge=merge)
         config = _core.EngineConfig()
-        config.model_dir = str(self._lora.engine_model_dir)
+        config.model_dir = str(model_dir)
         config.block_size = block_size
         if kv_cache_memory_bytes is not None:
             config.kv_cache_bytes = kv_cache_memory_bytes
@@ -100,6 +97,19 @@ class EngineFrontend:
         config.enable_prefix_caching = enable_prefix_caching
         config.num_threads = num_threads
         config.seed = seed
+
+        def probe_engine() -> Any:  # deployment="auto" measures decode costs on a small engine
+            probe = _core.EngineConfig()
+            probe.model_dir, probe.num_blocks, probe.num_threads = str(model_dir), 64, num_threads
+            return _core.Engine(probe)
+
+        # LoRA: merged mode hands the engine a merged copy of the model; adapter mode (lora=
+        # without merge, or enable_lora) loads adapters into engine slots (docs/adapters.md).
+        self._lora = LoraManager(model_dir, enable_lora=enable_lora, max_loras=max_loras,
+                                 max_lora_rank=max_lora_rank, lora=lora, merge=merge,
+                                 deployment=deployment, probe_engine=probe_engine)
+        self.deployment: dict[str, Any] | None = self._lora.deployment
+        config.model_dir = str(self._lora.engine_model_dir)
         if self.device.device == "cuda":
             config.device = "cuda"
             config.enforce_eager = enforce_eager

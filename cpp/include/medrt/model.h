@@ -71,7 +71,7 @@ class Model {
 
   // Adapter mode: after each base projection, rows whose batch.token_lora names an adapter of
   // `loras` get its delta (model/lora_set.h). `loras` must outlive the model; nullptr: none.
-  void set_loras(const model::LoraSet* loras);
+  void set_loras(model::LoraSet* loras);
 
   // Runs the decoder over the batch: writes K/V of every token into `kv`, and writes logits
   // [batch.logit_rows.size(), vocab] to `logits` (host memory).

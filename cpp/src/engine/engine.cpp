@@ -446,6 +446,10 @@ std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeou
 
 void Engine::add_lora(int32_t id, const LoraAdapterWeights& weights) {
   std::lock_guard step(impl_->step_mu);  // between steps: the model reads the set while it runs
+  for (Backend* b : impl_->runner->model().layer_backends())
+    if (!b->is_host())
+      throw InvalidRequest("LoRA adapter mode runs on host (CPU) backends; this engine runs "
+                           "layers on " + b->name());
   impl_->runner->loras().add(id, weights);
   std::lock_guard lk(impl_->inbox_mu);
   impl_->lora_users.emplace(id, Impl::LoraUse{0, ++impl_->lora_loads});

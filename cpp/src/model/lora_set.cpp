@@ -1,6 +1,7 @@
 #include "model/lora_set.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <string>
 
@@ -16,10 +17,22 @@ struct LoraSet::Module {
 
 struct LoraSet::Adapter {
   float scale = 1.0f;
-  std::vector<Module> modules;  // [layer * kLoraProjs + proj]; rank 0: not adapted
+  int64_t n_experts = 1;        // > 1: LoRA-MoE, routed per token
+  // [(layer * kLoraProjs + proj) * n_experts + expert]; rank 0: not adapted
+  std::vector<Module> modules;
+  LoraRouterWeights router;     // keys normalised at load
 };
 
 namespace {
+
+float unit(std::vector<float>& v, int64_t off, int64_t n) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double(v[size_t(off + i)]) * v[size_t(off + i)];
+  // F.normalize's rule: divide by max(norm, 1e-12).
+  const float inv = float(1.0 / std::max(std::sqrt(ss), 1e-12));
+  for (int64_t i = 0; i < n; ++i) v[size_t(off + i)] *= inv;
+  return inv;
+}
 
 const char* const kProjNames[kLoraProjs] = {"self_attn.q_proj", "self_attn.k_proj",
                                             "self_attn.v_proj", "self_attn.o_proj",
@@ -72,18 +85,52 @@ float dot(const float* a, const float* b, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
+// Below this many multiply-adds a delta runs on the calling thread: a pool dispatch per
+// projection (7 per layer) costs more than the work for a few decode rows. Which thread computes
+// a row never changes its result.
+constexpr int64_t kParallelWork = 1 << 21;
+
 }  // namespace
+
+// Checks a LoRA-MoE router against the model and keeps it with its keys normalised.
+void add_router(int32_t id, const LoraRouterWeights& r, LoraSet::Adapter& ad);
 
 LoraSet::LoraSet(const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg), pool_(pool) {}
 LoraSet::~LoraSet() = default;
 
+void add_router(int32_t id, const LoraRouterWeights& r, LoraSet::Adapter& ad) {
+  (void)id;
+  ad.n_experts = r.n_experts;
+  ad.router = r;
+  for (std::vector<float>& keys : ad.router.keys)
+    for (int64_t e = 0; e < r.n_experts; ++e) unit(keys, e * r.dim, r.dim);
+}
+
 void LoraSet::add(int32_t id, const LoraAdapterWeights& w) {
+  const LoraRouterWeights& r = w.router;
+  if (r.n_experts > 0) {
+    const std::string what = "LoRA-MoE adapter " + std::to_string(id) + ": router ";
+    if (r.top_k < 1 || r.top_k > r.n_experts || r.dim < 1 || !(r.temperature > 0))
+      throw InvalidCheckpoint(what + "needs 1 <= top_k <= n_experts, dim >= 1, temperature > 0");
+    if (int64_t(r.proj.size()) != cfg_.num_layers || int64_t(r.keys.size()) != cfg_.num_layers)
+      throw InvalidCheckpoint(what + "has " + std::to_string(r.proj.size()) + " layers; the model " +
+                              std::to_string(cfg_.num_layers));
+    for (int64_t l = 0; l < cfg_.num_layers; ++l)
+      if (int64_t(r.proj[size_t(l)].size()) != r.dim * cfg_.hidden_size ||
+          int64_t(r.keys[size_t(l)].size()) != r.n_experts * r.dim)
+        throw InvalidCheckpoint(what + "layer " + std::to_string(l) + ": proj must be [" +
+                                std::to_string(r.dim) + ", " + std::to_string(cfg_.hidden_size) +
+                                "] and keys [" + std::to_string(r.n_experts) + ", " +
+                                std::to_string(r.dim) + "]");
+  }
   if (id <= 0) throw InvalidRequest("LoRA adapter id " + std::to_string(id) + ": must be > 0");
   if (adapters_.count(id)) throw InvalidRequest("LoRA adapter id " + std::to_string(id) + " is already loaded");
   if (w.modules.empty()) throw InvalidCheckpoint("LoRA adapter " + std::to_string(id) + ": no modules");
   auto ad = std::make_unique<Adapter>();
   ad->scale = w.scale;
-  ad->modules.resize(size_t(cfg_.num_layers) * kLoraProjs);
+  if (w.router.n_experts > 0) add_router(id, w.router, *ad);
+  const int64_t E = ad->n_experts;
+  ad->modules.resize(size_t(cfg_.num_layers * kLoraProjs * E));
   for (const LoraModuleWeights& m : w.modules) {
     int64_t layer = 0;
     int p = 0;
@@ -99,7 +146,10 @@ void LoraSet::add(int32_t id, const LoraAdapterWeights& w) {
                               std::to_string(m.in) + "] / lora_B [" + std::to_string(m.out) +
                               ", " + std::to_string(m.rank) + "] do not fit the base [" +
                               std::to_string(out) + ", " + std::to_string(in) + "]");
-    Module& mod = ad->modules[size_t(layer * kLoraProjs + p)];
+    if (m.expert < 0 || m.expert >= E)
+      throw InvalidCheckpoint(what + ": expert " + std::to_string(m.expert) + " of " +
+                              std::to_string(E));
+    Module& mod = ad->modules[size_t((layer * kLoraProjs + p) * E + m.expert)];
     if (mod.rank) throw InvalidCheckpoint(what + " appears twice");
     mod.rank = m.rank, mod.in = in, mod.out = out;
     mod.a = m.a;
@@ -107,6 +157,7 @@ void LoraSet::add(int32_t id, const LoraAdapterWeights& w) {
     for (int64_t o = 0; o < out; ++o)
       for (int64_t k = 0; k < m.rank; ++k) mod.bt[size_t(k * out + o)] = m.b[size_t(o * m.rank + k)];
   }
+  max_experts_ = std::max(max_experts_, E);
   adapters_.emplace(id, std::move(ad));
 }
 
@@ -115,6 +166,7 @@ bool LoraSet::remove(int32_t id) { return adapters_.erase(id) != 0; }
 void LoraSet::group(const std::vector<int32_t>& row_adapter, const int32_t* pick, int64_t n,
                     LoraRows& out) const {
   out.rows.clear();
+  out.token.clear();
   out.owner.clear();
   if (row_adapter.empty() || adapters_.empty()) {
     for (int32_t id : row_adapter)
@@ -133,29 +185,89 @@ void LoraSet::group(const std::vector<int32_t>& row_adapter, const int32_t* pick
   std::stable_sort(out.rows.begin(), out.rows.end(),
                    [&](int32_t x, int32_t y) { return id_of(x) < id_of(y); });
   out.owner.reserve(out.rows.size());
-  for (int32_t r : out.rows) out.owner.push_back(adapters_.at(id_of(r)).get());
+  for (int32_t r : out.rows) {
+    out.owner.push_back(adapters_.at(id_of(r)).get());
+    out.token.push_back(pick ? pick[r] : r);
+  }
+}
+
+void LoraSet::for_rows(int64_t n, int64_t work,
+                       const std::function<void(int64_t, int64_t)>& fn) const {
+  if (work < kParallelWork || pool_.size() == 1) return fn(0, n);
+  pool_.parallel_for(n, [&](int, int64_t begin, int64_t end) { fn(begin, end); });
+}
+
+void LoraSet::route(int64_t layer, const LoraRows& rows, const float* h) {
+  if (rows.empty() || max_experts_ == 1) return;
+  const int64_t D = cfg_.hidden_size, NE = max_experts_;
+  int64_t T = 0;
+  for (int32_t t : rows.token) T = std::max<int64_t>(T, t + 1);
+  if (int64_t(gates_.size()) < T * NE) gates_.resize(size_t(T * NE));
+  const int64_t n = int64_t(rows.rows.size());
+  for_rows(n, n * D * 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> q, p;
+    for (int64_t i = begin; i < end; ++i) {
+      const Adapter& ad = *static_cast<const Adapter*>(rows.owner[size_t(i)]);
+      if (ad.n_experts == 1) continue;
+      const LoraRouterWeights& r = ad.router;
+      const std::vector<float>& proj = r.proj[size_t(layer)];
+      const std::vector<float>& keys = r.keys[size_t(layer)];
+      const float* hr = h + int64_t(rows.rows[size_t(i)]) * D;
+      q.resize(size_t(r.dim));
+      for (int64_t d = 0; d < r.dim; ++d) q[size_t(d)] = dot(proj.data() + d * D, hr, D);
+      unit(q, 0, r.dim);
+      p.resize(size_t(r.n_experts));
+      float top = -INFINITY;
+      for (int64_t e = 0; e < r.n_experts; ++e) {
+        p[size_t(e)] = dot(keys.data() + e * r.dim, q.data(), r.dim) / r.temperature;
+        top = std::max(top, p[size_t(e)]);
+      }
+      float sum = 0;
+      for (float& v : p) sum += (v = std::exp(v - top));
+      for (float& v : p) v /= sum;
+      // The top_k experts (ties: the lower index), their probabilities renormalised.
+      float* g = gates_.data() + int64_t(rows.token[size_t(i)]) * NE;
+      std::fill(g, g + NE, 0.0f);
+      float kept = 0;
+      for (int64_t k = 0; k < r.top_k; ++k) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < r.n_experts; ++e)
+          if (g[e] == 0.0f && (best < 0 || p[size_t(e)] > p[size_t(best)])) best = e;
+        g[best] = p[size_t(best)];
+        kept += p[size_t(best)];
+      }
+      for (int64_t e = 0; e < r.n_experts; ++e) g[e] /= kept;
+    }
+  });
 }
 
 void LoraSet::apply(int64_t layer, LoraProj p, const LoraRows& rows, const float* x,
                     float* y) const {
   if (rows.empty()) return;
-  const size_t slot = size_t(layer * kLoraProjs + int(p));
   auto [out, in] = proj_shape(cfg_, int(p));
-  pool_.parallel_for(int64_t(rows.rows.size()), [&](int, int64_t begin, int64_t end) {
+  const int64_t NE = max_experts_;
+  const int64_t n = int64_t(rows.rows.size());
+  for_rows(n, n * (in + out) * 16, [&](int64_t begin, int64_t end) {
     std::vector<float> z;
     for (int64_t i = begin; i < end; ++i) {
       const Adapter& ad = *static_cast<const Adapter*>(rows.owner[size_t(i)]);
-      const Module& m = ad.modules[slot];
-      if (m.rank == 0) continue;
       const int64_t r = rows.rows[size_t(i)];
       const float* xr = x + r * in;
       float* yr = y + r * out;
-      z.resize(size_t(m.rank));
-      for (int64_t k = 0; k < m.rank; ++k) z[size_t(k)] = ad.scale * dot(m.a.data() + k * in, xr, in);
-      for (int64_t k = 0; k < m.rank; ++k) {
-        const float zk = z[size_t(k)];
-        const float* b = m.bt.data() + k * out;
-        for (int64_t o = 0; o < out; ++o) yr[o] += zk * b[o];
+      const float* g = ad.n_experts > 1 ? gates_.data() + int64_t(rows.token[size_t(i)]) * NE
+                                        : nullptr;
+      for (int64_t e = 0; e < ad.n_experts; ++e) {
+        const Module& m = ad.modules[size_t((layer * kLoraProjs + int(p)) * ad.n_experts + e)];
+        const float gate = g ? g[e] : 1.0f;
+        if (m.rank == 0 || gate == 0.0f) continue;
+        z.resize(size_t(m.rank));
+        for (int64_t k = 0; k < m.rank; ++k)
+          z[size_t(k)] = gate * ad.scale * dot(m.a.data() + k * in, xr, in);
+        for (int64_t k = 0; k < m.rank; ++k) {
+          const float zk = z[size_t(k)];
+          const float* b = m.bt.data() + k * out;
+          for (int64_t o = 0; o < out; ++o) yr[o] += zk * b[o];
+        }
       }
     }
   });

@@ -8,6 +8,7 @@
 // depend on which other rows or adapters share the batch (batch invariance). Host backends only.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -26,6 +27,7 @@ class LoraSet;
 // The adapted rows of one set of activations, grouped by adapter.
 struct LoraRows {
   std::vector<int32_t> rows;       // row indices, adapter by adapter
+  std::vector<int32_t> token;      // the token of each entry (its routing gates, LoRA-MoE)
   std::vector<const void*> owner;  // the adapter of each entry of `rows`
   bool empty() const { return rows.empty(); }
 };
@@ -48,6 +50,10 @@ class LoraSet {
   void group(const std::vector<int32_t>& row_adapter, const int32_t* pick, int64_t n,
              LoraRows& out) const;
 
+  // LoRA-MoE: routes every row of `rows` (token rows) whose adapter has a router, from the
+  // layer's input hidden state h [*, hidden]; apply() of this layer then uses these gates.
+  void route(int64_t layer, const LoraRows& rows, const float* h);
+
   // y[r, :] += delta of row r for every row in `rows` (x [*, in], y [*, out] of the projection).
   void apply(int64_t layer, LoraProj p, const LoraRows& rows, const float* x, float* y) const;
 
@@ -55,9 +61,15 @@ class LoraSet {
   struct Adapter;
 
  private:
+  // fn(begin, end) over n rows: on the calling thread when `work` (multiply-adds) is small,
+  // split over the pool otherwise.
+  void for_rows(int64_t n, int64_t work, const std::function<void(int64_t, int64_t)>& fn) const;
+
   const ModelConfig& cfg_;
   ThreadPool& pool_;
   std::map<int32_t, std::unique_ptr<Adapter>> adapters_;
+  int64_t max_experts_ = 1;
+  std::vector<float> gates_;  // [tokens, max_experts_] of the layer being computed
 };
 
 }  // namespace medrt::model

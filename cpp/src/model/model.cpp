@@ -101,7 +101,7 @@ struct Model::Impl {
   std::vector<float> staging;
 
   // Adapter mode: the loaded adapters, and this forward's adapted rows of T and of R.
-  const model::LoraSet* loras = nullptr;
+  model::LoraSet* loras = nullptr;
   model::LoraRows lora_all, lora_out;
 };
 
@@ -274,6 +274,7 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     const cpu::PagedKV cache = kv.layer(li);
     float *x = w.x.get<float>(), *h = w.h.get<float>(), *q = w.q.get<float>();
     float *k = w.k.get<float>(), *v = w.v.get<float>();
+    if (loras && !lora_all.empty() && be.is_host()) loras->route(li, lora_all, x);  // LoRA-MoE
     be.rmsnorm(x, T, D, *l.input_norm, cfg.rms_norm_eps, h);
     be.linear(*l.q, h, T, q);
     be.linear(*l.k, h, T, k);
@@ -352,7 +353,7 @@ void Model::reserve(int64_t max_tokens, int64_t max_logit_rows) {
   impl_->reserve(max_tokens, max_logit_rows);
 }
 
-void Model::set_loras(const model::LoraSet* loras) { impl_->loras = loras; }
+void Model::set_loras(model::LoraSet* loras) { impl_->loras = loras; }
 
 void Model::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
   impl_->forward(batch, kv, logits);

@@ -52,12 +52,20 @@ class LoraAdapter:
 
 
 def base_linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
-    """{module name: (out, in)} of every 2-D `*.weight` of the base's safetensors files."""
+    """{module name: (out, in)} of every linear of the base's safetensors files: 2-D
+    `*.weight`, or medrt's quantized `*.qweight` (int8 [out, in]; 4-bit codes packed two per
+    byte, [out, in/2]), so adapters check against quantized bases too."""
     shapes = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         for name, info in read_header(f).items():
-            if name.endswith(".weight") and len(info["shape"]) == 2:
-                shapes[name[: -len(".weight")]] = tuple(info["shape"])
+            if len(info["shape"]) != 2:
+                continue
+            out, cols = info["shape"]
+            if name.endswith(".weight"):
+                shapes[name[: -len(".weight")]] = (out, cols)
+            elif name.endswith(".qweight"):
+                shapes[name[: -len(".qweight")]] = (out, cols * 2 if info["dtype"] == "U8"
+                                                    else cols)
     return shapes
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from medrt.errors import CapacityError, InvalidRequest
 from medrt.lora.adapter import LoraAdapter, base_linear_shapes, read_adapter
 from medrt.lora.merge import is_quantized, merge_into_dir
+from medrt.lora.moe import is_moe_dir, read_moe_adapter
 from medrt.lora.request import LoRARequest
 
 log = logging.getLogger("medrt.lora")
@@ -26,10 +28,26 @@ def as_lora_request(lora: str | Path | LoRARequest) -> LoRARequest:
     return LoRARequest(path.name or "adapter", 1, str(path))
 
 
+def _mode(deployment: str | None, merge: bool, requests: list[LoRARequest]) -> str | None:
+    """"merged", "adapter", "auto" or None (no adapter given)."""
+    if deployment not in (None, "merged", "adapter", "auto"):
+        raise InvalidRequest(f"deployment must be 'merged', 'adapter' or 'auto', "
+                             f"not {deployment!r}")
+    if merge and deployment not in (None, "merged"):
+        raise InvalidRequest(f"merge=True contradicts deployment={deployment!r}")
+    if not requests:
+        if merge or deployment:
+            raise InvalidRequest("merge / deployment need lora=<adapter directory or "
+                                 "LoRARequest, or a list of them>")
+        return None
+    return deployment or ("merged" if merge else "adapter")
+
+
 class LoraManager:
     def __init__(self, model_dir: Path, *, enable_lora: bool = False, max_loras: int = 8,
-                 max_lora_rank: int = 64, lora: str | Path | LoRARequest | None = None,
-                 merge: bool = False) -> None:
+                 max_lora_rank: int = 64, lora: Any = None, merge: bool = False,
+                 deployment: str | None = None,
+                 probe_engine: Callable[[], Any] | None = None) -> None:
         if max_loras < 1 or max_lora_rank < 1:
             raise InvalidRequest(f"max_loras and max_lora_rank must be >= 1, got {max_loras} "
                                  f"and {max_lora_rank}")
@@ -38,22 +56,44 @@ class LoraManager:
         self.engine_model_dir = model_dir
         self.default: LoRARequest | None = None  # the adapter of requests that name none
         self.merged: LoRARequest | None = None
+        self.deployment: dict[str, Any] | None = None  # deployment="auto": the choice and terms
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._shapes: dict[str, tuple[int, int]] | None = None
         self._known: dict[str, LoRARequest] = {}
         self._loaded: OrderedDict[int, LoRARequest] = OrderedDict()  # LRU order, oldest first
+        self._preload: list[LoRARequest] = []
         self._engine: Any = None
         self.enabled = enable_lora
-        if lora is None:
-            if merge:
-                raise InvalidRequest("merge=True needs lora=<adapter directory>")
+        requests = [as_lora_request(x) for x in
+                    (lora if isinstance(lora, (list, tuple)) else [lora] if lora else [])]
+        mode = _mode(deployment, merge, requests)
+        if mode is None:
             return
-        request = as_lora_request(lora)
-        if merge and is_quantized(model_dir):
-            log.warning("%s is quantized: the adapter %s runs unmerged (adapter mode)",
-                        model_dir, request.lora_path)
-            merge = False
-        if merge:
+        moe = [r.lora_name for r in requests if r.lora_path and is_moe_dir(r.lora_path)]
+        if moe and mode != "adapter":
+            raise InvalidRequest(f"LoRA-MoE adapters {moe} route per token and run in adapter "
+                                 f"mode only, not {mode}")
+        if mode != "adapter" and is_quantized(model_dir):
+            log.warning("%s is quantized: LoRA adapters run unmerged (adapter mode)", model_dir)
+            mode = "adapter"
+        if mode == "auto":
+            adapters = {r.lora_int_id: self.read(r) for r in requests}
+            from medrt import _core
+            from medrt.lora.deployment import choose
+
+            choice = choose(probe_engine, model_dir, adapters, max_loras, _core)
+            self.deployment, mode = choice.as_dict(), choice.mode
+            if mode == "merged" and len(requests) > 1:
+                # Adapters are listed by traffic: the first carries the most.
+                log.warning("deployment=auto: merged mode serves '%s' only; %s need their "
+                            "own LLM", requests[0].lora_name,
+                            [r.lora_name for r in requests[1:]])
+                requests = requests[:1]
+        if mode == "merged":
+            if len(requests) != 1:
+                raise InvalidRequest(f"merged mode folds one adapter into the weights, got "
+                                     f"{len(requests)}; use adapter mode for several")
+            request = requests[0]
             adapter = self.read(request)
             self._tmp = tempfile.TemporaryDirectory(prefix="medrt-merged-")
             self.engine_model_dir = merge_into_dir(model_dir, adapter, self._tmp.name)
@@ -61,8 +101,10 @@ class LoraManager:
             log.info("merged LoRA %s into %s", request.lora_path, model_dir)
         else:
             self.enabled = True
-            self.default = request
-            self._known[request.lora_name] = request
+            self._preload = requests
+            self.default = requests[0] if len(requests) == 1 else None
+            for r in requests:
+                self._known[r.lora_name] = r
 
     @property
     def base_shapes(self) -> dict[str, tuple[int, int]]:
@@ -77,8 +119,8 @@ class LoraManager:
 
     def attach(self, engine: Any) -> None:
         self._engine = engine
-        if self.default is not None:
-            self.add(self.default)
+        for request in self._preload:
+            self.add(request)
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -107,11 +149,17 @@ class LoraManager:
         if request.lora_int_id in self._loaded:
             self._loaded.move_to_end(request.lora_int_id)
             return False
-        adapter = self.read(request)
-        if len(self._loaded) >= self.max_loras:
-            self._evict_one()
-        modules = [(m.name, m.a, m.b) for m in adapter.modules.values()]
-        self._engine.add_lora(request.lora_int_id, modules, adapter.scale)
+        if is_moe_dir(request.lora_path):  # a LoRA-MoE adapter: routers and experts
+            moe = read_moe_adapter(request.lora_path, self.base_shapes, self.max_lora_rank)
+            if len(self._loaded) >= self.max_loras:
+                self._evict_one()
+            self._engine.add_lora_moe(request.lora_int_id, **moe.engine_args())
+        else:
+            adapter = self.read(request)
+            if len(self._loaded) >= self.max_loras:
+                self._evict_one()
+            modules = [(m.name, m.a, m.b) for m in adapter.modules.values()]
+            self._engine.add_lora(request.lora_int_id, modules, adapter.scale)
         self._loaded[request.lora_int_id] = request
         self._known[request.lora_name] = request
         return True
@@ -160,7 +208,8 @@ class LoraManager:
                 raise InvalidRequest(f"unknown LoRA adapter '{request.lora_name}' (no path "
                                      "given and never added)")
             return self._known[request.lora_name]
-        if not (Path(request.lora_path).expanduser() / "adapter_config.json").is_file():
+        path = Path(request.lora_path).expanduser()
+        if not ((path / "adapter_config.json").is_file() or is_moe_dir(path)):
             raise InvalidRequest(f"LoRA adapter '{request.lora_name}': no adapter_config.json "
                                  f"in {request.lora_path}")
         return request

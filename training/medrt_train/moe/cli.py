@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from medrt.medical import classify
 
 from ..lora import parse_targets

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from medrt.medical import CATEGORIES
+from torch import nn
 
 from ..lora import DEFAULT_TARGETS
 from .layers import LoraMoELinear, RoutingSlot
@@ -57,7 +56,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__}: no model.layers decoder stack to attach to")
+        raise TypeError(f"{type(model).__name__}: no model.layers decoder stack to attach to")
     return layers
 
 
