@@ -157,16 +157,22 @@ int linear_main(int argc, char** argv) {
       return 2;
     }
     if (it->group_size && in % it->group_size) continue;  // the group must divide IN
-    Owned o;
-    make(*it, out, in, rng, o);
-    const double bytes = double(o.lw.bytes());
+    std::vector<Owned> owned(1);
+    make(*it, out, in, rng, owned[0]);
+    const double bytes = double(owned[0].lw.bytes());
     // Enough copies of the layer to exceed the last-level cache, so M = 1 streams from memory.
+    // Float weights are read in place, so each copy needs its own tensors.
     const int copies = int(std::min<double>(64.0, std::max(1.0, 256e6 / bytes)));
+    if (is_float_type(it->type)) {
+      owned.resize(size_t(copies));
+      for (int c = 1; c < copies; ++c) make(*it, out, in, rng, owned[size_t(c)]);
+    }
     std::vector<cpu::PackedLinear> layers;
-    for (int c = 0; c < copies; ++c) layers.push_back(cpu::pack_linear(o.lw));
+    for (int c = 0; c < copies; ++c)
+      layers.push_back(cpu::pack_linear(owned[size_t(c) % owned.size()].lw));
     const double t1 = time_linear(layers, x, 1, y, pool, std::max(reps, copies));
     std::vector<cpu::PackedLinear> one;
-    one.push_back(cpu::pack_linear(o.lw));
+    one.push_back(cpu::pack_linear(owned[0].lw));
     const double tp = time_linear(one, x, prefill_m, y, pool, std::max(3, reps / 4));
     std::printf("| %s | %s | %.2f | %.1f | %.2f | %.0f%% | %.1f |\n", name.c_str(),
                 layers[0].kernels->name, bytes / (1 << 20), t1 * 1e6, bytes / t1 / 1e9,

@@ -140,16 +140,29 @@ void rows(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t 
   }
 }
 
-}  // namespace
-
-void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
-                    float* y, int64_t ldy, int nvalid, const float* bias) {
+void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1, float* y,
+              int64_t ldy, int nvalid, const float* bias) {
   switch (L.kind) {
     case Kind::Int8Row: return rows<Kind::Int8Row>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int8Group: return rows<Kind::Int8Group>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Nf4: return rows<Kind::Nf4>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int4Zero: return rows<Kind::Int4Zero>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int4Min: return rows<Kind::Int4Min>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
+  }
+}
+
+}  // namespace
+
+// Row group after row group: one sequential stream per thread. (Running two row groups at
+// once to share the activation broadcasts is 12% faster in cache but 2.5x slower streaming
+// from memory on Zen 4: the two interleaved streams defeat the hardware prefetcher.)
+void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
+                     int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias) {
+  for (int64_t g = 0; g < nrg; ++g) {
+    const int64_t r0 = g * kRows;
+    const int nvalid = int(nrows - r0 < kRows ? nrows - r0 : kRows);
+    rowgroup(L, rg + g * L.rowgroup_bytes, a, m0, m1, y + r0, ldy, nvalid,
+             bias ? bias + r0 : nullptr);
   }
 }
 

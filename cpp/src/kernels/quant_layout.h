@@ -87,25 +87,27 @@ extern const float kNf4[16];
 extern const int8_t kNf4Int8[16];
 inline constexpr float kInv127 = 1.0f / 127.0f;
 
-// Rows [m0, m1) of y for one row group: y[m, 0 .. nvalid) (ldy floats between rows) from the
-// row group's bytes `rg`; bias: nvalid floats or nullptr.
-using RowGroupFn = void (*)(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0,
-                            int64_t m1, float* y, int64_t ldy, int nvalid, const float* bias);
+// Rows [m0, m1) of y for the nrg consecutive row groups that start at `rg`: y[m, n] for
+// n < min(nrows, 16 nrg), nrows being the layer's output rows from rg's first one on (ldy
+// floats between rows of y); bias: from rg's first row, or nullptr.
+using RowGroupFn = void (*)(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a,
+                            int64_t m0, int64_t m1, float* y, int64_t ldy, int64_t nrows,
+                            const float* bias);
 
 // One row of x [K] into its nb blocks (quant_act.cpp; the AVX2 one gives the same bits).
 namespace portable {
-void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
-                    float* y, int64_t ldy, int nvalid, const float* bias);
+void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
+                     int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias);
 void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks);
 }
 namespace avx2 {
-void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
-                    float* y, int64_t ldy, int nvalid, const float* bias);
+void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
+                     int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias);
 void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks);
 }
 namespace avx512vnni {
-void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
-                    float* y, int64_t ldy, int nvalid, const float* bias);
+void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
+                     int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias);
 }
 
 }  // namespace medrt::cpu::quant

@@ -33,10 +33,10 @@ struct Call {
   const float* bias;
   int64_t out;
 
-  void rowgroup(RowGroupFn fn, int64_t g, int64_t m0, int64_t m1) const {
-    const int64_t n0 = g * kRows;
-    const int nvalid = int(std::min<int64_t>(kRows, out - n0));
-    fn(L, base + g * L.rowgroup_bytes, a, m0, m1, y + n0, out, nvalid,
+  // Row groups [g0, g1) for activation rows [m0, m1).
+  void rowgroups(RowGroupFn fn, int64_t g0, int64_t g1, int64_t m0, int64_t m1) const {
+    const int64_t n0 = g0 * kRows;
+    fn(L, base + g0 * L.rowgroup_bytes, g1 - g0, a, m0, m1, y + n0, out, out - n0,
        bias ? bias + n0 : nullptr);
   }
 };
@@ -53,9 +53,7 @@ template <RowGroupFn Fn>
 void decode(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
   const Call c = prepare(w, x, M, y, pool);
   const int64_t nrg = (w.out + kRows - 1) / kRows;
-  pool.parallel_for(nrg, [&](int, int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) c.rowgroup(Fn, g, 0, M);
-  });
+  pool.parallel_for(nrg, [&](int, int64_t g0, int64_t g1) { c.rowgroups(Fn, g0, g1, 0, M); });
 }
 
 template <RowGroupFn Fn>
@@ -66,7 +64,7 @@ void prefill(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadP
   pool.parallel_for(chunks * nrg, [&](int, int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t m0 = (u / nrg) * kChunkRows;
-      c.rowgroup(Fn, u % nrg, m0, std::min(M, m0 + kChunkRows));
+      c.rowgroups(Fn, u % nrg, u % nrg + 1, m0, std::min(M, m0 + kChunkRows));
     }
   });
 }
@@ -77,15 +75,15 @@ constexpr WeightKernels entry(const char* name) {
           quant_dequant_row};
 }
 
-constexpr WeightKernels kPortable[3] = {entry<portable::quant_rowgroup>("int8/portable"),
-                                        entry<portable::quant_rowgroup>("nf4/portable"),
-                                        entry<portable::quant_rowgroup>("int4/portable")};
-constexpr WeightKernels kAvx2[3] = {entry<avx2::quant_rowgroup>("int8/avx2"),
-                                    entry<avx2::quant_rowgroup>("nf4/avx2"),
-                                    entry<avx2::quant_rowgroup>("int4/avx2")};
-constexpr WeightKernels kVnni[3] = {entry<avx512vnni::quant_rowgroup>("int8/avx512vnni"),
-                                    entry<avx512vnni::quant_rowgroup>("nf4/avx512vnni"),
-                                    entry<avx512vnni::quant_rowgroup>("int4/avx512vnni")};
+constexpr WeightKernels kPortable[3] = {entry<portable::quant_rowgroups>("int8/portable"),
+                                        entry<portable::quant_rowgroups>("nf4/portable"),
+                                        entry<portable::quant_rowgroups>("int4/portable")};
+constexpr WeightKernels kAvx2[3] = {entry<avx2::quant_rowgroups>("int8/avx2"),
+                                    entry<avx2::quant_rowgroups>("nf4/avx2"),
+                                    entry<avx2::quant_rowgroups>("int4/avx2")};
+constexpr WeightKernels kVnni[3] = {entry<avx512vnni::quant_rowgroups>("int8/avx512vnni"),
+                                    entry<avx512vnni::quant_rowgroups>("nf4/avx512vnni"),
+                                    entry<avx512vnni::quant_rowgroups>("int4/avx512vnni")};
 
 }  // namespace
 

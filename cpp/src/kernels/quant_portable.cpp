@@ -34,10 +34,9 @@ int32_t block_dot(const Layout& L, const uint8_t* blk, int lr, const int8_t* xa)
   return isum;
 }
 
-}  // namespace
-
-void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1,
-                    float* y, int64_t ldy, int nvalid, const float* bias) {
+// One row group: y[m, 0 .. nvalid) for m in [m0, m1).
+void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int64_t m1, float* y,
+              int64_t ldy, int nvalid, const float* bias) {
   const int64_t kp = a.nb * kBlock;
   for (int64_t m = m0; m < m1; ++m) {
     const int8_t* xq = a.codes + m * kp;
@@ -78,6 +77,18 @@ void quant_rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0
         r = acc + bias[lr];
       y[m * ldy + lr] = r;
     }
+  }
+}
+
+}  // namespace
+
+void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
+                     int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias) {
+  for (int64_t g = 0; g < nrg; ++g) {
+    const int64_t r0 = g * kRows;
+    const int nvalid = int(nrows - r0 < kRows ? nrows - r0 : kRows);
+    rowgroup(L, rg + g * L.rowgroup_bytes, a, m0, m1, y + r0, ldy, nvalid,
+             bias ? bias + r0 : nullptr);
   }
 }
 

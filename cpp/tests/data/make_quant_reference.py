@@ -8,9 +8,8 @@ against. tests/quant/test_kernel_reference.py checks that the file still matches
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
-
 from medrt_train.quant.types import dequantize, parse_type, quantize_rtn
+from safetensors.numpy import save_file
 
 OUT_FEATURES, IN_FEATURES, ROWS = 20, 256, 5  # 20: not a multiple of the kernels' 16-row group
 TYPES = ("int8", "nf4", "int4-g32", "int4-g64", "int4-g128")
