@@ -1,7 +1,8 @@
 """Fails when code outside the instruction-set kernels uses AVX (VEX) or AVX-512 (EVEX).
 
-Only functions of the namespaces medrt::cpu::avx2 and medrt::cpu::avx512 (and what is named
-after them, e.g. their lambdas) may hold VEX/EVEX instructions; they run only after
+Only functions of the ISA namespaces (medrt::cpu::avx2, medrt::cpu::avx512,
+medrt::cpu::quant::avx512vnni, ...) and what is named after them (their lambdas) may hold
+VEX/EVEX instructions; they run only after
 cpu_features found the ISA. Anything else runs on every x86-64 CPU, so a VEX instruction in it
 (for example a standard-library template instantiated in an *_avx2.cpp file that the linker
 picked for everyone) would crash older machines with SIGILL.
@@ -19,7 +20,8 @@ import re
 import subprocess
 import sys
 
-ISA_NAMESPACES = ("::avx2::", "::avx512::")
+# medrt::cpu::avx2, medrt::cpu::avx512, medrt::cpu::quant::avx512vnni, ...
+ISA_NAMESPACE = re.compile(r"::avx(2|512[a-z0-9]*)::")
 # VEX/EVEX-only mnemonics start with "v"; AVX-512 mask-register ops with "k".
 VEX = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+|k(mov|and|or|xor|not|shift|unpck|add|test|ortest)"
                  r"[a-z]*)\b")
@@ -36,7 +38,7 @@ def violations(binary: str) -> dict[str, str]:
         if m:
             func = m.group(1)
             continue
-        if func in bad or any(ns in func for ns in ISA_NAMESPACES):
+        if func in bad or ISA_NAMESPACE.search(func):
             continue
         v = VEX.match(line)
         if v:
@@ -52,7 +54,7 @@ def exported_outside_isa(obj: str) -> dict[str, str]:
         parts = line.split(maxsplit=2)
         # Upper case: global (W, V: weak); u: unique global. Lower case is local: harmless.
         if len(parts) == 3 and (parts[1].isupper() or parts[1] == "u"):
-            if not any(ns in parts[2] for ns in ISA_NAMESPACES):
+            if not ISA_NAMESPACE.search(parts[2]):
                 bad[parts[2]] = f"defines symbol type {parts[1]}"
     return bad
 
@@ -60,7 +62,7 @@ def exported_outside_isa(obj: str) -> dict[str, str]:
 def main(binaries: list[str]) -> int:
     failed = False
     for b in binaries:
-        isa_object = b.endswith(".o") and re.search(r"_avx(2|512)\.cpp\.o$", b) is not None
+        isa_object = re.search(r"_avx(2|512[a-z0-9]*)\.cpp\.o$", b) is not None
         bad = exported_outside_isa(b) if isa_object else violations(b)
         for func, insn in sorted(bad.items()):
             print(f"{b}: {func}: {insn}")

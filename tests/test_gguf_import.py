@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,10 @@ def _llama3_rope_factors(cfg: dict[str, Any], head_dim: int) -> np.ndarray:
 
 
 def write_gguf(model_dir: Path, path: Path, qtype: gguf.GGMLQuantizationType = F32,
-               pre: str = "gpt2") -> Path:
-    """A GGUF of the Hugging Face model in model_dir, laid out as llama.cpp's converter does."""
+               pre: str = "gpt2",
+               qtype_for: Callable[[str], gguf.GGMLQuantizationType] | None = None) -> Path:
+    """A GGUF of the Hugging Face model in model_dir, laid out as llama.cpp's converter does;
+    2-d weights in `qtype`, or in `qtype_for(Hugging Face name)` when given."""
     cfg = json.loads((model_dir / "config.json").read_text())
     arch = cfg["model_type"]
     n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -118,8 +121,9 @@ def write_gguf(model_dir: Path, path: Path, qtype: gguf.GGMLQuantizationType = F
             t = permute_rope_rows(t, n_heads)
         elif arch == "llama" and ".k_proj." in name:
             t = permute_rope_rows(t, n_kv)
-        if t.ndim == 2 and qtype != F32:
-            w.add_tensor(_gguf_name(name), gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+        qt = qtype_for(name) if qtype_for else qtype
+        if t.ndim == 2 and qt != F32:
+            w.add_tensor(_gguf_name(name), gguf.quants.quantize(t, qt), raw_dtype=qt)
         else:
             w.add_tensor(_gguf_name(name), t)
     w.write_header_to_file()
@@ -203,12 +207,15 @@ def test_q8_0_import_matches_dequantized_weights(hf_models: dict[str, Path],
 
 def test_default_dtype_is_f16_with_f32_norms(hf_models: dict[str, Path], tmp_path: Path) -> None:
     src = hf_models["qwen2"]
-    out = import_gguf(write_gguf(src, tmp_path / "m.gguf", Q8_0), tmp_path / "out")
+    # Q5_0 has no medrt type: the default dequantizes it to f16.
+    out = import_gguf(write_gguf(src, tmp_path / "m.gguf", gguf.GGMLQuantizationType.Q5_0),
+                      tmp_path / "out")
     got = load_file(str(out / "model.safetensors"))
     assert got["model.layers.0.mlp.up_proj.weight"].dtype == np.float16
     assert got["model.layers.0.input_layernorm.weight"].dtype == np.float32
     assert got["model.layers.0.self_attn.q_proj.bias"].dtype == np.float32
-    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == "float16" and "quantization" not in config
 
 
 def test_bf16_output_rounds_to_nearest_even(hf_models: dict[str, Path], tmp_path: Path) -> None:

@@ -4,6 +4,7 @@
 #include <limits>
 #include <map>
 #include <new>
+#include <random>
 
 #include "check.h"
 #include "engine/sampler.h"
@@ -216,6 +217,33 @@ TEST(logprobs_are_raw_log_softmax) {
   CHECK(s.sample(l2.data(), quiet).logprobs.top.empty());
 }
 
+TEST(scores_are_exact_log_softmax_over_a_large_vocabulary) {
+  // A vocabulary the size of SmolLM2's with a wide logit range: the score of every token
+  // equals log_softmax computed in long double, to f32 rounding, and the top n come best
+  // first with ties by lower id.
+  const int vocab = 49152;
+  std::vector<float> l(static_cast<size_t>(vocab));
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (float& x : l) x = normal(rng);
+  l[77] = l[78] = 30.0f;
+  long double sum = 0.0L, m = 30.0L;
+  for (float x : l) sum += std::exp((long double)x - m);
+  long double lse = m + std::log(sum);
+  Sampler s(vocab, {});
+  const std::vector<float> before = l;
+  for (int32_t t : {0, 77, 78, 1000, vocab - 1}) {
+    TokenLogprobs r = s.logprobs(l.data(), t, 3);
+    double want = double((long double)l[size_t(t)] - lse);
+    CHECK_NEAR(r.chosen, want, 1e-6 * std::max(1.0, std::fabs(want)));
+    CHECK(r.top.size() == 3);
+    CHECK(r.top[0].first == 77 && r.top[1].first == 78);
+    CHECK(r.top[2].second <= r.top[1].second);
+  }
+  CHECK(s.logprobs(l.data(), 5, 0).top.empty());
+  CHECK(l == before);
+}
+
 TEST(validate_names_the_field) {
   auto bad = [](auto mutate, const char* field) {
     SamplingParams p;
@@ -236,6 +264,8 @@ TEST(validate_names_the_field) {
   bad([](SamplingParams& p) { p.frequency_penalty = 2.5f; }, "frequency_penalty");
   bad([](SamplingParams& p) { p.presence_penalty = std::nanf(""); }, "presence_penalty");
   bad([](SamplingParams& p) { p.logprobs = 21; }, "logprobs");
+  bad([](SamplingParams& p) { p.prompt_logprobs = 21; }, "prompt_logprobs");
+  bad([](SamplingParams& p) { p.prompt_logprobs_start = 0; }, "prompt_logprobs_start");
   bad([](SamplingParams& p) { p.stop_token_ids = {5, 100}; }, "stop_token_ids");
   SamplingParams ok;
   ok.top_k = -1;

@@ -17,6 +17,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "merge": ("medrt_train.merge", "merge a LoRA adapter into its base model"),
     "quantize": ("medrt_train.quant.cli", "mixed-precision quantization to medrt's format"),
     "eval": ("medrt_train.evaluate", "perplexity, KL and PubMedQA accuracy of a model"),
+    "moe": ("medrt_train.moe.cli", "SparseDoctor LoRA-MoE: routed LoRA experts, contrastive router"),
 }
 
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "medrt/config.h"
+#include "medrt/lora.h"
 #include "medrt/sampling.h"
 
 namespace medrt {
@@ -35,6 +36,10 @@ struct RequestOutput {
   uint64_t request_id = 0;
   std::vector<int32_t> new_token_ids;
   std::vector<TokenLogprobs> logprobs;  // one per new token when requested
+  // With SamplingParams.prompt_logprobs, on the request's first output (or its final one when
+  // it ends before sampling): entry i scores prompt token prompt_logprobs_start + i.
+  std::vector<TokenLogprobs> prompt_logprobs;
+  int prompt_logprobs_start = 0;
   bool finished = false;
   FinishReason finish_reason = FinishReason::None;
   int32_t stop_token_id = -1;           // the stop/EOS token that ended it, if any
@@ -96,6 +101,15 @@ class Engine {
   std::vector<RequestOutput> wait_outputs(std::chrono::milliseconds timeout);
 
   EngineStats stats() const;
+
+  // Adapter mode (docs/adapters.md). Loads LoRA adapter `id` (> 0) between two steps; requests
+  // name it by SamplingParams::lora_id. Throws InvalidRequest for an id already loaded and
+  // InvalidCheckpoint naming a module that is not a projection of the model or does not fit it.
+  void add_lora(int32_t id, const LoraAdapterWeights& weights);
+  // Unloads adapter `id`; false (and nothing changes) while queued or running requests use it,
+  // or when it is not loaded.
+  bool remove_lora(int32_t id);
+  std::vector<int32_t> loras() const;  // ids loaded, ascending
 
  private:
   struct Impl;

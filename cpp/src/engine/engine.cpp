@@ -69,6 +69,14 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Sequence>> new_seqs;
   std::vector<uint64_t> aborts;
   std::set<uint64_t> unfinished;  // added and not yet reported finished
+  // Adapter mode: per adapter loaded, how many unfinished requests use it, and the salt of its
+  // prefix-cache chain (new at every load, so a reloaded id never meets blocks of the old one).
+  struct LoraUse {
+    int users = 0;
+    uint64_t salt = 0;
+  };
+  std::map<int32_t, LoraUse> lora_users;
+  uint64_t lora_loads = 0;
   uint64_t next_id = 1;
   std::mt19937_64 seed_gen;
   bool stop_requested = false;
@@ -132,9 +140,19 @@ struct Engine::Impl {
     uint64_t id;
     {
       std::lock_guard lk(inbox_mu);
+      uint64_t salt = 0;
+      if (params.lora_id != 0) {
+        auto it = lora_users.find(params.lora_id);
+        if (it == lora_users.end())
+          throw InvalidRequest("SamplingParams.lora_id = " + std::to_string(params.lora_id) +
+                               ": no LoRA adapter with this id is loaded");
+        ++it->second.users;
+        salt = it->second.salt;
+      }
       id = next_id++;
       uint64_t seed = params.seed >= 0 ? uint64_t(params.seed) : seed_gen();
       new_seqs.push_back(std::make_unique<Sequence>(id, prompt, params, seed));
+      new_seqs.back()->prefix_salt = salt;
       unfinished.insert(id);
     }
     work_cv.notify_one();
@@ -156,6 +174,7 @@ struct Engine::Impl {
     {
       std::lock_guard lk(inbox_mu);
       unfinished.erase(s.id);
+      if (s.params.lora_id != 0) --lora_users[s.params.lora_id].users;
     }
     seqs.erase(s.id);
   }
@@ -181,6 +200,33 @@ struct Engine::Impl {
     }
   }
 
+  struct PromptScore {
+    Sequence* seq;
+    int pos;      // these logits score prompt token pos + 1
+    size_t row;   // in the logits buffer
+  };
+
+  // Scores prompt tokens (exact log-softmax over the vocabulary, one row per task) and appends
+  // them to their sequences in position order.
+  void score_prompts(const float* logits, const std::vector<PromptScore>& scores) {
+    std::vector<TokenLogprobs> out(scores.size());
+    pool.parallel_for(int64_t(scores.size()), [&](int, int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const PromptScore& sc = scores[size_t(i)];
+        out[size_t(i)] = sampler->logprobs(logits + sc.row * size_t(vocab),
+                                           sc.seq->tokens[size_t(sc.pos + 1)], sc.seq->params.prompt_logprobs);
+      }
+    });
+    for (size_t i = 0; i < scores.size(); ++i) scores[i].seq->prompt_logprobs.push_back(std::move(out[i]));
+  }
+
+  static void take_prompt_logprobs(Sequence& s, RequestOutput& o) {
+    if (s.params.prompt_logprobs < 0 || s.prompt_logprobs_sent) return;
+    o.prompt_logprobs = std::move(s.prompt_logprobs);
+    o.prompt_logprobs_start = s.params.prompt_logprobs_start;
+    s.prompt_logprobs_sent = true;
+  }
+
   // Decides whether the token just appended ends the sequence, and why.
   void finish_check(Sequence& s, int32_t t) {
     const SamplingParams& p = s.params;
@@ -204,15 +250,27 @@ struct Engine::Impl {
       float* logits = runner->execute(sched);
       for (const ScheduledSeq& s : sched)
         if (!(s.num_tokens == 1 && s.seq->num_output_tokens() > 0 && s.sample)) prefill += s.num_tokens;
-      scheduler->advance(sched);
+      // Logit rows come per scheduled sequence in batch order: its prompt-scoring rows, then
+      // its sampling row (ModelRunner::build_batch's order).
+      std::vector<PromptScore> scores;
       std::vector<Sequence*> rows;
-      for (const ScheduledSeq& s : sched)
-        if (s.sample) rows.push_back(s.seq);
+      std::vector<size_t> row_of;
+      size_t next_row = 0;
+      for (const ScheduledSeq& s : sched) {
+        auto [from, to] = s.seq->prompt_logprob_rows(s.seq->num_computed_tokens, s.num_tokens);
+        for (int pos = from; pos < to; ++pos) scores.push_back({s.seq, pos, next_row++});
+        if (s.sample) {
+          rows.push_back(s.seq);
+          row_of.push_back(next_row++);
+        }
+      }
+      score_prompts(logits, scores);
+      scheduler->advance(sched);
       // Rows share nothing (each reads its own logits and Sequence), so any split is exact.
       std::vector<engine::Sample> samples(rows.size());
       pool.parallel_for(int64_t(rows.size()), [&](int, int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
-          samples[size_t(i)] = sampler->sample(logits + size_t(i) * size_t(vocab), *rows[size_t(i)]);
+          samples[size_t(i)] = sampler->sample(logits + row_of[size_t(i)] * size_t(vocab), *rows[size_t(i)]);
       });
       for (size_t i = 0; i < rows.size(); ++i) {
         Sequence& seq = *rows[i];
@@ -225,6 +283,7 @@ struct Engine::Impl {
         o.finished = done;
         o.new_token_ids = {r.token};
         if (seq.params.logprobs >= 0) o.logprobs = {std::move(r.logprobs)};
+        take_prompt_logprobs(seq, o);
         out.push_back(std::move(o));
         if (done) retire(seq);
       }
@@ -383,6 +442,29 @@ std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeou
   std::vector<RequestOutput> out;
   out.swap(impl_->outputs);
   return out;
+}
+
+void Engine::add_lora(int32_t id, const LoraAdapterWeights& weights) {
+  std::lock_guard step(impl_->step_mu);  // between steps: the model reads the set while it runs
+  impl_->runner->loras().add(id, weights);
+  std::lock_guard lk(impl_->inbox_mu);
+  impl_->lora_users.emplace(id, Impl::LoraUse{0, ++impl_->lora_loads});
+}
+
+bool Engine::remove_lora(int32_t id) {
+  std::lock_guard step(impl_->step_mu);
+  std::lock_guard lk(impl_->inbox_mu);
+  auto it = impl_->lora_users.find(id);
+  if (it == impl_->lora_users.end() || it->second.users > 0) return false;
+  impl_->lora_users.erase(it);
+  return impl_->runner->loras().remove(id);
+}
+
+std::vector<int32_t> Engine::loras() const {
+  std::lock_guard lk(impl_->inbox_mu);
+  std::vector<int32_t> ids;
+  for (const auto& [id, users] : impl_->lora_users) ids.push_back(id);
+  return ids;
 }
 
 EngineStats Engine::stats() const {

@@ -132,18 +132,19 @@ int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p
   return last;  // rounding left u at the very top
 }
 
-TokenLogprobs Sampler::raw_logprobs(const float* l, int32_t chosen, int n) const {
-  float m = l[argmax(l, vocab_)];
+TokenLogprobs Sampler::logprobs(const float* l, int32_t token, int n) const {
+  const double m = double(l[argmax(l, vocab_)]);
   double sum = 0.0;
-  for (int i = 0; i < vocab_; ++i) sum += std::exp(double(l[i]) - double(m));
-  float lse = float(double(m) + std::log(sum));
+  for (int i = 0; i < vocab_; ++i) sum += std::exp(double(l[i]) - m);
+  const double lse = m + std::log(sum);
   TokenLogprobs out;
-  out.chosen = l[chosen] - lse;
+  out.chosen = float(double(l[token]) - lse);
+  if (n <= 0) return out;
   std::vector<int32_t>& idx = scratch().ids;
-  size_t k = std::min(size_t(n), size_t(vocab_));
+  const size_t k = std::min(size_t(n), size_t(vocab_));
   rank_into(l, k, idx);
   out.top.reserve(k);  // the output itself: one allocation per token that asks for logprobs
-  for (size_t i = 0; i < k; ++i) out.top.emplace_back(idx[i], l[idx[i]] - lse);
+  for (size_t i = 0; i < k; ++i) out.top.emplace_back(idx[i], float(double(l[idx[i]]) - lse));
   return out;
 }
 
@@ -155,7 +156,7 @@ Sample Sampler::sample(float* logits, Sequence& seq) const {
   Sample s;
   s.token = p.temperature < kGreedyBelow ? argmax(logits, vocab_)
                                          : draw(logits, p.temperature, p, seq.rng);
-  if (p.logprobs >= 0) s.logprobs = raw_logprobs(raw.data(), s.token, p.logprobs);
+  if (p.logprobs >= 0) s.logprobs = logprobs(raw.data(), s.token, p.logprobs);
   return s;
 }
 

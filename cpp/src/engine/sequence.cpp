@@ -28,4 +28,18 @@ void Sequence::append_token(int32_t token) {
   }
 }
 
+std::pair<int, int> Sequence::prompt_logprob_rows(int from, int n) const {
+  if (params.prompt_logprobs < 0 || prompt_logprobs_sent) return {from, from};
+  int first = std::max(from, params.prompt_logprobs_start - 1 + int(prompt_logprobs.size()));
+  int last = std::min(from + n, num_prompt_tokens - 1);
+  return first < last ? std::pair{first, last} : std::pair{from, from};
+}
+
+int Sequence::prefix_cache_limit() const {
+  int limit = num_tokens() - 1;
+  int scored = params.prompt_logprobs_start - 1 + int(prompt_logprobs.size());
+  if (params.prompt_logprobs >= 0 && !prompt_logprobs_sent && scored < num_prompt_tokens - 1) limit = std::min(limit, scored);
+  return limit;
+}
+
 }  // namespace medrt::engine
