@@ -197,3 +197,16 @@ TEST(reads_config_file) {
   std::filesystem::remove_all(dir);
   CHECK_THROWS(InvalidCheckpoint, ModelConfig::from_file(path), path + ": no such file");
 }
+
+TEST(huge_config_file_is_refused_before_reading) {
+  // A 65 MiB config.json (sparse: no disk used) is not a checkpoint file; it is refused by
+  // its size, before it is read into memory.
+  auto dir = std::filesystem::temp_directory_path() /
+             ("medrt_test_bigcfg_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto path = (dir / "config.json").string();
+  std::ofstream(path) << kQwen;
+  std::filesystem::resize_file(path, 65ull << 20);
+  CHECK_THROWS(InvalidCheckpoint, ModelConfig::from_file(path), "more than the 64 MiB");
+  std::filesystem::remove_all(dir);
+}

@@ -19,7 +19,8 @@ class CompletionOutput:
     """One completion of a request.
 
     ``finish_reason`` is None while it runs, then ``"stop"`` (EOS, a stop token or a stop
-    string), ``"length"`` (max_tokens or the context length) or ``"abort"``. ``stop_reason``
+    string), ``"length"`` (max_tokens or the context length), ``"abort"`` or ``"error"`` (a
+    failed engine step ended it). ``stop_reason``
     is the stop string or stop token id that ended it (None for EOS and other reasons).
     ``logprobs`` holds, per generated token, a dict token id -> Logprob with the chosen token
     and the top alternatives (None unless SamplingParams.logprobs was set).

@@ -49,7 +49,8 @@ def main() -> None:
         tok = Tokenizer(build_tiny_tokenizer(tempfile.mkdtemp()))
     ids = tok.encode(TEXT, add_special_tokens=False)
     assert len(ids) >= N, len(ids)
-    print("| output mode | logprobs | us/token, tokens 10-210 | us/token, tokens 3800-4000 | ratio |")
+    print("| output mode | logprobs | us/token, tokens 10-210 | us/token, tokens 3800-4000 "
+          "| ratio |")
     print("| --- | --- | --- | --- | --- |")
     for delta in (False, True):
         for logprobs in (None, 2):

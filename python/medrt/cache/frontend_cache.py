@@ -107,7 +107,7 @@ class FrontendCache:
     def store(self, req: CacheRequest, params: Any, out: RequestOutput) -> None:
         done = out.outputs[0] if out.outputs else None
         if (not self.usable(req, params) or done is None or not out.finished
-                or done.finish_reason in (None, "abort")):
+                or done.finish_reason in (None, "abort", "error")):
             return
         self.cache.store(req.question, done.text, tenant=req.tenant, model=self.model,
                          category=req.category, sampling=params,

@@ -295,8 +295,9 @@ class ServeCore:
                 messages = req.messages
                 if req.medical_template:
                     messages, category = apply_medical_template(messages, req.medical_template)
-                text = tok.render_chat(messages, add_generation_prompt=req.add_generation_prompt)
-                ids = tok.encode(text, add_special_tokens=False)
+                # Control tokens spelled in a message are encoded as text (no forged turns).
+                text, ids = tok.encode_chat(messages,
+                                            add_generation_prompt=req.add_generation_prompt)
                 where = req.messages_field
             elif req.prompt_token_ids is not None:
                 text, ids, where = None, list(req.prompt_token_ids), req.prompt_field

@@ -104,7 +104,13 @@ class TensorIndex:
 
 def read_section(model_dir: Path) -> tuple[dict, dict]:
     """(config.json, its quantization section); errors when the section is absent."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise QuantFormatError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(config, dict):
+        raise QuantFormatError(f"{path}: expected a JSON object")
     section = config.get("quantization")
     if not isinstance(section, dict):
         raise QuantFormatError(f"{model_dir}/config.json has no 'quantization' section")
