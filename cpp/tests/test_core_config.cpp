@@ -125,6 +125,13 @@ TEST(parses_llama3_rope_scaling) {
   CHECK_NEAR(t.rope_theta, 500000.0, 0.0);
 }
 
+// -1 is how some published configs say "no padding token": absent, not out of range.
+TEST(pad_token_id_minus_one_means_none) {
+  CHECK(ModelConfig::from_json(with(kSmol, "pad_token_id", "-1"), "c").pad_token_id == -1);
+  CHECK_THROWS(InvalidCheckpoint, ModelConfig::from_json(with(kSmol, "pad_token_id", "-2"), "c"),
+               "field 'pad_token_id'");
+}
+
 TEST(rejects_unsupported_values) {
   struct Case {
     std::string json;

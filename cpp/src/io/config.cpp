@@ -264,7 +264,10 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
 
   if (const json::Value* bos = f.get("bos_token_id"))
     c.bos_token_id = token_id(f, "bos_token_id", *bos, c.vocab_size);
-  if (const json::Value* pad = f.get("pad_token_id"))
+  // Some published configs write -1 for "no padding token" (medrt never pads): that is absent,
+  // not out of range.
+  const json::Value* pad = f.get("pad_token_id");
+  if (pad && !(pad->type == json::Type::Number && pad->number == -1))
     c.pad_token_id = token_id(f, "pad_token_id", *pad, c.vocab_size);
   c.eos_token_ids = parse_eos(f, f.get("eos_token_id"), c.vocab_size);
   c.torch_dtype = parse_dtype(f);
