@@ -3,6 +3,7 @@
 #include "check.h"
 #include "engine/block_manager.h"
 #include "medrt/error.h"
+#include "medrt/kv_cache.h"
 
 using namespace medrt;
 using namespace medrt::engine;
@@ -82,6 +83,32 @@ TEST(shared_prefix_is_reused_and_counted) {
   CHECK(bm.num_free() == 16);
 }
 
+TEST(prompt_logprobs_limit_the_prefix_served) {
+  // Prompt-token scores need the logits of every scored position: those positions must be
+  // computed, not served from the cache; the positions before them may be.
+  BlockManager bm(16, 4, true);
+  Sequence a = make_seq(1, range(0, 22));
+  compute_all(bm, a);
+  SamplingParams p;
+  p.prompt_logprobs = 0;
+  Sequence all(2, range(0, 22), p, 2);  // scores tokens 1..21: position 0 onwards computed
+  CHECK(all.prefix_cache_limit() == 0);
+  CHECK(bm.find_prefix(all).empty());
+  p.prompt_logprobs_start = 14;  // scores tokens 14..21: positions 13.. computed
+  Sequence tail(3, range(0, 22), p, 3);
+  CHECK(tail.prefix_cache_limit() == 13);
+  CHECK(bm.find_prefix(tail).size() == 3);  // 12 tokens: the full blocks within 13
+  CHECK(tail.prompt_logprob_rows(12, 10) == std::pair(13, 21));  // the last is sampled
+  CHECK(tail.prompt_logprob_rows(0, 12) == std::pair(0, 0));     // nothing scored before 13
+  tail.prompt_logprobs.resize(3);  // tokens 14..16 scored, e.g. before a preemption
+  CHECK(tail.prefix_cache_limit() == 16);
+  CHECK(tail.prompt_logprob_rows(12, 10) == std::pair(16, 21));
+  tail.prompt_logprobs.resize(8);  // every prompt token scored: back to the usual limit
+  CHECK(tail.prefix_cache_limit() == 21);
+  CHECK(tail.prompt_logprob_rows(12, 10) == std::pair(12, 12));
+  bm.free(a);
+}
+
 TEST(prefix_differs_in_first_block_misses) {
   BlockManager bm(16, 4, true);
   Sequence a = make_seq(1, range(0, 16));
@@ -133,6 +160,23 @@ TEST(freed_blocks_stay_cached_until_reallocated) {
   CHECK(bm.find_prefix(b).empty());
 }
 
+TEST(each_lora_adapter_has_its_own_prefix_chain) {
+  BlockManager bm(16, 4, true);
+  Sequence base = make_seq(1, range(0, 9));
+  compute_all(bm, base);
+  Sequence adapted = make_seq(2, range(0, 9));
+  adapted.prefix_salt = 7;  // the same tokens under a LoRA adapter: other K/V
+  CHECK(bm.find_prefix(adapted).empty());
+  compute_all(bm, adapted);
+  Sequence again = make_seq(3, range(0, 9));
+  again.prefix_salt = 7;
+  CHECK(bm.find_prefix(again).size() == 2);
+  Sequence other = make_seq(4, range(0, 9));
+  other.prefix_salt = 8;
+  CHECK(bm.find_prefix(other).empty());
+  CHECK(bm.find_prefix(make_seq(5, range(0, 9))).size() == 2);  // the base's own
+}
+
 TEST(prefix_caching_off_never_hits) {
   BlockManager bm(8, 4, false);
   Sequence a = make_seq(1, range(0, 12));
@@ -142,4 +186,16 @@ TEST(prefix_caching_off_never_hits) {
   CHECK(bm.find_prefix(b).empty());
   bm.acquire_prefix(b, {});
   CHECK(bm.prefix_queries() == 0);
+}
+
+TEST(pool_beyond_32_bit_slots_is_refused_before_allocating) {
+  // Block ids and slots are int32: 2^28 blocks of 16 tokens would wrap the slot index.
+  CHECK_THROWS(medrt::CapacityError, BlockManager(int64_t(1) << 28, 16, true), "32-bit slot index");
+  CHECK_THROWS(medrt::CapacityError, BlockManager(int64_t(1) << 33, 1, false), "32-bit slot index");
+  medrt::ModelConfig c;
+  c.num_layers = 2;
+  c.num_kv_heads = 1;
+  c.head_dim = 8;
+  CHECK_THROWS(medrt::CapacityError, medrt::KVCache(c, int64_t(1) << 28, 16), "32-bit slot index");
+  CHECK(medrt::KVCache(c, 4, 16).bytes() == 2 * 2 * 4 * 16 * 8 * 4);
 }

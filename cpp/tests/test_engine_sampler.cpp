@@ -1,6 +1,10 @@
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
+#include <new>
+#include <random>
 
 #include "check.h"
 #include "engine/sampler.h"
@@ -8,6 +12,18 @@
 
 using namespace medrt;
 using namespace medrt::engine;
+
+// A counting allocator for this test binary: every operator new bumps the counter.
+namespace {
+std::atomic<long> g_allocations{0};
+}
+void* operator new(size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -107,6 +123,12 @@ TEST(min_tokens_masks_eos_and_stop_ids) {
   CHECK(std::isinf(l3[2]));
 }
 
+TEST(eos_outside_vocabulary_is_invalid_checkpoint) {
+  // min_tokens masks EOS by writing logits[eos]: an id past the row must never get that far.
+  CHECK_THROWS(InvalidCheckpoint, Sampler(4, {4}), "EOS token id 4 is outside the vocabulary [0, 4)");
+  CHECK_THROWS(InvalidCheckpoint, Sampler(4, {1, -2}), "EOS token id -2");
+}
+
 TEST(top_k_one_is_argmax) {
   SamplingParams p;
   p.top_k = 1;
@@ -195,6 +217,33 @@ TEST(logprobs_are_raw_log_softmax) {
   CHECK(s.sample(l2.data(), quiet).logprobs.top.empty());
 }
 
+TEST(scores_are_exact_log_softmax_over_a_large_vocabulary) {
+  // A vocabulary the size of SmolLM2's with a wide logit range: the score of every token
+  // equals log_softmax computed in long double, to f32 rounding, and the top n come best
+  // first with ties by lower id.
+  const int vocab = 49152;
+  std::vector<float> l(static_cast<size_t>(vocab));
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (float& x : l) x = normal(rng);
+  l[77] = l[78] = 30.0f;
+  long double sum = 0.0L, m = 30.0L;
+  for (float x : l) sum += std::exp((long double)x - m);
+  long double lse = m + std::log(sum);
+  Sampler s(vocab, {});
+  const std::vector<float> before = l;
+  for (int32_t t : {0, 77, 78, 1000, vocab - 1}) {
+    TokenLogprobs r = s.logprobs(l.data(), t, 3);
+    double want = double((long double)l[size_t(t)] - lse);
+    CHECK_NEAR(r.chosen, want, 1e-6 * std::max(1.0, std::fabs(want)));
+    CHECK(r.top.size() == 3);
+    CHECK(r.top[0].first == 77 && r.top[1].first == 78);
+    CHECK(r.top[2].second <= r.top[1].second);
+  }
+  CHECK(s.logprobs(l.data(), 5, 0).top.empty());
+  CHECK(l == before);
+}
+
 TEST(validate_names_the_field) {
   auto bad = [](auto mutate, const char* field) {
     SamplingParams p;
@@ -215,6 +264,8 @@ TEST(validate_names_the_field) {
   bad([](SamplingParams& p) { p.frequency_penalty = 2.5f; }, "frequency_penalty");
   bad([](SamplingParams& p) { p.presence_penalty = std::nanf(""); }, "presence_penalty");
   bad([](SamplingParams& p) { p.logprobs = 21; }, "logprobs");
+  bad([](SamplingParams& p) { p.prompt_logprobs = 21; }, "prompt_logprobs");
+  bad([](SamplingParams& p) { p.prompt_logprobs_start = 0; }, "prompt_logprobs_start");
   bad([](SamplingParams& p) { p.stop_token_ids = {5, 100}; }, "stop_token_ids");
   SamplingParams ok;
   ok.top_k = -1;
@@ -232,4 +283,38 @@ TEST(top_p_over_a_wide_nucleus) {
   auto h = histogram(row, p, 3000);
   CHECK(h.rbegin()->first < 500);
   CHECK(h.size() > 400);
+}
+
+TEST(steady_state_sampling_allocates_nothing) {
+  // A decode step's sampler work per row: penalties, the draw and append_token. After a
+  // warm-up (the per-thread buffers reach vocabulary size) it must not touch the heap, for
+  // every sampling mode a request can pick.
+  const int vocab = 5000;
+  std::vector<float> row(vocab);
+  std::mt19937 gen(1);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (float& x : row) x = nd(gen);
+  Sampler s(vocab, {7});
+  std::vector<SamplingParams> modes(6);
+  modes[0].temperature = 0.0f;                            // greedy
+  modes[1].temperature = 0.8f;                            // plain temperature
+  modes[2].top_k = 40;                                    // top-k
+  modes[3].top_p = 0.9f;                                  // nucleus
+  modes[4].top_k = 50, modes[4].top_p = 0.95f, modes[4].min_p = 0.01f;
+  modes[5].min_tokens = 3, modes[5].stop_token_ids = {9};  // EOS/stop masking
+  for (SamplingParams& p : modes) {
+    p.max_tokens = 400;
+    Sequence seq = make_seq({1, 2, 3}, p, 5);
+    std::vector<float> l(vocab);
+    auto one = [&] {
+      std::copy(row.begin(), row.end(), l.begin());
+      seq.append_token(s.sample(l.data(), seq).token);
+    };
+    for (int i = 0; i < 5; ++i) one();  // warm-up
+    const long before = g_allocations.load();
+    for (int i = 0; i < 200; ++i) one();
+    const long allocations = g_allocations.load() - before;
+    if (allocations != 0) std::fprintf(stderr, "mode %zu: %ld allocations\n", &p - modes.data(), allocations);
+    CHECK(allocations == 0);
+  }
 }

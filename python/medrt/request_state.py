@@ -37,6 +37,7 @@ class RequestState:
         self.logprobs: list[dict[int, Logprob]] | None = (
             None if params.logprobs is None else [])
         self.cumulative_logprob: float | None = None if params.logprobs is None else 0.0
+        self.prompt_logprobs: list[dict[int, Logprob] | None] | None = None
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
         self.metrics = RequestMetrics(arrival_time=time.monotonic(),
@@ -57,6 +58,9 @@ class RequestState:
             return False
         self.metrics.num_cached_tokens = max(self.metrics.num_cached_tokens,
                                              raw.num_cached_tokens)
+        if self.params.prompt_logprobs is not None and self.prompt_logprobs is None and (
+                raw.prompt_logprobs or raw.finished):
+            self._set_prompt_logprobs(raw.prompt_logprobs_start, raw.prompt_logprobs)
         new_ids = list(raw.new_token_ids)
         engine_stop = raw.finished and raw.finish_reason == "stop"
         for i, tid in enumerate(new_ids):
@@ -81,7 +85,7 @@ class RequestState:
             self._finish(reason, stop_reason, received)
         return bool(new_ids) or raw.finished
 
-    def _add_logprobs(self, chosen_id: int, entry: Any) -> None:
+    def _ranked(self, chosen_id: int, entry: Any) -> dict[int, Logprob]:
         chosen, top = entry
         decode = self._tokenizer.decode
         ranked: dict[int, Logprob] = {}
@@ -90,9 +94,20 @@ class RequestState:
         if chosen_id not in ranked:
             ranked = {chosen_id: Logprob(chosen, None, decode([chosen_id], skip_special_tokens=False)),
                       **ranked}
+        return ranked
+
+    def _add_logprobs(self, chosen_id: int, entry: Any) -> None:
         if self.logprobs is not None:
-            self.logprobs.append(ranked)
-            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + chosen
+            self.logprobs.append(self._ranked(chosen_id, entry))
+            self.cumulative_logprob = (self.cumulative_logprob or 0.0) + entry[0]
+
+    def _set_prompt_logprobs(self, start: int, entries: Sequence[Any]) -> None:
+        # An aborted request may end before its prompt was scored: its entries stay None.
+        ids = self.prompt_token_ids
+        scored: list[dict[int, Logprob] | None] = [None] * len(ids)
+        for i, entry in enumerate(entries):
+            scored[start + i] = self._ranked(ids[start + i], entry)
+        self.prompt_logprobs = scored
 
     def _finish(self, reason: str, stop_reason: int | str | None, when: float) -> None:
         self.finish_reason = reason
@@ -105,20 +120,26 @@ class RequestState:
         return self._stream.take_delta()
 
     def output(self, delta: bool = False) -> RequestOutput:
-        """A RequestOutput with the text shown so far (cumulative) or since the last output."""
+        """A RequestOutput with the text shown so far (cumulative) or since the last output.
+
+        Cumulative outputs carry this request's own token_ids and logprobs lists, which keep
+        growing as the stream goes on (as in vLLM): copying them for every streamed token
+        would make a stream of n tokens cost O(n^2).
+        """
         new_text = self._stream.take_delta()
-        start = self._sent_tokens if delta else 0
+        start = self._sent_tokens
         self._sent_tokens = len(self.token_ids)
         completion = CompletionOutput(
             index=0,
             text=new_text if delta else self._stream.shown_text,
-            token_ids=self.token_ids[start:],
+            token_ids=self.token_ids[start:] if delta else self.token_ids,
             cumulative_logprob=self.cumulative_logprob,
-            logprobs=None if self.logprobs is None else self.logprobs[start:],
+            logprobs=(None if self.logprobs is None
+                      else self.logprobs[start:] if delta else self.logprobs),
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
         )
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt,
             prompt_token_ids=self.prompt_token_ids, outputs=[completion],
-            finished=self.finished, metrics=self.metrics)
+            finished=self.finished, metrics=self.metrics, prompt_logprobs=self.prompt_logprobs)

@@ -19,7 +19,13 @@ class SamplingParams:
     ``stop`` strings end the completion (the text is cut before the match unless
     ``include_stop_str_in_output``), ``stop_token_ids`` and the model's EOS tokens end it too
     (unless ``ignore_eos``). ``logprobs=n`` returns the chosen token's log-probability and the
-    top ``n`` alternatives per generated token. Only ``n=1`` is supported.
+    top ``n`` alternatives per generated token. ``prompt_logprobs=n`` returns, once, the
+    log-probability of every prompt token given the tokens before it (exact log-softmax of the
+    model's logits over the whole vocabulary) and the top ``n`` alternatives at that position;
+    the first token has none. ``prompt_logprobs_start`` (a medrt extension, default 1) scores
+    only the prompt tokens from that index on: the tokens before it may then be served by the
+    prefix cache, so scoring several answers after one long context computes the context once.
+    Only ``n=1`` is supported.
 
     Every field is checked when the object is built; a bad value raises
     :class:`medrt.errors.InvalidRequest` naming the field and the value.
@@ -40,6 +46,8 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    prompt_logprobs_start: int = 1
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     stop_strings: list[str] = field(init=False, repr=False, compare=False)
@@ -76,7 +84,7 @@ class SamplingParams:
             _bad("min_tokens", self.min_tokens, f"must be <= max_tokens ({self.max_tokens})")
         if self.top_k < -1:
             _bad("top_k", self.top_k, "must be -1 or 0 (off) or a positive integer")
-        for name in ("seed", "logprobs"):
+        for name in ("seed", "logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 _bad(name, value, "must be an integer or None")
@@ -84,6 +92,13 @@ class SamplingParams:
             _bad("seed", self.seed, "must be in [0, 2**63)")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             _bad("logprobs", self.logprobs, f"must be in [0, {MAX_LOGPROBS}] or None")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            _bad("prompt_logprobs", self.prompt_logprobs,
+                 f"must be in [0, {MAX_LOGPROBS}] or None")
+        start = self.prompt_logprobs_start
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            _bad("prompt_logprobs_start", start,
+                 "must be an integer >= 1 (the first prompt token has no prefix to score it)")
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 _bad(name, getattr(self, name), "must be a bool")
@@ -138,6 +153,8 @@ class SamplingParams:
         core.stop_token_ids = list(self.stop_token_ids or [])
         core.ignore_eos = self.ignore_eos
         core.logprobs = -1 if self.logprobs is None else self.logprobs
+        core.prompt_logprobs = -1 if self.prompt_logprobs is None else self.prompt_logprobs
+        core.prompt_logprobs_start = self.prompt_logprobs_start
         return core
 
 

@@ -125,3 +125,31 @@ def test_calibration_and_method_choice_never_read_the_same_entries(tmp_path: Pat
     assert {t.split("\n")[0] for t in texts} == {f"q{int(i)}" for i in ids["dev-calib"]}
     with pytest.raises(ValueError, match="split must be one of"):
         load_split("train", data)
+
+
+def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
+    """--engine medrt scores the quantized model with the runtime's own kernels (int8 and NF4
+    at their precision, activations quantized per block); its perplexity and KL agree with the
+    dequantizing transformers loader within the activation quantization's error."""
+    src = tmp_path / "src"
+    _model().save_pretrained(src)
+    _tokenizer().save_pretrained(src)
+    quantize_model(src, tmp_path / "q", load_recipe("paper"), "rtn", log=lambda _: None)
+    entries = {f"{i:05d}": {"QUESTION": "does the drug help ?", "CONTEXTS": ["the trial ."],
+                            "LONG_ANSWER": "the drug helps .", "final_decision": "yes"}
+               for i in range(803)}
+    data = tmp_path / "ori_pqal.json"
+    data.write_text(json.dumps(entries))
+    rows = {}
+    for engine in ("transformers", "medrt"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["eval", f"paper={tmp_path / 'q'}", "--reference", str(src),
+                     "--data", str(data), "--json", str(out), "--engine", engine]) == 0
+        rows[engine] = json.loads(out.read_text())[0]
+    hf, rt = rows["transformers"], rows["medrt"]
+    assert rt["engine"] == "medrt" and hf["engine"] == "transformers"
+    assert rt["tokens"] == hf["tokens"]
+    assert rt["perplexity"] == pytest.approx(hf["perplexity"], rel=5e-3)
+    assert rt["reference_perplexity"] == pytest.approx(hf["reference_perplexity"], rel=1e-4)
+    assert rt["kl_mean"] == pytest.approx(hf["kl_mean"], rel=0.1, abs=1e-3)
+    assert rt["pubmedqa_predicted"] == hf["pubmedqa_predicted"]

@@ -140,8 +140,14 @@ def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question], log=No
     return results
 
 
-def load_model(model_dir: Path):
-    """A transformers model from a plain Hugging Face directory or a medrt quantized one."""
+def load_model(model_dir: Path, engine: str = "transformers"):
+    """A model to score: through transformers (a plain Hugging Face directory, or a medrt
+    quantized one dequantized to f32), or through medrt's own decoder (engine="medrt": every
+    weight type at its own precision, as the runtime serves it)."""
+    if engine == "medrt":
+        from medrt_train.engine_model import MedrtCausalLM
+
+        return MedrtCausalLM(model_dir)
     from transformers import AutoModelForCausalLM
 
     from medrt_train.quant.loader import is_quantized_dir, load_dequantized
@@ -163,16 +169,19 @@ def describe_dir(model_dir: Path) -> dict:
 
 
 def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts: int,
-             questions: int, max_len: int, split: str = "test", log=None) -> list[dict]:
-    """One row per model, with every figure of the table, on PubMedQA `split`."""
+             questions: int, max_len: int, split: str = "test", log=None,
+             engine: str = "transformers") -> list[dict]:
+    """One row per model, with every figure of the table, on PubMedQA `split`; every model
+    (the reference too) is scored through `engine` ("transformers" or "medrt")."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
     entries = load_split(split, data)
-    ref_model = load_model(reference) if reference is not None else None
+    ref_model = load_model(reference, engine) if reference is not None else None
     # The reference listed as a row too (for its accuracy) is the same object, scored once.
     loaded = {name: ref_model if reference is not None and Path(path).resolve() ==
-              Path(reference).resolve() else load_model(path) for name, path in models.items()}
+              Path(reference).resolve() else load_model(path, engine)
+              for name, path in models.items()}
     ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in entries[:texts]], max_len,
                       log) \
         if texts else {name: {} for name in models}
@@ -180,7 +189,8 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
         if questions else {}
     rows = []
     for name, path in models.items():
-        row = {"model": name, "path": str(path), "split": split, **describe_dir(path),
+        row = {"model": name, "path": str(path), "split": split, "engine": engine,
+               **describe_dir(path),
                **ppl[name]}
         if name in acc:
             row.update(pubmedqa_accuracy=acc[name]["accuracy"],
@@ -227,6 +237,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("test", "dev-held-out"), default="test",
                    help="test for reported figures; dev-held-out (the 200 dev entries "
                         "calibration never reads) for choosing methods and settings")
+    p.add_argument("--engine", choices=("transformers", "medrt"), default="transformers",
+                   help="score through transformers (quantized weights dequantized to f32) or "
+                        "through medrt's C++ decoder (the runtime's own kernels)")
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
 
@@ -240,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         rows = evaluate(models, args.reference, args.data, args.texts, args.questions,
                         args.max_len, args.split,
                         log=lambda line: print(f"medrt-train eval: {line}", file=sys.stderr,
-                                               flush=True))
+                                               flush=True), engine=args.engine)
     except (ValueError, FileNotFoundError) as exc:
         print(f"medrt-train eval: {exc}", file=sys.stderr)
         return 2

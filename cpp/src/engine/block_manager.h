@@ -29,8 +29,9 @@ class BlockManager {
   // Blocks needed to hold `n` tokens.
   int64_t blocks_for(int64_t n) const { return (n + block_size_ - 1) / block_size_; }
 
-  // The cached blocks holding the longest full-block prefix of seq's tokens, leaving at least
-  // one token to compute (its logits are needed). Read-only; empty without prefix caching.
+  // The cached blocks holding the longest full-block prefix of seq's tokens, within
+  // seq.prefix_cache_limit() (at least the last token, whose logits are needed, and any token
+  // whose logits score the prompt are left to compute). Read-only; empty without prefix caching.
   std::vector<int32_t> find_prefix(const Sequence& seq) const;
   // How many of `prefix` sit in the free list (taking them lowers num_free()).
   int64_t num_free_in(const std::vector<int32_t>& prefix) const;

@@ -13,6 +13,7 @@
 #include "medrt/engine.h"
 #include "medrt/kv_cache.h"
 #include "medrt/model.h"
+#include "model/lora_set.h"
 
 namespace medrt::engine {
 
@@ -26,10 +27,14 @@ class ModelRunner {
   const Model& model() const { return *model_; }
   int64_t num_blocks() const { return kv_->num_blocks(); }
 
-  // Runs the forward pass of one step. Returns the logits [rows, vocab] of the scheduled
-  // sequences that sample, in schedule order (valid until the next call; the sampler may
-  // modify them in place).
+  // Runs the forward pass of one step. Returns the logits [rows, vocab], in schedule order:
+  // for each scheduled sequence, the rows that score its prompt tokens
+  // (Sequence::prompt_logprob_rows, with SamplingParams.prompt_logprobs), then its sampling
+  // row if it samples (valid until the next call; the sampler may modify them in place).
   float* execute(const std::vector<ScheduledSeq>& sched);
+
+  // Adapter mode: the LoRA adapters the model applies (change only between steps).
+  model::LoraSet& loras() { return loras_; }
 
  private:
   void build_batch(const std::vector<ScheduledSeq>& sched);
@@ -38,8 +43,9 @@ class ModelRunner {
   std::unique_ptr<Backend> cpu_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<KVCache> kv_;
+  model::LoraSet loras_;
   ForwardBatch batch_;
-  std::vector<float> logits_;  // [rows sampled this step, vocab]; grows, never shrinks
+  std::vector<float> logits_;  // [rows of this step, vocab]; grows, never shrinks
 };
 
 }  // namespace medrt::engine

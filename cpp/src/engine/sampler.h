@@ -10,7 +10,9 @@
 // generator. Candidates are ordered by logit, ties by lower id, so the draw is reproducible.
 //
 // Logprobs are the model's raw distribution: log_softmax of the logits before penalties,
-// temperature and truncation (vLLM's default), for the chosen token and the top n.
+// temperature and truncation (vLLM's default), for the chosen token and the top n. The
+// normaliser is summed in double over the whole vocabulary, so a score is exact to f32
+// rounding (prompt logprobs are what evaluation sums over answers).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -26,17 +28,19 @@ struct Sample {
 
 class Sampler {
  public:
+  // Throws InvalidCheckpoint for an EOS id outside [0, vocab_size).
   Sampler(int vocab_size, std::vector<int> eos_token_ids);
 
   // `logits` ([vocab]) is modified in place; seq.rng advances by one draw unless greedy.
   Sample sample(float* logits, Sequence& seq) const;
+  // log_softmax(logits)[token] and the top n (token, logprob), best first; logits untouched.
+  TokenLogprobs logprobs(const float* logits, int32_t token, int n) const;
 
  private:
   void apply_penalties(float* logits, const Sequence& seq) const;
   int32_t draw(const float* logits, float temperature, const SamplingParams& p,
                std::mt19937_64& rng) const;
-  std::vector<int32_t> ranked(const float* logits, size_t n) const;
-  TokenLogprobs raw_logprobs(const float* logits, int32_t chosen, int n) const;
+  void rank_into(const float* logits, size_t n, std::vector<int32_t>& out) const;
 
   int vocab_;
   std::vector<int> eos_;

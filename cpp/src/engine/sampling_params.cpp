@@ -35,6 +35,9 @@ void SamplingParams::validate(int vocab_size) const {
   check_range("frequency_penalty", frequency_penalty, -2.0f, 2.0f, "must be in [-2, 2]");
   check_range("presence_penalty", presence_penalty, -2.0f, 2.0f, "must be in [-2, 2]");
   if (logprobs > 20) bad("logprobs", logprobs, "must be at most 20");
+  if (prompt_logprobs > 20) bad("prompt_logprobs", prompt_logprobs, "must be at most 20");
+  if (prompt_logprobs_start < 1)
+    bad("prompt_logprobs_start", prompt_logprobs_start, "must be at least 1 (token 0 has no prefix)");
   for (int32_t t : stop_token_ids)
     if (t < 0 || t >= vocab_size)
       bad("stop_token_ids", t, ("is outside the vocabulary [0, " + std::to_string(vocab_size) + ")").c_str());

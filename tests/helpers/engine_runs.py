@@ -1,0 +1,93 @@
+"""Driving medrt._core.Engine in tests: engines with small pools, requests run alone or
+together, and their collected outputs."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medrt import _core
+
+VOCAB = 320  # helpers.tiny_models.MODEL_VOCAB
+
+
+@dataclass
+class Result:
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)
+    finish_reason: str = ""
+    stop_token_id: int = -1
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    outputs: int = 0
+
+
+def make_engine(model_dir: Path, **overrides: Any) -> _core.Engine:
+    cfg: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "block_size": 4,
+        "num_blocks": 512,
+        "max_num_seqs": 16,
+        "max_num_batched_tokens": 64,
+        "num_threads": 1,
+    }
+    cfg.update(overrides)
+    return _core.Engine(_core.EngineConfig(**cfg))
+
+
+def params(**kw: Any) -> _core.SamplingParams:
+    kw.setdefault("ignore_eos", True)
+    return _core.SamplingParams(**kw)
+
+
+def collect(results: dict[int, Result], outputs: list[Any]) -> None:
+    for o in outputs:
+        r = results.setdefault(o.request_id, Result())
+        assert not r.finish_reason, "output after the final one"
+        r.tokens += o.new_token_ids
+        r.logprobs += o.logprobs
+        r.outputs += 1
+        r.num_prompt_tokens = o.num_prompt_tokens
+        r.num_cached_tokens = o.num_cached_tokens
+        if o.finished:
+            r.finish_reason = o.finish_reason
+            r.stop_token_id = o.stop_token_id
+
+
+def drain(engine: _core.Engine, results: dict[int, Result]) -> None:
+    for _ in range(10_000):
+        if not engine.has_unfinished():
+            return
+        collect(results, engine.step())
+    raise AssertionError("the engine did not finish its requests")
+
+
+def run_alone(model_dir: Path, prompt: list[int], p: _core.SamplingParams,
+              **overrides: Any) -> Result:
+    engine = make_engine(model_dir, **overrides)
+    results: dict[int, Result] = {}
+    rid = engine.add_request(prompt, p)
+    drain(engine, results)
+    return results[rid]
+
+
+def random_prompt(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(3, VOCAB) for _ in range(n)]
+
+
+def mixed_requests(n: int) -> list[tuple[list[int], _core.SamplingParams]]:
+    """n requests of different prompt lengths: greedy ones and seeded sampled ones."""
+    rng = random.Random(1234)
+    reqs = []
+    for i in range(n):
+        prompt = random_prompt(rng, 3 + 7 * i % 61)
+        if i % 2 == 0:
+            p = params(max_tokens=12 + i % 5, temperature=0.0, logprobs=2)
+        else:
+            p = params(max_tokens=10 + i % 7, temperature=0.9, top_k=40 if i % 3 else 0,
+                       top_p=0.95, min_p=0.02, repetition_penalty=1.1,
+                       frequency_penalty=0.2, presence_penalty=0.1, seed=100 + i, logprobs=1)
+        reqs.append((prompt, p))
+    return reqs
