@@ -43,7 +43,7 @@ ALLOWED = {
     "http_disconnect": {"CANCELLED", "OK"},
     "http_bad": {"HTTP_400"},
 }
-REQUEST_BOUND_S = 120.0  # a request still open after this counts as hung
+REQUEST_BOUND_S = 300.0  # default client deadline; a request open past it + 10 s is hung
 PROMPTS = ["The patient reports chest pain radiating to the left arm.",
            "What is the usual dose of metformin?", "How is hypertension diagnosed?",
            "Call emergency services if", "Vaccination prevents"]
@@ -87,17 +87,17 @@ def _params(pb2: object, rng: random.Random, max_tokens: int) -> object:
 
 
 async def _grpc_request(kind: str, stub: object, pb2: object, rng: random.Random,
-                        max_tokens: int) -> str:
+                        max_tokens: int, bound: float) -> str:
     req = pb2.GenerateRequest(prompt=rng.choice(PROMPTS),
                               sampling=_params(pb2, rng, max_tokens))
     try:
         if kind == "stream":
             last = None
-            async for msg in stub.GenerateStream(req, timeout=REQUEST_BOUND_S):
+            async for msg in stub.GenerateStream(req, timeout=bound):
                 last = msg
             return "OK" if last is not None and last.finish_reason else "NO_FINISH"
         if kind == "disconnect":
-            call = stub.GenerateStream(req, timeout=REQUEST_BOUND_S)
+            call = stub.GenerateStream(req, timeout=bound)
             n = rng.randint(1, 5)
             async for _ in call:
                 n -= 1
@@ -111,7 +111,7 @@ async def _grpc_request(kind: str, stub: object, pb2: object, rng: random.Random
         bad = rng.choice([pb2.SamplingParams(top_p=0), pb2.SamplingParams(temperature=-1),
                           pb2.SamplingParams(max_tokens=-5)])
         await stub.Generate(pb2.GenerateRequest(prompt="hi", sampling=bad),
-                            timeout=REQUEST_BOUND_S)
+                            timeout=bound)
         return "OK"
     except grpc.aio.AioRpcError as e:
         return e.code().name
@@ -144,7 +144,7 @@ async def _http_request(kind: str, session: aiohttp.ClientSession, base: str, mo
 
 
 async def _client(i: int, end: float, target: str, base: str, model: str, max_tokens: int,
-                  results: Counter, seed: int) -> None:
+                  results: Counter, seed: int, bound: float) -> None:
     from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 
     rng = random.Random(seed * 1000 + i)
@@ -158,8 +158,8 @@ async def _client(i: int, end: float, target: str, base: str, model: str, max_to
                 if kind.startswith("http"):
                     coro = _http_request(kind, session, base, model, rng, max_tokens)
                 else:
-                    coro = _grpc_request(kind, stub, medrt_pb2, rng, max_tokens)
-                outcome = await asyncio.wait_for(coro, REQUEST_BOUND_S + 10)
+                    coro = _grpc_request(kind, stub, medrt_pb2, rng, max_tokens, bound)
+                outcome = await asyncio.wait_for(coro, bound + 10)
             except asyncio.TimeoutError:
                 outcome = "HUNG"
             except (aiohttp.ClientError, OSError) as e:
@@ -194,7 +194,8 @@ async def _run(args: argparse.Namespace, sp: ServeProcess) -> dict:
 
     sampler = asyncio.create_task(sample_rss())
     await asyncio.gather(*(_client(i, end, target, base, model, args.max_tokens, results,
-                                   args.seed) for i in range(args.clients)))
+                                   args.seed, args.request_timeout)
+                           for i in range(args.clients)))
     await sampler
     # idle: every KV block must be free again
     leaked = None
@@ -219,6 +220,9 @@ def main() -> int:
     p.add_argument("--rss-tolerance", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the JSON report here")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_BOUND_S,
+                   help="each client's deadline in seconds (size it to the machine: a request "
+                        "that waits longer is reported, as DEADLINE_EXCEEDED or HUNG)")
     args = p.parse_args()
 
     sp = ServeProcess(["--model", args.model, "--grpc-port", "0", "--http-port", "0",

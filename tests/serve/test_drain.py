@@ -138,3 +138,14 @@ def test_not_serving_until_loaded(tiny_llama: Path) -> None:
         await asyncio.wait_for(server.wait_stopped(), 30)
 
     asyncio.run(run())
+
+
+def test_bad_model_exits_1_with_a_message(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(medrt.__file__).parent.parent),
+                                         env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "medrt", "serve", "--model",
+                           str(tmp_path / "missing"), "--grpc-port", "0", "--http-port", "0"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "cannot load" in proc.stderr and "missing" in proc.stderr

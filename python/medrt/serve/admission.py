@@ -47,7 +47,10 @@ class Admission:
     async def acquire(self, tenant: str, limit: int = 0) -> float:
         """Waits for a slot; returns the seconds spent waiting."""
         start = time.monotonic()
-        if not self._waiting and self._can_start(tenant, limit):
+        # Waiters that could start were granted when the slot they wait for freed, so the
+        # ones still queued are held by their tenants' limits: a request that can start now
+        # overtakes none of them.
+        if self._can_start(tenant, limit):
             self._start(tenant)
             return 0.0
         if len(self._waiting) >= self.max_queued:
@@ -66,7 +69,8 @@ class Admission:
             if waiter.future.done() and not waiter.future.cancelled():
                 self.release(tenant)  # granted and cancelled at once: hand the slot on
             else:
-                self._waiting.remove(waiter)
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
                 self._update_idle()
             raise
         return time.monotonic() - start
@@ -88,6 +92,11 @@ class Admission:
         for waiter in list(self._waiting):
             if self.num_running >= self.max_running:
                 return
+            if waiter.future.done():
+                # Cancelled (the client left) but its task has not run yet to leave the
+                # queue: it must not take a slot nobody would release.
+                self._waiting.remove(waiter)
+                continue
             if self._can_start(waiter.tenant, waiter.limit):
                 self._waiting.remove(waiter)
                 self._start(waiter.tenant)

@@ -124,23 +124,20 @@ class RunningRequest:
                     self.usage.completion_tokens += n
                     self.usage.cached_prompt_tokens = out.num_cached_tokens
                     if c.finish_reason == "abort":
-                        if self.deadline_hit:
-                            outcome = "DEADLINE_EXCEEDED"
-                            raise ServeError("DEADLINE_EXCEEDED",
-                                             "the deadline passed before the completion finished")
-                        outcome = "CANCELLED"
-                        raise ServeError("CANCELLED", "the request was aborted by an Abort call")
+                        raise self._abort_error()
                     answer.append(c.text)
-                    if c.finish_reason is not None and self.cache_key is not None:
-                        core.cache_hook.store(self.cache_key, self.prompt["prompt"],
-                                              "".join(answer))
-                    yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
-                                c.finish_reason,
-                                None if c.stop_reason is None else str(c.stop_reason))
                     if c.finish_reason is not None:
+                        # counted before the last delta leaves: a client that goes away right
+                        # after it still got a whole answer
                         outcome = "OK"
                         metrics.request_success.labels(tname, c.finish_reason).inc()
                         metrics.e2e.labels(tname).observe(now - self.arrival)
+                        if self.cache_key is not None:
+                            core.cache_hook.store(self.cache_key, self.prompt["prompt"],
+                                                  "".join(answer))
+                    yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
+                                c.finish_reason,
+                                None if c.stop_reason is None else str(c.stop_reason))
         except Exception as e:
             outcome = map_engine_error(e).code
             raise
@@ -151,6 +148,16 @@ class RunningRequest:
             if outcome != "OK":
                 metrics.request_failure.labels(tname, outcome).inc()
             core._finish(self, outcome)
+
+    def _abort_error(self) -> ServeError:
+        """Why the engine aborted the request (it aborts only when asked to)."""
+        if self.deadline_hit:
+            return ServeError("DEADLINE_EXCEEDED",
+                              "the deadline passed before the completion finished")
+        if self.aborted_by_client or not self.core.draining:
+            return ServeError("CANCELLED", "the request was aborted by an Abort call")
+        return ServeError("UNAVAILABLE", "the server shut down: the drain's grace period ended "
+                          "before the request finished")
 
     def _on_deadline(self) -> None:
         self.deadline_hit = True

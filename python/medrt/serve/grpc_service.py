@@ -8,7 +8,8 @@ input carries a google.rpc.BadRequest naming the field.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -185,14 +186,22 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
                 header = value
         return self._authenticate(header)
 
-    async def _run(self, context: grpc.aio.ServicerContext,
-                   make: Callable[[], ServeRequest]) -> AsyncIterator[tuple[RunningRequest, Delta]]:
+    async def _run(self, context: grpc.aio.ServicerContext, make: Callable[[], ServeRequest],
+                   on_delta: Callable[[RunningRequest, Delta], Awaitable[None]]) -> None:
+        """Starts the request and hands each delta to ``on_delta``; errors become statuses.
+
+        The events are consumed inside this coroutine (streams write with context.write, not
+        by yielding), so a client that cancels cancels this task, and ``aclosing`` closes the
+        request at once: the engine aborts it and its KV blocks and queue slot are freed then,
+        not whenever a suspended generator is garbage collected.
+        """
         try:
             tenant = self._tenant(context)
             req = make()
             rr = await self.core.start(tenant, req, context.time_remaining())
-            async for d in rr.events():
-                yield rr, d
+            async with contextlib.aclosing(rr.events()) as events:
+                async for d in events:
+                    await on_delta(rr, d)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every error leaves as a status
@@ -202,7 +211,8 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
                      make: Callable[[], ServeRequest]) -> medrt_pb2.GenerateResponse:
         resp = medrt_pb2.GenerateResponse()
         text: list[str] = []
-        async for rr, d in self._run(context, make):
+
+        async def add(rr: RunningRequest, d: Delta) -> None:
             if not resp.request_id:
                 resp.request_id = rr.request_id
                 resp.medical_category = rr.category
@@ -210,13 +220,17 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
             _fill(resp, d)
             if d.finish_reason is not None:
                 _finish_fields(resp, rr, d)
+
+        await self._run(context, make, add)
         resp.text = "".join(text)
         return resp
 
-    async def _stream(self, context: grpc.aio.ServicerContext, make: Callable[[], ServeRequest]
-                      ) -> AsyncIterator[medrt_pb2.GenerateStreamResponse]:
+    async def _stream(self, context: grpc.aio.ServicerContext,
+                      make: Callable[[], ServeRequest]) -> None:
         first = True
-        async for rr, d in self._run(context, make):
+
+        async def write(rr: RunningRequest, d: Delta) -> None:
+            nonlocal first
             msg = medrt_pb2.GenerateStreamResponse(request_id=rr.request_id)
             if first:
                 msg.medical_category = rr.category
@@ -224,21 +238,21 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
             _fill(msg, d)
             if d.finish_reason is not None:
                 _finish_fields(msg, rr, d)
-            yield msg
+            await context.write(msg)
+
+        await self._run(context, make, write)
 
     async def Generate(self, request: Any, context: Any) -> Any:
         return await self._unary(context, lambda: _generate_request(request))
 
-    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for msg in self._stream(context, lambda: _generate_request(request)):
-            yield msg
+    async def GenerateStream(self, request: Any, context: Any) -> None:
+        await self._stream(context, lambda: _generate_request(request))
 
     async def Chat(self, request: Any, context: Any) -> Any:
         return await self._unary(context, lambda: _chat_request(request))
 
-    async def ChatStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for msg in self._stream(context, lambda: _chat_request(request)):
-            yield msg
+    async def ChatStream(self, request: Any, context: Any) -> None:
+        await self._stream(context, lambda: _chat_request(request))
 
     async def Tokenize(self, request: Any, context: Any) -> Any:
         try:

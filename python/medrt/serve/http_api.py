@@ -8,6 +8,7 @@ unknown field is refused (400 naming it) rather than silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -235,12 +236,13 @@ async def _respond(request: web.Request, rr: RunningRequest, kind: str, stream: 
         text, token_ids, logprobs = [], [], []
         last: Delta | None = None
         try:
-            async for d in rr.events():
-                text.append(d.text)
-                token_ids.extend(d.token_ids)
-                if d.logprobs is not None:
-                    logprobs.extend(d.logprobs)
-                last = d
+            async with contextlib.aclosing(rr.events()) as events:
+                async for d in events:
+                    text.append(d.text)
+                    token_ids.extend(d.token_ids)
+                    if d.logprobs is not None:
+                        logprobs.extend(d.logprobs)
+                    last = d
         except Exception as e:  # noqa: BLE001
             return _error(map_engine_error(e))
         whole = Delta("".join(text), token_ids, logprobs if last and last.logprobs is not None
@@ -267,28 +269,30 @@ async def _respond(request: web.Request, rr: RunningRequest, kind: str, stream: 
 
     first = True
     try:
-        async for d in rr.events():
-            chunk = _head(rr, kind, chunk=True)
-            if kind == "chat":
-                delta: dict[str, Any] = {"content": d.text}
-                if first:
-                    delta["role"] = "assistant"
-                choice = {"index": 0, "delta": delta, "logprobs": _chat_logprobs(d),
-                          "finish_reason": d.finish_reason, "token_ids": d.token_ids}
-            else:
-                choice = {"index": 0, "text": d.text, "logprobs": _completion_logprobs(d),
-                          "finish_reason": d.finish_reason, "token_ids": d.token_ids}
-            first = False
-            chunk["choices"] = [choice]
-            if d.finish_reason is not None:
-                chunk["medrt_fingerprint"] = rr.fingerprint
-            await send(chunk)
+        async with contextlib.aclosing(rr.events()) as events:
+            async for d in events:
+                chunk = _head(rr, kind, chunk=True)
+                if kind == "chat":
+                    delta: dict[str, Any] = {"content": d.text}
+                    if first:
+                        delta["role"] = "assistant"
+                    choice = {"index": 0, "delta": delta, "logprobs": _chat_logprobs(d),
+                              "finish_reason": d.finish_reason, "token_ids": d.token_ids}
+                else:
+                    choice = {"index": 0, "text": d.text, "logprobs": _completion_logprobs(d),
+                              "finish_reason": d.finish_reason, "token_ids": d.token_ids}
+                first = False
+                chunk["choices"] = [choice]
+                if d.finish_reason is not None:
+                    chunk["medrt_fingerprint"] = rr.fingerprint
+                await send(chunk)
         if include_usage:
             chunk = _head(rr, kind, chunk=True)
             chunk.update(choices=[], usage=_usage(rr))
             await send(chunk)
-    except (ConnectionResetError, ConnectionError):
-        raise  # the client went away; closing the stream aborted the engine request
+    except ConnectionError:
+        # The client went away; leaving the aclosing block aborted the engine request.
+        return resp
     except Exception as e:  # noqa: BLE001 - the stream has begun: the error is its last event
         await send(map_engine_error(e).openai_json())
     await send("[DONE]")
