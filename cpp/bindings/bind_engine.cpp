@@ -1,5 +1,6 @@
 // medrt._core.Engine and its value types (BINDINGS.md "engine"). Converts types, releases the
 // GIL around everything that computes or waits, and nothing else.
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <limits>
@@ -88,7 +89,7 @@ void bind_sampling_params(py::module_& m) {
               {"max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p",
                "repetition_penalty", "frequency_penalty", "presence_penalty", "seed",
                "stop_token_ids", "ignore_eos", "logprobs", "prompt_logprobs",
-               "prompt_logprobs_start"},
+               "prompt_logprobs_start", "lora_id"},
               "SamplingParams");
         }))
       .def_readwrite("max_tokens", &SamplingParams::max_tokens)
@@ -110,6 +111,8 @@ void bind_sampling_params(py::module_& m) {
       .def_readwrite("logprobs", &SamplingParams::logprobs)
       .def_readwrite("prompt_logprobs", &SamplingParams::prompt_logprobs)
       .def_readwrite("prompt_logprobs_start", &SamplingParams::prompt_logprobs_start)
+
+      .def_readwrite("lora_id", &SamplingParams::lora_id)
       .def("validate", &SamplingParams::validate, py::arg("vocab_size"));
 }
 
@@ -142,16 +145,57 @@ void bind_output(py::module_& m) {
       });
 }
 
+// Destroying an Engine joins its loop thread, which may be in the middle of a step: the GIL
+// is released meanwhile so other Python threads keep running. (Not while the interpreter
+// shuts down, when a released GIL could not be taken back safely.)
+struct ReleaseGilDelete {
+  void operator()(Engine* e) const {
+#if PY_VERSION_HEX >= 0x030D0000
+    const bool finalizing = Py_IsFinalizing();
+#else
+    const bool finalizing = _Py_IsFinalizing();
+#endif
+    if (Py_IsInitialized() && !finalizing && PyGILState_Check()) {
+      py::gil_scoped_release nogil;
+      delete e;
+    } else {
+      delete e;
+    }
+  }
+};
+using EngineHolder = std::unique_ptr<Engine, ReleaseGilDelete>;
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// [(module, lora_A [r, in], lora_B [out, r]), ...] -> the engine's adapter weights (copied).
+LoraAdapterWeights to_adapter(const std::vector<std::tuple<std::string, F32Array, F32Array>>& mods,
+                              float scale) {
+  LoraAdapterWeights w;
+  w.scale = scale;
+  for (const auto& [name, a, b] : mods) {
+    if (a.ndim() != 2 || b.ndim() != 2 || a.shape(0) != b.shape(1))
+      throw InvalidCheckpoint("LoRA module '" + name + "': lora_A and lora_B must be 2-D with " +
+                              "lora_A [r, in] and lora_B [out, r]");
+    LoraModuleWeights m;
+    m.module = name;
+    m.rank = a.shape(0), m.in = a.shape(1), m.out = b.shape(0);
+    m.a.assign(a.data(), a.data() + a.size());
+    m.b.assign(b.data(), b.data() + b.size());
+    w.modules.push_back(std::move(m));
+  }
+  return w;
+}
+
 }  // namespace
 
 void bind_engine(py::module_& m) {
   bind_config(m);
   bind_sampling_params(m);
   bind_output(m);
-  py::class_<Engine>(m, "Engine")
+  py::class_<Engine, EngineHolder>(m, "Engine")
       .def(py::init([](const EngineConfig& c) {
              py::gil_scoped_release nogil;
-             return std::make_unique<Engine>(c);
+             return EngineHolder(new Engine(c));
            }),
            py::arg("config"))
       .def(
@@ -173,6 +217,20 @@ void bind_engine(py::module_& m) {
           },
           py::arg("timeout_ms"))
       .def("stats", [](const Engine& e) { return stats_dict(e.stats()); })
+      .def(
+          "add_lora",
+          [](Engine& e, int32_t id,
+             const std::vector<std::tuple<std::string, F32Array, F32Array>>& modules,
+             float scale) {
+            LoraAdapterWeights w = to_adapter(modules, scale);
+            py::gil_scoped_release nogil;
+            e.add_lora(id, w);
+          },
+          py::arg("id"), py::arg("modules"), py::arg("scale"),
+          "Loads a LoRA adapter: modules [(name, lora_A [r, in], lora_B [out, r])], scale.")
+      .def("remove_lora", &Engine::remove_lora, py::arg("id"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("loras", &Engine::loras)
       .def_property_readonly("model_config",
                              [](const Engine& e) { return model_config_dict(e.model_config()); })
       .def_property_readonly("max_model_len", &Engine::max_model_len);

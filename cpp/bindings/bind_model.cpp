@@ -88,7 +88,8 @@ int32_t argmax(const float* row, int64_t n) {
 class PyModel {
  public:
   PyModel(const std::string& dir, int num_threads)
-      : pool_(std::make_unique<ThreadPool>(num_threads)), model_(Model::load(dir, *pool_)) {}
+      : pool_(std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(num_threads))),
+        model_(Model::load(dir, *pool_)) {}
 
   const ModelConfig& config() const { return model_->config(); }
 

@@ -9,6 +9,8 @@ void bind_errors(pybind11::module_& m);      // bind_errors.cpp: C++ exceptions 
 void bind_checkpoint(pybind11::module_& m);  // bind_checkpoint.cpp: safetensors / checkpoint
 void bind_model(pybind11::module_& m);       // bind_model.cpp: Model.forward for parity tests
 void bind_engine(pybind11::module_& m);      // bind_engine.cpp: Engine, SamplingParams, outputs
+void bind_device(pybind11::module_& m);      // bind_device.cpp: cuda_status()
+void bind_encoder(pybind11::module_& m);     // bind_encoder.cpp: the sentence encoder
 
 // The config as a Python dict (the keys BINDINGS.md lists); defined in bind_model.cpp, shared by
 // Model.config and Engine.model_config so both spell the fields alike.

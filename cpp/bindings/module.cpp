@@ -6,4 +6,6 @@ PYBIND11_MODULE(_core, m) {
   medrt::bindings::bind_checkpoint(m);
   medrt::bindings::bind_model(m);
   medrt::bindings::bind_engine(m);
+  medrt::bindings::bind_device(m);
+  medrt::bindings::bind_encoder(m);
 }

@@ -75,7 +75,7 @@ TEST(parses_llama_v4_config) {
   CHECK_NEAR(c.rms_norm_eps, 1e-5, 1e-12);
   CHECK_NEAR(c.rope_theta, 100000.0, 0.0);
   CHECK(!c.rope_scaling && c.tie_word_embeddings && !c.attention_bias);
-  CHECK(c.bos_token_id == 1 && c.eos_token_ids == std::vector<int>{2});
+  CHECK(c.bos_token_id == 1 && c.eos_token_ids == std::vector<int>{2} && c.pad_token_id == 2);
   CHECK(c.torch_dtype == DType::BF16);
 }
 
@@ -158,6 +158,21 @@ TEST(rejects_unsupported_values) {
       {with(kSmol, "tie_word_embeddings", "1"),
        "field 'tie_word_embeddings': expected a boolean"},
       {with(kSmol, "eos_token_id", "[2, \"x\"]"), "field 'eos_token_id': expected an integer"},
+      {with(kSmol, "eos_token_id", "49152"),
+       "field 'eos_token_id': token id 49152 is outside the vocabulary [0, 49152)"},
+      {with(kSmol, "eos_token_id", "[2, 70000]"), "field 'eos_token_id': token id 70000"},
+      {with(kSmol, "eos_token_id", "-1"), "field 'eos_token_id': token id -1 is outside"},
+      {with(kSmol, "bos_token_id", "49152"), "field 'bos_token_id': token id 49152 is outside"},
+      {with(kSmol, "bos_token_id", "-5"), "field 'bos_token_id': token id -5 is outside"},
+      {with(kSmol, "pad_token_id", "100000"), "field 'pad_token_id': token id 100000 is outside"},
+      {with(kSmol, "num_hidden_layers", "1000000"),
+       "field 'num_hidden_layers': 1000000 is larger than medrt supports (at most 1024)"},
+      {with(kSmol, "vocab_size", "2000000000"), "field 'vocab_size': 2000000000 is larger"},
+      {with(kSmol, "hidden_size", "2147483647"), "field 'hidden_size': 2147483647 is larger"},
+      {with(kSmol, "intermediate_size", "2000000000"), "field 'intermediate_size'"},
+      {with(kSmol, "max_position_embeddings", "2147483647"), "field 'max_position_embeddings'"},
+      {with(kSmol, "head_dim", "1000000"), "field 'head_dim': 1000000 is larger"},
+      {with(kSmol, "num_attention_heads", "100000"), "field 'num_attention_heads'"},
       {with(kSmol, "head_dim", "63"), "field 'head_dim': rotary embeddings need an even head_dim"},
       {without(without(kSmol, "architectures"), "model_type"), "field 'architectures': missing"},
       {"[1, 2]", "expected a JSON object"},

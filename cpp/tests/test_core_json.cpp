@@ -82,3 +82,27 @@ TEST(underflow_reads_as_zero) {
   CHECK(parse("1e-400").number == 0.0);
   CHECK(parse("-0.0").number == 0.0);
 }
+
+TEST(value_count_is_bounded_by_the_document_size) {
+  // Each value takes far more memory than its two bytes of text: past one value per 8 bytes
+  // (plus 4096) the document is refused.
+  std::string small = "[";
+  for (int i = 0; i < 10000; ++i) small += "0,";
+  small += "0]";
+  CHECK(medrt::json::max_values_for(small.size()) == 4096 + small.size() / 8);
+  bool refused = false;
+  try {
+    parse(small);
+  } catch (const medrt::json::ParseError& e) {
+    refused = std::string(e.what()).find("more than 6596 values in a 20003-byte document") !=
+              std::string::npos;
+    if (!refused) std::fprintf(stderr, "message: %s\n", e.what());
+  }
+  CHECK(refused);
+  // The same values padded with whitespace, as a pretty-printed file would be, parse.
+  std::string padded = "[";
+  for (int i = 0; i < 10000; ++i) padded += "0,      ";
+  padded += "0]";
+  CHECK(parse(padded).array.size() == 10001);
+  CHECK(medrt::json::max_values_for(size_t(1) << 40) == medrt::json::kMaxValues);
+}

@@ -1,5 +1,6 @@
 // Safetensors files and checkpoint directories: crafted files for each way a file can be
 // malformed, and a good sharded checkpoint whose tensors are read in place from the mapping.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -258,4 +259,25 @@ TEST(rejects_bad_checkpoints) {
     fs::remove_all(d);
     CHECK_THROWS(InvalidCheckpoint, Checkpoint::open(d.string()), "not a directory");
   }
+}
+
+TEST(huge_array_header_is_refused_without_gigabytes) {
+  // A 100 MiB header of [0,0,0,...] (the largest size allowed) holds 52 million values: parsed
+  // whole it would take ~6 GB. The value limit stops it after kMaxValues.
+  fs::path d = temp_dir();
+  std::string header(100u << 20, '0');
+  header[0] = '[';
+  for (size_t i = 2; i + 1 < header.size(); i += 2) header[i] = ',';
+  header.back() = ']';
+  write_bytes(d / "big.safetensors", safetensors_bytes(header, ""));
+  header = std::string();
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  CHECK_THROWS(InvalidCheckpoint, SafetensorsFile::open((d / "big.safetensors").string()),
+               "more than 2000000 values");
+  getrusage(RUSAGE_SELF, &after);
+  const long grew_mib = (after.ru_maxrss - before.ru_maxrss) / 1024;
+  std::printf("peak RSS grew by %ld MiB\n", grew_mib);
+  CHECK(grew_mib < 1024);
+  fs::remove_all(d);
 }

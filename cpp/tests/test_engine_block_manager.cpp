@@ -3,6 +3,7 @@
 #include "check.h"
 #include "engine/block_manager.h"
 #include "medrt/error.h"
+#include "medrt/kv_cache.h"
 
 using namespace medrt;
 using namespace medrt::engine;
@@ -159,6 +160,23 @@ TEST(freed_blocks_stay_cached_until_reallocated) {
   CHECK(bm.find_prefix(b).empty());
 }
 
+TEST(each_lora_adapter_has_its_own_prefix_chain) {
+  BlockManager bm(16, 4, true);
+  Sequence base = make_seq(1, range(0, 9));
+  compute_all(bm, base);
+  Sequence adapted = make_seq(2, range(0, 9));
+  adapted.prefix_salt = 7;  // the same tokens under a LoRA adapter: other K/V
+  CHECK(bm.find_prefix(adapted).empty());
+  compute_all(bm, adapted);
+  Sequence again = make_seq(3, range(0, 9));
+  again.prefix_salt = 7;
+  CHECK(bm.find_prefix(again).size() == 2);
+  Sequence other = make_seq(4, range(0, 9));
+  other.prefix_salt = 8;
+  CHECK(bm.find_prefix(other).empty());
+  CHECK(bm.find_prefix(make_seq(5, range(0, 9))).size() == 2);  // the base's own
+}
+
 TEST(prefix_caching_off_never_hits) {
   BlockManager bm(8, 4, false);
   Sequence a = make_seq(1, range(0, 12));
@@ -168,4 +186,16 @@ TEST(prefix_caching_off_never_hits) {
   CHECK(bm.find_prefix(b).empty());
   bm.acquire_prefix(b, {});
   CHECK(bm.prefix_queries() == 0);
+}
+
+TEST(pool_beyond_32_bit_slots_is_refused_before_allocating) {
+  // Block ids and slots are int32: 2^28 blocks of 16 tokens would wrap the slot index.
+  CHECK_THROWS(medrt::CapacityError, BlockManager(int64_t(1) << 28, 16, true), "32-bit slot index");
+  CHECK_THROWS(medrt::CapacityError, BlockManager(int64_t(1) << 33, 1, false), "32-bit slot index");
+  medrt::ModelConfig c;
+  c.num_layers = 2;
+  c.num_kv_heads = 1;
+  c.head_dim = 8;
+  CHECK_THROWS(medrt::CapacityError, medrt::KVCache(c, int64_t(1) << 28, 16), "32-bit slot index");
+  CHECK(medrt::KVCache(c, 4, 16).bytes() == 2 * 2 * 4 * 16 * 8 * 4);
 }

@@ -1,6 +1,9 @@
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
+#include <new>
 #include <random>
 
 #include "check.h"
@@ -9,6 +12,18 @@
 
 using namespace medrt;
 using namespace medrt::engine;
+
+// A counting allocator for this test binary: every operator new bumps the counter.
+namespace {
+std::atomic<long> g_allocations{0};
+}
+void* operator new(size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -106,6 +121,12 @@ TEST(min_tokens_masks_eos_and_stop_ids) {
   std::vector<float> l3 = {0.0f, 1.0f, 5.0f, 9.0f};
   CHECK(s.sample(l3.data(), seq2).token == 3);
   CHECK(std::isinf(l3[2]));
+}
+
+TEST(eos_outside_vocabulary_is_invalid_checkpoint) {
+  // min_tokens masks EOS by writing logits[eos]: an id past the row must never get that far.
+  CHECK_THROWS(InvalidCheckpoint, Sampler(4, {4}), "EOS token id 4 is outside the vocabulary [0, 4)");
+  CHECK_THROWS(InvalidCheckpoint, Sampler(4, {1, -2}), "EOS token id -2");
 }
 
 TEST(top_k_one_is_argmax) {
@@ -262,4 +283,38 @@ TEST(top_p_over_a_wide_nucleus) {
   auto h = histogram(row, p, 3000);
   CHECK(h.rbegin()->first < 500);
   CHECK(h.size() > 400);
+}
+
+TEST(steady_state_sampling_allocates_nothing) {
+  // A decode step's sampler work per row: penalties, the draw and append_token. After a
+  // warm-up (the per-thread buffers reach vocabulary size) it must not touch the heap, for
+  // every sampling mode a request can pick.
+  const int vocab = 5000;
+  std::vector<float> row(vocab);
+  std::mt19937 gen(1);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (float& x : row) x = nd(gen);
+  Sampler s(vocab, {7});
+  std::vector<SamplingParams> modes(6);
+  modes[0].temperature = 0.0f;                            // greedy
+  modes[1].temperature = 0.8f;                            // plain temperature
+  modes[2].top_k = 40;                                    // top-k
+  modes[3].top_p = 0.9f;                                  // nucleus
+  modes[4].top_k = 50, modes[4].top_p = 0.95f, modes[4].min_p = 0.01f;
+  modes[5].min_tokens = 3, modes[5].stop_token_ids = {9};  // EOS/stop masking
+  for (SamplingParams& p : modes) {
+    p.max_tokens = 400;
+    Sequence seq = make_seq({1, 2, 3}, p, 5);
+    std::vector<float> l(vocab);
+    auto one = [&] {
+      std::copy(row.begin(), row.end(), l.begin());
+      seq.append_token(s.sample(l.data(), seq).token);
+    };
+    for (int i = 0; i < 5; ++i) one();  // warm-up
+    const long before = g_allocations.load();
+    for (int i = 0; i < 200; ++i) one();
+    const long allocations = g_allocations.load() - before;
+    if (allocations != 0) std::fprintf(stderr, "mode %zu: %ld allocations\n", &p - modes.data(), allocations);
+    CHECK(allocations == 0);
+  }
 }

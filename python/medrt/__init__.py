@@ -17,11 +17,14 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLM",
+    "LoRARequest",
     "CompletionOutput",
+    "Embedder",
     "Logprob",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "SemanticCache",
     "__version__",
     "errors",
 ]
@@ -36,4 +39,16 @@ def __getattr__(name: str) -> Any:
         from medrt.async_llm import AsyncLLM
 
         return AsyncLLM
+    if name == "LoRARequest":
+        from medrt.lora.request import LoRARequest
+
+        return LoRARequest
+    if name == "Embedder":
+        from medrt.embedder import Embedder
+
+        return Embedder
+    if name == "SemanticCache":
+        from medrt.cache import SemanticCache
+
+        return SemanticCache
     raise AttributeError(f"module 'medrt' has no attribute {name!r}")

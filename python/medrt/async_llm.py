@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medrt.cache import frontend_cache as fcache
 from medrt.errors import InvalidRequest
 from medrt.frontend import Conversation, EngineFrontend, PreparedRequest, PromptType
 from medrt.outputs import RequestOutput
@@ -30,9 +32,10 @@ class AsyncLLM(EngineFrontend):
     calling ``abort(request_id)`` aborts the request in the engine and frees its KV blocks.
     """
 
-    def __init__(self, model: str | Path, **kwargs: Any) -> None:
+    def __init__(self, model: str | Path, *, cache: Any = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self._running: dict[str, RequestState] = {}
+        self._cache = fcache.attach(self, cache)  # a medrt.SemanticCache, as in LLM
 
     async def __aenter__(self) -> Self:
         return self
@@ -51,10 +54,17 @@ class AsyncLLM(EngineFrontend):
         request_id: str | None = None,
         *,
         delta: bool = False,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams the completion of one prompt (text, token ids, or a prompt dict)."""
+        """Streams the completion of one prompt (text, token ids, or a prompt dict). With a
+        semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.generate."""
         prepared = self._prepare(prompt, sampling_params)
-        async for out in self._stream(prepared, request_id, delta):
+        req = fcache.for_prompt(prompt, tenant, cache, patient_context)
+        async for out in fcache.stream_outputs(self._cache, self, prepared, req,
+                                               self._stream(prepared, request_id, delta),
+                                               request_id, delta):
             yield out
 
     async def chat(
@@ -68,12 +78,32 @@ class AsyncLLM(EngineFrontend):
         chat_template: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
+        medical_template: str | None = None,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> AsyncIterator[RequestOutput]:
-        """Streams the answer to one conversation rendered with the chat template."""
+        """Streams the answer to one conversation rendered with the chat template.
+
+        ``medical_template`` ("auto" or a category) works as in :meth:`medrt.LLM.chat`; with a
+        semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.chat.
+        """
+        category = None
+        if medical_template is not None:
+            from medrt.llm import _apply_medical_template
+
+            conversations, categories = _apply_medical_template([messages], medical_template)
+            messages, category = conversations[0], categories[0]
         prompt = self._render_chat(messages, add_generation_prompt, chat_template,
                                    chat_template_kwargs, tools)
         prepared = self._prepare(prompt, sampling_params)
-        async for out in self._stream(prepared, request_id, delta):
+        req = fcache.for_conversation(messages, tenant, cache, patient_context,
+                                      [add_generation_prompt, chat_template,
+                                       chat_template_kwargs, tools])
+        async for out in fcache.stream_outputs(self._cache, self, prepared, req,
+                                               self._stream(prepared, request_id, delta),
+                                               request_id, delta):
+            out.medical_category = category
             yield out
 
     def abort(self, request_id: str) -> None:
@@ -92,12 +122,7 @@ class AsyncLLM(EngineFrontend):
             raise InvalidRequest(f"request_id {request_id!r} is already running")
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-
-        def sink(item: tuple[float, Any]) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-            except RuntimeError:
-                pass  # the event loop is closed; nobody is waiting any more
+        sink = _batched_sink(loop, inbox)
 
         state = self._submit(prepared, sink, request_id)
         self._running[state.request_id] = state
@@ -117,3 +142,32 @@ class AsyncLLM(EngineFrontend):
             self._running.pop(state.request_id, None)
             if not state.engine_done:
                 self._abort(state, detach=True)
+
+
+def _batched_sink(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Any:
+    """A sink for the engine client's thread that hands items to ``inbox`` on ``loop``.
+
+    Items wait in a list, and one ``call_soon_threadsafe`` moves all that arrived before the
+    loop ran it: one wake-up of the event loop per batch instead of one per token.
+    """
+    pending: list[tuple[float, Any]] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        with lock:
+            items = pending[:]
+            pending.clear()
+        for item in items:
+            inbox.put_nowait(item)
+
+    def sink(item: tuple[float, Any]) -> None:
+        with lock:
+            pending.append(item)
+            if len(pending) > 1:
+                return  # a deliver() is already scheduled and will take this item too
+        try:
+            loop.call_soon_threadsafe(deliver)
+        except RuntimeError:
+            pass  # the event loop is closed; nobody is waiting any more
+
+    return sink

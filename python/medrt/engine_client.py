@@ -36,6 +36,7 @@ class EngineClient:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._closing = False
+        self._closed = threading.Event()  # set once close() has stopped the engine
         self._close_deadline = 0.0
         self._error: BaseException | None = None
         engine.start()
@@ -75,18 +76,28 @@ class EngineClient:
             return self._idle.wait_for(lambda: not self._sinks, timeout)
 
     def close(self) -> None:
-        """Aborts what is still running, stops the dispatcher thread and the engine loop."""
+        """Aborts what is still running, stops the dispatcher thread and the engine loop.
+
+        Safe from several threads at once: later callers wait until the first has finished.
+        """
         with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            self._close_deadline = time.monotonic() + _CLOSE_GRACE_S
-            running = list(self._sinks)
+            first = not self._closing
+            if first:
+                self._closing = True
+                self._close_deadline = time.monotonic() + _CLOSE_GRACE_S
+                running = list(self._sinks)
+        if not first:
+            if threading.current_thread() is not self._thread:
+                self._closed.wait()
+            return
         for request_id in running:
             self.engine.abort(request_id)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-        self.engine.stop()
+        try:
+            if threading.current_thread() is not self._thread:
+                self._thread.join()
+            self.engine.stop()
+        finally:
+            self._closed.set()
 
     def _run(self) -> None:
         while True:

@@ -26,6 +26,7 @@ class PreparedRequest:
     token_ids: list[int]
     params: SamplingParams
     core_params: Any
+    lora: Any = None  # the LoRARequest of the adapter it runs with (None: the base model)
 
 
 def resolve_model_dir(model: str | Path) -> Path:
@@ -36,6 +37,11 @@ def resolve_model_dir(model: str | Path) -> Path:
     from medrt.models import resolve_model  # imported late: it brings the GGUF importer
 
     return Path(resolve_model(str(model)))
+
+
+def _close(client: EngineClient, lora: Any) -> None:
+    client.close()
+    lora.close()
 
 
 class EngineFrontend:
@@ -55,16 +61,34 @@ class EngineFrontend:
         enable_prefix_caching: bool = True,
         num_threads: int = 0,
         seed: int = 0,
+        enable_lora: bool = False,
+        max_loras: int = 8,
+        max_lora_rank: int = 64,
+        lora: Any = None,
+        merge: bool = False,
+        device: str = "auto",
+        enforce_eager: bool = False,
+        device_map: str | None = None,
     ) -> None:
         from medrt import _core
+        from medrt.device import select_device
+        from medrt.lora.manager import LoraManager
+
+        # "auto" | "cpu" | "cuda" (MEDRT_DEVICE overrides); enforce_eager and device_map only
+        # matter on CUDA (docs/cuda.md).
+        self.device = select_device(device)
 
         model_dir = resolve_model_dir(model)
         if not (model_dir / "config.json").is_file():
             raise InvalidCheckpoint(f"{model_dir}: no config.json")
         self.model_dir = model_dir
         self.tokenizer = Tokenizer(tokenizer if tokenizer is not None else model_dir)
+        # LoRA: merged mode hands the engine a merged copy of the model; adapter mode (lora=
+        # without merge, or enable_lora) loads adapters into engine slots (docs/adapters.md).
+        self._lora = LoraManager(model_dir, enable_lora=enable_lora, max_loras=max_loras,
+                                 max_lora_rank=max_lora_rank, lora=lora, merge=merge)
         config = _core.EngineConfig()
-        config.model_dir = str(model_dir)
+        config.model_dir = str(self._lora.engine_model_dir)
         config.block_size = block_size
         if kv_cache_memory_bytes is not None:
             config.kv_cache_bytes = kv_cache_memory_bytes
@@ -76,6 +100,10 @@ class EngineFrontend:
         config.enable_prefix_caching = enable_prefix_caching
         config.num_threads = num_threads
         config.seed = seed
+        if self.device.device == "cuda":
+            config.device = "cuda"
+            config.enforce_eager = enforce_eager
+            config.device_map = device_map or ""
         engine = _core.Engine(config)
         self.model_config: dict[str, Any] = dict(engine.model_config)
         self.max_model_len: int = engine.max_model_len
@@ -86,7 +114,8 @@ class EngineFrontend:
         self._extra_eos = [t for t in self.tokenizer.eos_token_ids
                            if t not in engine_eos and 0 <= t < self._vocab_size]
         self._client = EngineClient(engine)
-        self._finalizer = weakref.finalize(self, self._client.close)
+        self._finalizer = weakref.finalize(self, _close, self._client, self._lora)
+        self._lora.attach(engine)
         self._ids = itertools.count()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -94,6 +123,7 @@ class EngineFrontend:
     def close(self) -> None:
         """Aborts running requests and stops the engine. Idempotent."""
         self._finalizer()
+        self._client.close()  # when another thread is closing, waits until it is done
 
     def stats(self) -> dict[str, int]:
         """Engine counters: KV blocks (num_blocks, free_blocks), running/waiting requests,
@@ -103,9 +133,36 @@ class EngineFrontend:
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
 
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model directory and its weights: ``weight_types`` (type -> number of modules,
+        e.g. {"int4-g32-mins": 210, "f32": 61, "int8-g32": 1}), ``weight_bytes`` (as stored),
+        ``f16_bytes`` (the same weights in f16) and ``memory_cut`` (1 - weight_bytes /
+        f16_bytes: 0.64 is 64% less memory than f16)."""
+        from medrt.models.weight_info import weight_summary
+
+        return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict()}
+
+    # -- LoRA adapters (adapter mode) ------------------------------------------------------
+
+    def add_lora(self, lora_request: Any) -> bool:
+        """Loads a LoRA adapter (a medrt.LoRARequest) into a free engine slot, evicting the
+        least recently used idle adapter when all max_loras are taken. False if loaded."""
+        return self._lora.add(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """Unloads the adapter with this id; False if it was not loaded."""
+        return self._lora.remove(lora_id)
+
+    def list_loras(self) -> list[int]:
+        """Ids of the adapters loaded in the engine, least recently used first."""
+        return self._lora.list()
+
     # -- requests ----------------------------------------------------------------------------
 
-    def _prepare(self, prompt: PromptType, params: SamplingParams | None) -> PreparedRequest:
+    def _prepare(self, prompt: PromptType, params: SamplingParams | None,
+                 lora_request: Any = None) -> PreparedRequest:
+        lora = self._lora.resolve(lora_request)
         params = params if params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"sampling_params must be a medrt.SamplingParams, "
@@ -129,7 +186,7 @@ class EngineFrontend:
         core = params.to_core()
         if not params.ignore_eos and self._extra_eos:
             core.stop_token_ids = list(core.stop_token_ids) + self._extra_eos
-        return PreparedRequest(text, ids, params, core)
+        return PreparedRequest(text, ids, params, core, lora)
 
     def _tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -147,18 +204,20 @@ class EngineFrontend:
     def _render_chat(self, messages: Conversation, add_generation_prompt: bool,
                      chat_template: str | None, chat_template_kwargs: Mapping[str, Any] | None,
                      tools: list[dict] | None) -> dict[str, Any]:
-        text = self.tokenizer.render_chat(
+        # The template writes BOS itself, so the text is encoded without adding it again;
+        # control tokens spelled inside messages are encoded as text (no forged turns).
+        text, ids = self.tokenizer.encode_chat(
             messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
             tools=tools, **dict(chat_template_kwargs or {}))
-        # The template writes BOS itself, so the text is encoded without adding it again.
-        return {"prompt": text,
-                "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
+        return {"prompt": text, "prompt_token_ids": ids}
 
     def _submit(self, prepared: PreparedRequest, sink: Sink,
                 request_id: str | None = None) -> RequestState:
         state = RequestState(request_id if request_id is not None else str(next(self._ids)),
                              prepared.prompt, prepared.token_ids, prepared.params,
                              self.tokenizer)
+        if prepared.lora is not None:  # loaded now, so that eviction spares queued requests
+            prepared.core_params.lora_id = self._lora.engine_id(prepared.lora)
         state.engine_id = self._client.add_request(prepared.token_ids, prepared.core_params, sink)
         return state
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medrt.cache import frontend_cache as fcache
 from medrt.errors import InvalidRequest
 from medrt.frontend import Conversation, EngineFrontend, PreparedRequest, PromptType
+from medrt.lora.request import LoRARequest
 from medrt.outputs import RequestOutput
 from medrt.request_state import RequestState
 from medrt.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from medrt.cache import SemanticCache
 
 
 class LLM(EngineFrontend):
@@ -26,12 +31,25 @@ class LLM(EngineFrontend):
     ``max_num_batched_tokens``, ``max_model_len`` (default: the model's context),
     ``enable_prefix_caching``; ``num_threads`` (0: physical cores) and ``seed`` (for
     requests without a seed of their own). ``tokenizer`` is a directory to read the tokenizer
-    files from instead of the model directory.
+    files from instead of the model directory. ``device`` is "auto" (CUDA when usable, else
+    the CPU), "cpu" or "cuda"; ``MEDRT_DEVICE`` overrides it and ``medrt info`` says what is
+    chosen and why. ``enforce_eager`` turns CUDA graphs off; ``device_map="auto"`` splits the
+    layers between GPU and CPU when they do not fit (docs/cuda.md).
 
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call
     ``close()``, to stop the engine threads.
+
+    ``cache`` is a :class:`medrt.SemanticCache`: generate and chat then take ``tenant``,
+    ``cache`` ("auto" looks up and stores, "bypass" neither, "refresh" regenerates and
+    stores) and ``patient_context`` (never cached); an answer from the cache has
+    ``RequestOutput.cache`` set.
     """
+
+    def __init__(self, model: str | Path, *, cache: SemanticCache | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._cache = fcache.attach(self, cache)
 
     def __enter__(self) -> Self:
         return self
@@ -43,17 +61,30 @@ class LLM(EngineFrontend):
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        *,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> list[RequestOutput]:
         """Completes each prompt; returns one finished RequestOutput per prompt, in order.
 
         A prompt is text (tokenized with BOS as the checkpoint wants), a list of token ids, or
         a dict with ``prompt`` or ``prompt_token_ids``. ``sampling_params`` is one
         SamplingParams for all prompts or a list with one per prompt. Every prompt is checked
-        before any is queued.
+        before any is queued. ``lora_request`` (adapter mode) is one LoRARequest for all
+        prompts or a list with one per prompt; None runs the base model.
         """
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
-        return self._run_batch([self._prepare(p, sp) for p, sp in zip(batch, params)])
+        loras = _lora_per_prompt(lora_request, len(batch))
+        # An adapter changes the answer: requests with one bypass the semantic cache.
+        reqs = [fcache.for_prompt(p, tenant, cache if lr is None else "bypass", patient_context)
+                for p, lr in zip(batch, loras)]
+        return fcache.run_batch(self._cache, self,
+                                [self._prepare(p, sp, lr)
+                                 for p, sp, lr in zip(batch, params, loras)], reqs,
+                                self._run_batch)
 
     def chat(
         self,
@@ -65,6 +96,11 @@ class LLM(EngineFrontend):
         chat_template: str | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
         tools: list[dict] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        medical_template: str | None = None,
+        tenant: str = "default",
+        cache: str = "auto",
+        patient_context: bool = False,
     ) -> list[RequestOutput] | Iterator[str]:
         """Answers a conversation (a list of {"role", "content"} dicts) or several.
 
@@ -75,18 +111,35 @@ class LLM(EngineFrontend):
         With ``stream=True`` (one conversation only) returns an iterator of text chunks: their
         concatenation is the finished output's text, and no chunk shows the beginning of a
         stop string that later matches. Leaving the loop early aborts the request.
+
+        ``medical_template`` ("auto" or a category of medrt.medical) puts P_base + S_category
+        first in the system message; each output's ``medical_category`` names the category.
         """
         conversations = _as_conversation_list(messages)
+        categories: list[str | None] = [None] * len(conversations)
+        if medical_template is not None:
+            conversations, categories = _apply_medical_template(conversations, medical_template)
         params = _params_per_prompt(sampling_params, len(conversations))
+        loras = _lora_per_prompt(lora_request, len(conversations))
         prepared = [
             self._prepare(self._render_chat(c, add_generation_prompt, chat_template,
-                                            chat_template_kwargs, tools), sp)
-            for c, sp in zip(conversations, params)]
+                                            chat_template_kwargs, tools), sp, lr)
+            for c, sp, lr in zip(conversations, params, loras)]
+        options = [add_generation_prompt, chat_template, chat_template_kwargs, tools]
+        # The medical template is in the system message, so it is part of the cache scope;
+        # an adapter changes the answer, so requests with one bypass the cache.
+        reqs = [fcache.for_conversation(c, tenant, cache if lr is None else "bypass",
+                                        patient_context, options)
+                for c, lr in zip(conversations, loras)]
         if not stream:
-            return self._run_batch(prepared)
+            outputs = fcache.run_batch(self._cache, self, prepared, reqs, self._run_batch)
+            for out, category in zip(outputs, categories):
+                out.medical_category = category
+            return outputs
         if len(prepared) != 1:
             raise InvalidRequest(f"stream=True takes one conversation, got {len(prepared)}")
-        return self._stream_text(prepared[0])
+        return fcache.stream_text(self._cache, reqs[0], prepared[0].params,
+                                  lambda: self._stream_text(prepared[0]))
 
     def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -174,6 +227,17 @@ def _as_conversation_list(messages: Conversation | Sequence[Conversation]) -> li
     return list(messages)  # type: ignore[arg-type]
 
 
+def _apply_medical_template(conversations: list[Conversation], mode: str
+                            ) -> tuple[list[Conversation], list[str | None]]:
+    from medrt.medical.conversation import apply_medical_template
+
+    try:
+        pairs = [apply_medical_template(c, mode) for c in conversations]
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def _params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,
                        n: int) -> list[SamplingParams | None]:
     if params is None or isinstance(params, SamplingParams):
@@ -182,3 +246,13 @@ def _params_per_prompt(params: SamplingParams | Sequence[SamplingParams] | None,
     if len(params) != n:
         raise InvalidRequest(f"got {len(params)} sampling_params for {n} prompts")
     return params
+
+
+def _lora_per_prompt(lora: LoRARequest | Sequence[LoRARequest | None] | None,
+                     n: int) -> list[LoRARequest | None]:
+    if lora is None or isinstance(lora, (LoRARequest, str)):
+        return [lora] * n
+    lora = list(lora)
+    if len(lora) != n:
+        raise InvalidRequest(f"got {len(lora)} lora_requests for {n} prompts")
+    return lora

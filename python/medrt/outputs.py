@@ -67,11 +67,15 @@ class RequestMetrics:
 class RequestOutput:
     """The state of one request: the prompt, its completion so far, and whether it is done.
 
-    ``num_cached_tokens`` counts the prompt tokens served from the prefix cache.
+    ``num_cached_tokens`` counts the prompt tokens served from the prefix cache. ``cache`` is
+    None when the answer was generated; for an answer served by the semantic cache it is
+    ``{"score", "matched_question", "tier"}`` (tier: "exact", "memory" or "disk").
     ``prompt_logprobs`` (with SamplingParams.prompt_logprobs) is aligned with
     ``prompt_token_ids``: entry i maps the prompt token i (and the top alternatives at that
     position) to its Logprob given tokens 0..i-1; None for token 0 and for the tokens before
     SamplingParams.prompt_logprobs_start.
+    ``medical_category`` is the category whose template answered the request (chat with
+    ``medical_template``), else None.
     """
 
     request_id: str
@@ -81,6 +85,8 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics = field(repr=False)
     prompt_logprobs: list[dict[int, Logprob] | None] | None = field(default=None, repr=False)
+    medical_category: str | None = None
+    cache: dict | None = None
 
     @property
     def num_cached_tokens(self) -> int:

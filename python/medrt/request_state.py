@@ -120,16 +120,22 @@ class RequestState:
         return self._stream.take_delta()
 
     def output(self, delta: bool = False) -> RequestOutput:
-        """A RequestOutput with the text shown so far (cumulative) or since the last output."""
+        """A RequestOutput with the text shown so far (cumulative) or since the last output.
+
+        Cumulative outputs carry this request's own token_ids and logprobs lists, which keep
+        growing as the stream goes on (as in vLLM): copying them for every streamed token
+        would make a stream of n tokens cost O(n^2).
+        """
         new_text = self._stream.take_delta()
-        start = self._sent_tokens if delta else 0
+        start = self._sent_tokens
         self._sent_tokens = len(self.token_ids)
         completion = CompletionOutput(
             index=0,
             text=new_text if delta else self._stream.shown_text,
-            token_ids=self.token_ids[start:],
+            token_ids=self.token_ids[start:] if delta else self.token_ids,
             cumulative_logprob=self.cumulative_logprob,
-            logprobs=None if self.logprobs is None else self.logprobs[start:],
+            logprobs=(None if self.logprobs is None
+                      else self.logprobs[start:] if delta else self.logprobs),
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
         )

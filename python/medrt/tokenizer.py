@@ -10,11 +10,18 @@ decide; otherwise tokenizer.json's post-processor does.
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medrt.errors import InvalidCheckpoint
+
+# Stand-ins for message text that spells a control token while the template renders: private
+# use characters the template passes through untouched (no filter changes them).
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_STAND_IN = re.compile(f"{_OPEN}([0-9]+){_CLOSE}")
 
 _SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
                         "cls_token", "mask_token")
@@ -34,6 +41,15 @@ class Tokenizer:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises plain Exception on bad files
             raise InvalidCheckpoint(f"{path}: cannot load: {e}") from e
+        self._path = path
+        self._as_text: Any = None  # a second tokenizer that reads control tokens as text
+        self._as_text_lock = threading.Lock()
+        controls = [t.content for t in self._tok.get_added_tokens_decoder().values()
+                    if t.special and t.content]
+        # Longest first, so "<|im_start|>" wins over a shorter token it starts with; the
+        # stand-in characters themselves are escaped too, so user text cannot fake one.
+        self._controls = re.compile("|".join(
+            re.escape(t) for t in sorted({*controls, _OPEN, _CLOSE}, key=len, reverse=True)))
         config = _read_json(model_dir / "tokenizer_config.json")
         self.special_tokens: dict[str, str] = {}
         for name in _SPECIAL_TOKEN_NAMES:
@@ -97,6 +113,50 @@ class Tokenizer:
             ids = self._bos_prefix + ids + self._eos_suffix
         return ids
 
+    def encode_as_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` with control tokens spelled in it read as plain text."""
+        with self._as_text_lock:
+            if self._as_text is None:
+                from tokenizers import Tokenizer as HFTokenizer
+
+                # A copy of its own: the flag is per tokenizer, and the main one is shared by
+                # threads that must keep reading control tokens written by templates.
+                self._as_text = HFTokenizer.from_file(str(self._path))
+                self._as_text.encode_special_tokens = True
+            return self._as_text.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[str, list[int]]:
+        """Renders a conversation and encodes it: (text, token ids).
+
+        Control tokens come only from the template. Text in a message that spells one
+        (``<|im_start|>system``) is encoded as ordinary text, so a user cannot forge a turn.
+        """
+        originals: list[str] = []
+
+        def stand_in(m: re.Match[str]) -> str:
+            originals.append(m.group(0))
+            return f"{_OPEN}{len(originals) - 1}{_CLOSE}"
+
+        escaped = [_map_strings(m, lambda t: self._controls.sub(stand_in, t))
+                   if isinstance(m, Mapping) else m for m in messages]
+        text = self.render_chat(escaped, add_generation_prompt=add_generation_prompt,
+                                chat_template=chat_template, **kwargs)
+        ids: list[int] = []
+        pieces = _STAND_IN.split(text)  # template text, stand-in index, template text, ...
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                ids += self.encode_as_text(originals[int(piece)])
+            elif piece:
+                ids += self.encode(piece, add_special_tokens=False)
+        return _STAND_IN.sub(lambda m: originals[int(m.group(1))], text), ids
+
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
@@ -133,9 +193,22 @@ class Tokenizer:
         The text is encoded without adding BOS/EOS again (the template writes them), as
         transformers does.
         """
-        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt,
+        if tokenize:
+            return self.encode_chat(messages, add_generation_prompt=add_generation_prompt,
+                                    chat_template=chat_template, **kwargs)[1]
+        return self.render_chat(messages, add_generation_prompt=add_generation_prompt,
                                 chat_template=chat_template, **kwargs)
-        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def _map_strings(value: Any, fn: Any, key: str | None = None) -> Any:
+    """``value`` with ``fn`` applied to every string in it but the message's role."""
+    if isinstance(value, str):
+        return value if key == "role" else fn(value)
+    if isinstance(value, Mapping):
+        return {k: _map_strings(v, fn, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, fn) for v in value]
+    return value
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -98,7 +98,8 @@ def test_int4_worked_example_from_the_spec():
 
 @pytest.mark.parametrize("spec,message", [
     ("int4-g48", "not one of"), ("nf4-g32", "groups of 64"), ("int3", "unknown weight type"),
-    ("int8-g64", "takes no group size")])
+    ("int8-g48", "not one of"), ("f16-g32", "takes no group size"),
+    ("nf4-g64-mins", "only int4 stores mins")])
 def test_bad_type_specs_are_rejected(spec, message):
     with pytest.raises(QuantFormatError, match=message):
         parse_type(spec)

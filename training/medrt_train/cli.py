@@ -17,6 +17,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "merge": ("medrt_train.merge", "merge a LoRA adapter into its base model"),
     "quantize": ("medrt_train.quant.cli", "mixed-precision quantization to medrt's format"),
     "eval": ("medrt_train.evaluate", "perplexity, KL and PubMedQA accuracy of a model"),
+    "moe": ("medrt_train.moe.cli", "SparseDoctor LoRA-MoE: routed LoRA experts, contrastive router"),
 }
 
 
@@ -32,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
             p.set_defaults(_import_error=exc)
             continue
         modules[name].add_arguments(p)
-    args = parser.parse_args(argv)
+    # Known args first: a stage whose module did not import has no options, and its missing
+    # extra must be the message rather than "unrecognized arguments".
+    args, unknown = parser.parse_known_args(argv)
     if getattr(args, "_import_error", None) is not None:
         print(f"medrt-train {args.stage}: {args._import_error}. "
               "Install the training extra: pip install 'medrt[train]'", file=sys.stderr)
         return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return int(modules[args.stage].run(args) or 0)
 
 

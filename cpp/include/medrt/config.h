@@ -35,7 +35,9 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases: always for Qwen2, optional for Llama
   const ArchSpec& spec() const { return arch_spec(arch); }
+  // Special token ids; -1 when config.json does not set one. Each set id is in [0, vocab_size).
   int bos_token_id = -1;
+  int pad_token_id = -1;
   std::vector<int> eos_token_ids;
   DType torch_dtype = DType::F32;
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "medrt/config.h"
+#include "medrt/lora.h"
 #include "medrt/sampling.h"
 
 namespace medrt {
@@ -22,12 +23,13 @@ struct EngineConfig {
   int max_num_batched_tokens = 2048;     // token budget of one step (prefill chunks + decodes)
   int max_model_len = 0;                 // 0: the model's max_position_embeddings
   bool enable_prefix_caching = true;
-  int num_threads = 0;                   // 0: physical cores
+  int num_threads = 0;  // 0: physical cores within the usable CPUs; more than usable: InvalidRequest
   uint64_t seed = 0;                     // seeds requests that carry no seed of their own
 };
 
-enum class FinishReason { None, Stop, Length, Abort };
-const char* finish_reason_name(FinishReason r);  // "", "stop", "length", "abort"
+// Error: a step failed (out of memory, a kernel error) and ended every request it held.
+enum class FinishReason { None, Stop, Length, Abort, Error };
+const char* finish_reason_name(FinishReason r);  // "", "stop", "length", "abort", "error"
 
 // What one step produced for one request.
 struct RequestOutput {
@@ -84,18 +86,30 @@ class Engine {
   bool has_unfinished() const;
 
   // Synchronous mode: runs one scheduling step on the calling thread and returns its outputs.
-  // Must not be mixed with start().
+  // Must not be mixed with start(). If the step fails, every live request ends with
+  // FinishReason::Error (those outputs come with the next step() call) and the error is
+  // rethrown here, so no request is left unfinished.
   std::vector<RequestOutput> step();
 
   // Background mode: the loop thread steps while there is work and sleeps otherwise.
+  // start(), stop() and the destructor may be called from any threads, concurrently.
   void start();
   void stop();
   // Blocks until outputs are available or the timeout passes; returns what is queued. Returns
   // at once when the loop is not running; rethrows (once) an error that failed the loop, whose
-  // requests then end with FinishReason::Abort.
+  // requests then end with FinishReason::Error (returned by the next call).
   std::vector<RequestOutput> wait_outputs(std::chrono::milliseconds timeout);
 
   EngineStats stats() const;
+
+  // Adapter mode (docs/adapters.md). Loads LoRA adapter `id` (> 0) between two steps; requests
+  // name it by SamplingParams::lora_id. Throws InvalidRequest for an id already loaded and
+  // InvalidCheckpoint naming a module that is not a projection of the model or does not fit it.
+  void add_lora(int32_t id, const LoraAdapterWeights& weights);
+  // Unloads adapter `id`; false (and nothing changes) while queued or running requests use it,
+  // or when it is not loaded.
+  bool remove_lora(int32_t id);
+  std::vector<int32_t> loras() const;  // ids loaded, ascending
 
  private:
   struct Impl;

@@ -16,6 +16,10 @@
 
 namespace medrt {
 
+namespace model {
+class LoraSet;
+}
+
 // The tokens of one engine step, flattened across sequences (prefill chunks and decodes mixed).
 // Host memory; the model copies it to each backend that is not the host.
 struct ForwardBatch {
@@ -27,6 +31,7 @@ struct ForwardBatch {
   int64_t n_seqs = 0;
   int64_t max_blocks = 0;
   std::vector<int32_t> logit_rows;    // rows of T whose logits the caller wants, in order
+  std::vector<int32_t> token_lora;    // [T] LoRA adapter of each token (0: base); empty: all base
 
   void clear();  // empties every array, keeping their capacity (and so their addresses)
 };
@@ -63,6 +68,10 @@ class Model {
   // now, so that forward() never reallocates (persistent addresses, as graph capture needs).
   // forward() grows them when a batch is larger.
   void reserve(int64_t max_tokens, int64_t max_logit_rows);
+
+  // Adapter mode: after each base projection, rows whose batch.token_lora names an adapter of
+  // `loras` get its delta (model/lora_set.h). `loras` must outlive the model; nullptr: none.
+  void set_loras(const model::LoraSet* loras);
 
   // Runs the decoder over the batch: writes K/V of every token into `kv`, and writes logits
   // [batch.logit_rows.size(), vocab] to `logits` (host memory).

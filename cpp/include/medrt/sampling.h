@@ -28,6 +28,8 @@ struct SamplingParams {
   int prompt_logprobs_start = 1;   // first prompt position scored (>= 1; 0 has no prefix). The
                                    // prefix cache may serve the tokens before start - 1, so a
                                    // scorer that shares a long context pays for it once.
+  int32_t lora_id = 0;             // adapter mode: the LoRA adapter the request runs with
+                                   // (Engine::add_lora); 0: the base model
   // temperature < 1e-5 is greedy; top_k -1 or 0 is off; max_tokens >= 1, min_tokens <= max_tokens.
 
   // Throws InvalidRequest naming the first bad field and its value.

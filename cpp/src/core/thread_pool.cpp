@@ -4,7 +4,10 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <system_error>
 #include <utility>
+
+#include "medrt/error.h"
 
 namespace medrt {
 
@@ -41,10 +44,22 @@ int ThreadPool::physical_cores() {
 
 ThreadPool::ThreadPool(int n_threads) {
   n_threads_ = n_threads > 0 ? n_threads : physical_cores();
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+  workers_.reserve(size_t(n_threads_));
+  try {
+    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {
+    // The workers already started must be joined: a joinable std::thread destroyed during
+    // unwinding would terminate the process.
+    const size_t started = workers_.size();
+    shutdown();
+    throw CapacityError("could not start thread " + std::to_string(started + 1) + " of " +
+                        std::to_string(n_threads_) + " for the thread pool: " + e.what());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { shutdown(); }
+
+void ThreadPool::shutdown() noexcept {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true);
@@ -52,6 +67,13 @@ ThreadPool::~ThreadPool() {
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::record_error() noexcept {
+  std::lock_guard<std::mutex> lock(error_mu_);
+  if (!error_) error_ = std::current_exception();
+  failed_.store(true, std::memory_order_relaxed);
 }
 
 void ThreadPool::worker(int index) {
@@ -86,14 +108,19 @@ void ThreadPool::run_chunks(int thread_index, uint64_t generation) {
       continue;
     const int64_t u0 = units_ * next / used, u1 = units_ * (next + 1) / used;
     const int64_t b = u0 * grain_, e = std::min(n_, u1 * grain_);
-    if (b < e) (*fn_)(thread_index, b, e);
+    if (b < e && !failed_.load(std::memory_order_relaxed)) {
+      try {
+        (*fn_)(thread_index, b, e);
+      } catch (...) {
+        record_error();  // a throw must not escape a worker: that would terminate the process
+      }
+    }
     done_.fetch_add(1, std::memory_order_release);
     c = claim_.load(std::memory_order_acquire);
   }
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn,
-                              int64_t grain) {
+void ThreadPool::parallel_for(int64_t n, ChunkFn fn, int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t units = (n + grain - 1) / grain;
@@ -107,6 +134,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, 
   grain_ = grain;
   units_ = units;
   done_.store(0, std::memory_order_relaxed);
+  failed_.store(false, std::memory_order_relaxed);
   const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
   claim_.store((gen & 0xffffffffu) << 32 | uint64_t(used) << 16, std::memory_order_release);
   {
@@ -121,6 +149,15 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, 
   for (int spin = 0; done_.load(std::memory_order_acquire) != used; ++spin) {
     if (spin < kSpinIterations) cpu_relax();
     else std::this_thread::yield();
+  }
+  // Every chunk is done, so no thread touches fn any more: the error can leave this frame.
+  if (failed_.load(std::memory_order_relaxed)) {
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(error_mu_);
+      error = std::exchange(error_, nullptr);
+    }
+    std::rethrow_exception(error);
   }
 }
 

@@ -1,6 +1,7 @@
 #include "engine/block_manager.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "medrt/error.h"
 
@@ -18,6 +19,12 @@ uint64_t mix(uint64_t x) {  // splitmix64 finaliser
   return x ^ (x >> 31);
 }
 
+// The chain root of a sequence: K/V computed under a LoRA adapter differ from the base's and
+// from every other adapter's, so each adapter's blocks form their own chain.
+uint64_t root_hash(const Sequence& seq) {
+  return seq.prefix_salt == 0 ? kRootHash : mix(kRootHash ^ mix(seq.prefix_salt));
+}
+
 }  // namespace
 
 BlockManager::BlockManager(int64_t num_blocks, int block_size, bool enable_prefix_caching)
@@ -25,6 +32,11 @@ BlockManager::BlockManager(int64_t num_blocks, int block_size, bool enable_prefi
   if (num_blocks <= 0 || block_size <= 0)
     throw InvalidRequest("the KV pool needs num_blocks > 0 and block_size > 0 (got " +
                          std::to_string(num_blocks) + ", " + std::to_string(block_size) + ")");
+  // Block ids are int32 in block tables, and so are slots (block * block_size + offset).
+  if (num_blocks > INT32_MAX / block_size)
+    throw CapacityError("KV pool of " + std::to_string(num_blocks) + " blocks x " +
+                        std::to_string(block_size) + " tokens exceeds the 2^31 - 1 slots a " +
+                        "32-bit slot index can address");
   blocks_.resize(size_t(num_blocks));
   for (int32_t i = 0; i < int32_t(num_blocks); ++i)
     blocks_[size_t(i)].free_pos = free_.insert(free_.end(), i);
@@ -40,7 +52,7 @@ std::vector<int32_t> BlockManager::find_prefix(const Sequence& seq) const {
   std::vector<int32_t> found;
   if (!prefix_caching_) return found;
   int max_blocks = seq.prefix_cache_limit() / block_size_;
-  uint64_t parent = kRootHash;
+  uint64_t parent = root_hash(seq);
   for (int b = 0; b < max_blocks; ++b) {
     const int32_t* toks = seq.tokens.data() + size_t(b) * size_t(block_size_);
     uint64_t h = hash_block(parent, toks);
@@ -102,7 +114,7 @@ void BlockManager::commit(Sequence& seq) {
   size_t full = size_t(seq.num_computed_tokens / block_size_);
   while (seq.block_hashes.size() < full) {
     size_t b = seq.block_hashes.size();
-    uint64_t parent = b == 0 ? kRootHash : seq.block_hashes[b - 1];
+    uint64_t parent = b == 0 ? root_hash(seq) : seq.block_hashes[b - 1];
     const int32_t* toks = seq.tokens.data() + b * size_t(block_size_);
     uint64_t h = hash_block(parent, toks);
     seq.block_hashes.push_back(h);

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "engine/block_manager.h"
+#include "engine/failpoint.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
@@ -68,11 +69,20 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Sequence>> new_seqs;
   std::vector<uint64_t> aborts;
   std::set<uint64_t> unfinished;  // added and not yet reported finished
+  // Adapter mode: per adapter loaded, how many unfinished requests use it, and the salt of its
+  // prefix-cache chain (new at every load, so a reloaded id never meets blocks of the old one).
+  struct LoraUse {
+    int users = 0;
+    uint64_t salt = 0;
+  };
+  std::map<int32_t, LoraUse> lora_users;
+  uint64_t lora_loads = 0;
   uint64_t next_id = 1;
   std::mt19937_64 seed_gen;
   bool stop_requested = false;
 
-  // Background mode.
+  // Background mode. lifecycle_mu serialises start() and stop() (and so the destructor).
+  std::mutex lifecycle_mu;
   std::thread loop;
   std::mutex out_mu;
   std::condition_variable out_cv;
@@ -83,7 +93,8 @@ struct Engine::Impl {
   mutable std::mutex stats_mu;
   EngineStats stats;
 
-  explicit Impl(const EngineConfig& c) : cfg(c), pool(c.num_threads), seed_gen(c.seed) {
+  explicit Impl(const EngineConfig& c)
+      : cfg(c), pool(ThreadPool::resolve_num_threads(c.num_threads)), seed_gen(c.seed) {
     require(c.block_size > 0, "block_size = " + std::to_string(c.block_size) + ": must be > 0");
     require(c.max_num_seqs > 0, "max_num_seqs = " + std::to_string(c.max_num_seqs) + ": must be > 0");
     require(c.max_num_batched_tokens > 0, "max_num_batched_tokens = " +
@@ -129,9 +140,19 @@ struct Engine::Impl {
     uint64_t id;
     {
       std::lock_guard lk(inbox_mu);
+      uint64_t salt = 0;
+      if (params.lora_id != 0) {
+        auto it = lora_users.find(params.lora_id);
+        if (it == lora_users.end())
+          throw InvalidRequest("SamplingParams.lora_id = " + std::to_string(params.lora_id) +
+                               ": no LoRA adapter with this id is loaded");
+        ++it->second.users;
+        salt = it->second.salt;
+      }
       id = next_id++;
       uint64_t seed = params.seed >= 0 ? uint64_t(params.seed) : seed_gen();
       new_seqs.push_back(std::make_unique<Sequence>(id, prompt, params, seed));
+      new_seqs.back()->prefix_salt = salt;
       unfinished.insert(id);
     }
     work_cv.notify_one();
@@ -153,6 +174,7 @@ struct Engine::Impl {
     {
       std::lock_guard lk(inbox_mu);
       unfinished.erase(s.id);
+      if (s.params.lora_id != 0) --lora_users[s.params.lora_id].users;
     }
     seqs.erase(s.id);
   }
@@ -279,15 +301,38 @@ struct Engine::Impl {
     return out;
   }
 
-  // After a failed step in the background: every live request ends (Abort) so no client waits
-  // forever, and wait_outputs() rethrows the error.
+  // After a failed step: every live request ends with FinishReason::Error (a step that failed
+  // part way may have left its KV blocks half written, so none of them can go on) and no
+  // client waits forever. The caller rethrows the error.
   void fail_all(std::vector<RequestOutput>& out) {
     drain_inbox(out);
     while (!seqs.empty()) {
       Sequence& s = *seqs.begin()->second;
-      s.finish_reason = FinishReason::Abort;
+      s.finish_reason = FinishReason::Error;
       out.push_back(final_output(s));
       retire(s);
+    }
+  }
+
+  // One step, under step_mu. On failure the requests end (fail_all) with their outputs in
+  // `out`, and the error is returned instead of thrown, so both modes report it their way.
+  std::exception_ptr guarded_step(std::vector<RequestOutput>& out) {
+    std::lock_guard lk(step_mu);
+    try {
+      if (engine::failpoint::take_step_failure())
+        throw Error("step failed (injected by the test failpoint)");
+      out = step();
+      return nullptr;
+    } catch (...) {
+      std::exception_ptr error = std::current_exception();
+      out.clear();
+      try {
+        fail_all(out);
+      } catch (...) {
+        // Retiring only frees memory; if even that fails, the first error is still the one
+        // the client must see.
+      }
+      return error;
     }
   }
 
@@ -301,16 +346,7 @@ struct Engine::Impl {
         if (stop_requested) return;
       }
       std::vector<RequestOutput> out;
-      std::exception_ptr error;
-      {
-        std::lock_guard lk(step_mu);
-        try {
-          out = step();
-        } catch (...) {
-          error = std::current_exception();
-          fail_all(out);
-        }
-      }
+      std::exception_ptr error = guarded_step(out);
       std::lock_guard lk(out_mu);
       if (error) loop_error = error;
       if (out.empty() && !error) continue;
@@ -345,22 +381,43 @@ std::vector<RequestOutput> Engine::step() {
     std::lock_guard lk(impl_->out_mu);
     if (impl_->loop_running) throw Error("Engine::step() cannot run while the background loop runs (start())");
   }
-  std::lock_guard lk(impl_->step_mu);
-  return impl_->step();
+  std::vector<RequestOutput> out;
+  {
+    // Outputs of requests a failed step ended come first.
+    std::lock_guard lk(impl_->out_mu);
+    out.swap(impl_->outputs);
+  }
+  std::vector<RequestOutput> now;
+  if (std::exception_ptr error = impl_->guarded_step(now)) {
+    std::lock_guard lk(impl_->out_mu);
+    impl_->outputs.insert(impl_->outputs.begin(), std::make_move_iterator(out.begin()),
+                          std::make_move_iterator(out.end()));
+    impl_->outputs.insert(impl_->outputs.end(), std::make_move_iterator(now.begin()),
+                          std::make_move_iterator(now.end()));
+    std::rethrow_exception(error);
+  }
+  out.insert(out.end(), std::make_move_iterator(now.begin()), std::make_move_iterator(now.end()));
+  return out;
 }
 
 void Engine::start() {
+  std::lock_guard life(impl_->lifecycle_mu);
   std::lock_guard lk(impl_->out_mu);
   if (impl_->loop_running) return;
-  impl_->loop_running = true;
   impl_->loop = std::thread([this] { impl_->run_loop(); });
+  impl_->loop_running = true;
 }
 
+// Callers from several threads take turns on lifecycle_mu: the first joins the loop, the
+// others find it stopped. Only the loop thread itself may not stop it (it cannot join itself).
 void Engine::stop() {
+  std::lock_guard life(impl_->lifecycle_mu);
   {
     std::lock_guard lk(impl_->out_mu);
     if (!impl_->loop_running) return;
   }
+  if (impl_->loop.get_id() == std::this_thread::get_id())
+    throw Error("Engine::stop() called from the engine's own loop thread");
   {
     std::lock_guard lk(impl_->inbox_mu);
     impl_->stop_requested = true;
@@ -385,6 +442,29 @@ std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeou
   std::vector<RequestOutput> out;
   out.swap(impl_->outputs);
   return out;
+}
+
+void Engine::add_lora(int32_t id, const LoraAdapterWeights& weights) {
+  std::lock_guard step(impl_->step_mu);  // between steps: the model reads the set while it runs
+  impl_->runner->loras().add(id, weights);
+  std::lock_guard lk(impl_->inbox_mu);
+  impl_->lora_users.emplace(id, Impl::LoraUse{0, ++impl_->lora_loads});
+}
+
+bool Engine::remove_lora(int32_t id) {
+  std::lock_guard step(impl_->step_mu);
+  std::lock_guard lk(impl_->inbox_mu);
+  auto it = impl_->lora_users.find(id);
+  if (it == impl_->lora_users.end() || it->second.users > 0) return false;
+  impl_->lora_users.erase(it);
+  return impl_->runner->loras().remove(id);
+}
+
+std::vector<int32_t> Engine::loras() const {
+  std::lock_guard lk(impl_->inbox_mu);
+  std::vector<int32_t> ids;
+  for (const auto& [id, users] : impl_->lora_users) ids.push_back(id);
+  return ids;
 }
 
 EngineStats Engine::stats() const {

@@ -22,8 +22,10 @@ int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
 }  // namespace
 
 ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
-    : cfg_(config), cpu_(make_cpu_backend(pool)) {
-  model_ = Model::load(cfg_.model_dir, ModelPlacement{cpu_.get(), {}});
+    : cfg_(config), cpu_(make_cpu_backend(pool)),
+      model_(Model::load(cfg_.model_dir, ModelPlacement{cpu_.get(), {}})),
+      loras_(model_->config(), pool) {
+  model_->set_loras(&loras_);
   const ModelConfig& m = model_->config();
   const int64_t num_blocks = resolve_num_blocks(cfg_, m);
   kv_ = std::make_unique<KVCache>(m, num_blocks, cfg_.block_size, model_->layer_backends());
@@ -37,6 +39,7 @@ ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
   batch_.positions.reserve(size_t(max_tokens));
   batch_.token_seq.reserve(size_t(max_tokens));
   batch_.slot_mapping.reserve(size_t(max_tokens));
+  batch_.token_lora.reserve(size_t(max_tokens));
   batch_.logit_rows.reserve(size_t(max_tokens));  // prompt logprobs may want every row
   batch_.block_tables.reserve(size_t(max_seqs * max_blocks));
   logits_.reserve(size_t(max_seqs) * size_t(m.vocab_size));
@@ -63,6 +66,7 @@ void ModelRunner::build_batch(const std::vector<ScheduledSeq>& sched) {
       fb.token_seq.push_back(int32_t(i));
       fb.slot_mapping.push_back(seq.block_table[size_t(pos / bs)] * bs + pos % bs);
       if (pos >= score_from && pos < score_to) fb.logit_rows.push_back(int32_t(fb.tokens.size()) - 1);
+      if (!loras_.empty()) fb.token_lora.push_back(seq.params.lora_id);
     }
     if (sched[i].sample) fb.logit_rows.push_back(int32_t(fb.tokens.size()) - 1);
   }

@@ -13,6 +13,7 @@
 #include "medrt/engine.h"
 #include "medrt/kv_cache.h"
 #include "medrt/model.h"
+#include "model/lora_set.h"
 
 namespace medrt::engine {
 
@@ -32,6 +33,9 @@ class ModelRunner {
   // row if it samples (valid until the next call; the sampler may modify them in place).
   float* execute(const std::vector<ScheduledSeq>& sched);
 
+  // Adapter mode: the LoRA adapters the model applies (change only between steps).
+  model::LoraSet& loras() { return loras_; }
+
  private:
   void build_batch(const std::vector<ScheduledSeq>& sched);
 
@@ -39,6 +43,7 @@ class ModelRunner {
   std::unique_ptr<Backend> cpu_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<KVCache> kv_;
+  model::LoraSet loras_;
   ForwardBatch batch_;
   std::vector<float> logits_;  // [rows of this step, vocab]; grows, never shrinks
 };

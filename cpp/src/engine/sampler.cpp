@@ -4,6 +4,9 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
+
+#include "medrt/error.h"
 
 namespace medrt::engine {
 namespace {
@@ -27,10 +30,29 @@ int32_t argmax(const float* l, int n) {
 // Uniform in [0, 1) from the top 53 bits: the same on every standard library.
 double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
 
+// Vocabulary-sized work buffers, one set per thread (rows are sampled in parallel): they grow
+// on a thread's first sampled token and are reused after, so sampling allocates nothing in
+// steady state.
+struct Scratch {
+  std::vector<int32_t> cand;  // candidate ids
+  std::vector<int32_t> ids;   // ranking for logprobs
+  std::vector<float> raw;     // logits before penalties, for logprobs
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
 }  // namespace
 
 Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids)
-    : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {}
+    : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {
+  // Masking writes logits[id]: an id outside the row would write past it.
+  for (int id : eos_)
+    if (id < 0 || id >= vocab_)
+      throw InvalidCheckpoint("EOS token id " + std::to_string(id) +
+                              " is outside the vocabulary [0, " + std::to_string(vocab_) + ")");
+}
 
 void Sampler::apply_penalties(float* l, const Sequence& seq) const {
   const SamplingParams& p = seq.params;
@@ -46,13 +68,12 @@ void Sampler::apply_penalties(float* l, const Sequence& seq) const {
   }
 }
 
-// The `n` best tokens by logit, best first.
-std::vector<int32_t> Sampler::ranked(const float* l, size_t n) const {
-  std::vector<int32_t> ids(static_cast<size_t>(vocab_));
-  std::iota(ids.begin(), ids.end(), 0);
-  std::partial_sort(ids.begin(), ids.begin() + ptrdiff_t(n), ids.end(), ByLogit{l});
-  ids.resize(n);
-  return ids;
+// `out` = the `n` best tokens by logit, best first (out keeps its vocabulary-sized capacity).
+void Sampler::rank_into(const float* l, size_t n, std::vector<int32_t>& out) const {
+  out.resize(static_cast<size_t>(vocab_));
+  std::iota(out.begin(), out.end(), 0);
+  std::partial_sort(out.begin(), out.begin() + ptrdiff_t(n), out.end(), ByLogit{l});
+  out.resize(n);
 }
 
 int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p,
@@ -64,10 +85,11 @@ int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p
   auto weight = [&](int32_t t) { return std::exp((double(l[t]) - top) * inv_t); };
 
   // Candidates, best first where a rule needs the ranking, else in id order.
-  std::vector<int32_t> cand;
+  std::vector<int32_t>& cand = scratch().cand;
   double total = 0.0;
-  if (p.top_k > 0 && p.top_k < vocab_) {
-    cand = ranked(l, size_t(p.top_k));
+  const bool top_k = p.top_k > 0 && p.top_k < vocab_;
+  if (top_k) {
+    rank_into(l, size_t(p.top_k), cand);
     for (int32_t t : cand) total += weight(t);
   } else {
     for (int32_t t = 0; t < vocab_; ++t) total += weight(t);
@@ -79,14 +101,14 @@ int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p
   if (p.top_p < 1.0f) {
     const double target = double(p.top_p) * total;
     // Rank a few hundred tokens first: the nucleus is usually small, a full sort is not.
+    // After top-k the candidates are ranked already: one pass over them.
     for (size_t n = std::min<size_t>(256, size_t(vocab_));; n = std::min(4 * n, size_t(vocab_))) {
-      std::vector<int32_t> head = cand.empty() ? ranked(l, n) : cand;
+      if (!top_k) rank_into(l, n, cand);
       double cum = 0.0;
       size_t keep = 0;
-      while (keep < head.size() && cum < target) cum += weight(head[keep++]);
-      if (cum >= target || head.size() == size_t(vocab_) || !cand.empty()) {
-        head.resize(keep);
-        cand = std::move(head);
+      while (keep < cand.size() && cum < target) cum += weight(cand[keep++]);
+      if (cum >= target || cand.size() == size_t(vocab_) || top_k) {
+        cand.resize(keep);
         break;
       }
     }
@@ -118,14 +140,17 @@ TokenLogprobs Sampler::logprobs(const float* l, int32_t token, int n) const {
   TokenLogprobs out;
   out.chosen = float(double(l[token]) - lse);
   if (n <= 0) return out;
-  for (int32_t t : ranked(l, std::min(size_t(n), size_t(vocab_))))
-    out.top.emplace_back(t, float(double(l[t]) - lse));
+  std::vector<int32_t>& idx = scratch().ids;
+  const size_t k = std::min(size_t(n), size_t(vocab_));
+  rank_into(l, k, idx);
+  out.top.reserve(k);  // the output itself: one allocation per token that asks for logprobs
+  for (size_t i = 0; i < k; ++i) out.top.emplace_back(idx[i], float(double(l[idx[i]]) - lse));
   return out;
 }
 
 Sample Sampler::sample(float* logits, Sequence& seq) const {
   const SamplingParams& p = seq.params;
-  std::vector<float> raw;
+  std::vector<float>& raw = scratch().raw;
   if (p.logprobs >= 0) raw.assign(logits, logits + vocab_);
   apply_penalties(logits, seq);
   Sample s;

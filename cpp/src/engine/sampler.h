@@ -28,6 +28,7 @@ struct Sample {
 
 class Sampler {
  public:
+  // Throws InvalidCheckpoint for an EOS id outside [0, vocab_size).
   Sampler(int vocab_size, std::vector<int> eos_token_ids);
 
   // `logits` ([vocab]) is modified in place; seq.rng advances by one draw unless greedy.
@@ -39,7 +40,7 @@ class Sampler {
   void apply_penalties(float* logits, const Sequence& seq) const;
   int32_t draw(const float* logits, float temperature, const SamplingParams& p,
                std::mt19937_64& rng) const;
-  std::vector<int32_t> ranked(const float* logits, size_t n) const;
+  void rank_into(const float* logits, size_t n, std::vector<int32_t>& out) const;
 
   int vocab_;
   std::vector<int> eos_;

@@ -31,12 +31,14 @@ class Sequence {
   std::vector<uint64_t> block_hashes;  // chained hash of each full, computed block
   int num_computed_tokens = 0;         // tokens whose K/V are in the cache
   int num_cached_tokens = -1;          // prompt tokens found in the prefix cache at first admission
+  uint64_t prefix_salt = 0;            // seeds the hash chain: 0 for the base model, one value
+                                       // per loaded LoRA adapter (its blocks hold its own K/V)
 
   // Sampling state. The generator advances only when this sequence samples, so its draws do
   // not depend on what else runs in the batch.
   std::mt19937_64 rng;
-  std::vector<int32_t> seen_tokens;        // sorted set of prompt and output tokens
-  std::map<int32_t, int> output_counts;    // output token -> occurrences
+  std::vector<int32_t> seen_tokens;        // sorted prompt and output tokens (repetition penalty)
+  std::map<int32_t, int> output_counts;    // output token -> occurrences (frequency/presence)
 
   FinishReason finish_reason = FinishReason::None;
   int32_t stop_token_id = -1;

@@ -13,6 +13,18 @@ namespace medrt {
 
 namespace {
 
+// Upper bounds on the sizes buffers are allocated from: several times the largest open models
+// (Llama 3.1 405B: hidden 16384, 126 layers, 128 heads, intermediate 53248; vocabularies up
+// to 256k; contexts up to 10M), low enough that products like vocab * hidden stay far from
+// overflowing int64 and a hostile config.json fails here instead of in an allocation.
+constexpr int kMaxHidden = 1 << 17;
+constexpr int kMaxIntermediate = 1 << 20;
+constexpr int kMaxLayers = 1024;
+constexpr int kMaxHeads = 4096;
+constexpr int kMaxHeadDim = 4096;
+constexpr int kMaxVocab = 1 << 22;
+constexpr int kMaxPositions = 1 << 26;
+
 // Typed access to one JSON object whose errors name the file and the field.
 class Fields {
  public:
@@ -51,6 +63,15 @@ class Fields {
   int positive(const std::string& key) const {
     int x = integer(key);
     if (x <= 0) fail(key, "must be positive, got " + std::to_string(x));
+    return x;
+  }
+  // A size the model's buffers are allocated from: refused above `limit` before anything is
+  // allocated (a config.json is untrusted input).
+  int size(const std::string& key, int limit) const {
+    int x = positive(key);
+    if (x > limit)
+      fail(key, std::to_string(x) + " is larger than medrt supports (at most " +
+                    std::to_string(limit) + ")");
     return x;
   }
 
@@ -128,16 +149,24 @@ DType parse_dtype(const Fields& f) {
   f.fail(key, "unsupported dtype \"" + name + "\" (float32, float16 or bfloat16)");
 }
 
-std::vector<int> parse_eos(const Fields& f, const json::Value* v) {
+// A special token id must index the vocabulary: the sampler masks EOS by writing
+// logits[id], so an id past the vocabulary would write past the logits row.
+int token_id(const Fields& f, const std::string& key, const json::Value& v, int vocab_size) {
+  int id = f.to_int(key, v);
+  if (id < 0 || id >= vocab_size)
+    f.fail(key, "token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                    std::to_string(vocab_size) + ")");
+  return id;
+}
+
+std::vector<int> parse_eos(const Fields& f, const json::Value* v, int vocab_size) {
   std::vector<int> ids;
   if (!v) return ids;
   if (v->type == json::Type::Array) {
-    for (const json::Value& e : v->array) ids.push_back(f.to_int("eos_token_id", e));
+    for (const json::Value& e : v->array) ids.push_back(token_id(f, "eos_token_id", e, vocab_size));
   } else {
-    ids.push_back(f.to_int("eos_token_id", *v));
+    ids.push_back(token_id(f, "eos_token_id", *v, vocab_size));
   }
-  for (int id : ids)
-    if (id < 0) f.fail("eos_token_id", "negative token id " + std::to_string(id));
   return ids;
 }
 
@@ -175,29 +204,33 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
                                 supported_architectures() + ")");
   c.arch = spec->arch;
 
-  c.hidden_size = f.positive("hidden_size");
-  c.intermediate_size = f.positive("intermediate_size");
-  c.num_layers = f.positive("num_hidden_layers");
-  c.num_heads = f.positive("num_attention_heads");
+  c.hidden_size = f.size("hidden_size", kMaxHidden);
+  c.intermediate_size = f.size("intermediate_size", kMaxIntermediate);
+  c.num_layers = f.size("num_hidden_layers", kMaxLayers);
+  c.num_heads = f.size("num_attention_heads", kMaxHeads);
   c.num_kv_heads = f.integer("num_key_value_heads", c.num_heads);
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
     f.fail("num_key_value_heads", std::to_string(c.num_kv_heads) +
                                       " does not divide num_attention_heads " +
                                       std::to_string(c.num_heads));
   if (f.get("head_dim")) {
-    c.head_dim = f.positive("head_dim");
+    c.head_dim = f.size("head_dim", kMaxHeadDim);
   } else {
     if (c.hidden_size % c.num_heads != 0)
       f.fail("head_dim", "missing, and hidden_size " + std::to_string(c.hidden_size) +
                              " is not divisible by num_attention_heads " +
                              std::to_string(c.num_heads));
     c.head_dim = c.hidden_size / c.num_heads;
+    if (c.head_dim > kMaxHeadDim)
+      f.fail("head_dim", "hidden_size / num_attention_heads = " + std::to_string(c.head_dim) +
+                             " is larger than medrt supports (at most " +
+                             std::to_string(kMaxHeadDim) + ")");
   }
   if (c.head_dim % 2 != 0)
     f.fail("head_dim",
            "rotary embeddings need an even head_dim, got " + std::to_string(c.head_dim));
-  c.vocab_size = f.positive("vocab_size");
-  c.max_position_embeddings = f.positive("max_position_embeddings");
+  c.vocab_size = f.size("vocab_size", kMaxVocab);
+  c.max_position_embeddings = f.size("max_position_embeddings", kMaxPositions);
   c.rms_norm_eps = f.number("rms_norm_eps", 1e-6f);
   if (c.rms_norm_eps <= 0.0f) f.fail("rms_norm_eps", "must be positive");
 
@@ -229,8 +262,11 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
                                   " (only full_attention)");
   }
 
-  c.bos_token_id = f.integer("bos_token_id", -1);
-  c.eos_token_ids = parse_eos(f, f.get("eos_token_id"));
+  if (const json::Value* bos = f.get("bos_token_id"))
+    c.bos_token_id = token_id(f, "bos_token_id", *bos, c.vocab_size);
+  if (const json::Value* pad = f.get("pad_token_id"))
+    c.pad_token_id = token_id(f, "pad_token_id", *pad, c.vocab_size);
+  c.eos_token_ids = parse_eos(f, f.get("eos_token_id"), c.vocab_size);
   c.torch_dtype = parse_dtype(f);
   return c;
 }

@@ -1,5 +1,6 @@
 #include "io/json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <unordered_set>
 
@@ -12,7 +13,7 @@ constexpr int kMaxDepth = 256;
 
 class Parser {
  public:
-  explicit Parser(std::string_view text) : s_(text) {}
+  explicit Parser(std::string_view text) : s_(text), values_left_(max_values_for(text.size())) {}
 
   Value parse_document() {
     skip_ws();
@@ -41,6 +42,10 @@ class Parser {
 
   Value parse_value(int depth) {
     if (depth > kMaxDepth) fail("nesting deeper than " + std::to_string(kMaxDepth));
+    if (values_left_ == 0)
+      fail("more than " + std::to_string(max_values_for(s_.size())) + " values in a " +
+           std::to_string(s_.size()) + "-byte document");
+    --values_left_;
     if (at_end()) fail("unexpected end of input");
     Value v;
     switch (peek()) {
@@ -287,6 +292,7 @@ class Parser {
 
   std::string_view s_;
   size_t pos_ = 0;
+  size_t values_left_;
 };
 
 }  // namespace
@@ -311,6 +317,10 @@ const Value* Value::find(std::string_view key) const {
 
 ParseError::ParseError(const std::string& what, size_t offset)
     : std::runtime_error(what + " at byte " + std::to_string(offset)), offset_(offset) {}
+
+size_t max_values_for(size_t text_bytes) {
+  return std::min(kMaxValues, 4096 + text_bytes / 8);
+}
 
 Value parse(std::string_view text) { return Parser(text).parse_document(); }
 

@@ -41,8 +41,16 @@ class ParseError : public std::runtime_error {
   size_t offset_;
 };
 
-// Parses exactly one JSON value surrounded by optional whitespace. Duplicate object keys and
-// invalid UTF-8 are errors. Throws ParseError.
+// A parsed value takes ~120 bytes against 2 bytes of text ("0,"), so an untrusted document is
+// limited in how many values it may hold: one per 8 bytes of text beyond the first 4096 values
+// (real configs and safetensors headers hold one per 12 bytes or more) and never more than
+// kMaxValues (about 250,000 tensors in a safetensors header; a few hundred MB parsed). A
+// 100 MiB header of [0,0,...] is refused after kMaxValues values instead of taking gigabytes.
+constexpr size_t kMaxValues = 2'000'000;
+size_t max_values_for(size_t text_bytes);
+
+// Parses exactly one JSON value surrounded by optional whitespace. Duplicate object keys,
+// invalid UTF-8 and more than max_values_for(text.size()) values are errors. Throws ParseError.
 Value parse(std::string_view text);
 
 }  // namespace medrt::json

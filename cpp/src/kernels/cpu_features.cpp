@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/quant_kernels.h"
 #include "medrt/error.h"
 #include "medrt/kernels.h"
 
@@ -62,4 +63,20 @@ const char* isa_name(Isa isa) {
   return "portable";
 }
 
+namespace quant {
+
+// AVX512-VNNI (vpdpbusd) on top of the Avx512 set: the quantized kernels' int8 dot product.
+bool cpu_has_avx512_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return cpu_supports(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace quant
 }  // namespace medrt::cpu

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/kernels_impl.h"
+#include "kernels/quant_kernels.h"
 #include "medrt/error.h"
 
 namespace medrt::cpu {
@@ -63,13 +64,15 @@ constexpr WeightKernels kFloat{"float", ActFormat::F32, pack_float, float_linear
 }  // namespace
 
 const WeightKernels* weight_kernels(WeightType type, Isa isa) {
-  (void)isa;  // the float GEMM dispatches on the ISA itself
   switch (type) {
     case WeightType::F32:
     case WeightType::F16:
-    case WeightType::BF16: return &kFloat;
-    default: return nullptr;
+    case WeightType::BF16: return &kFloat;  // the float GEMM dispatches on the ISA itself
+    case WeightType::Int8:
+    case WeightType::Nf4:
+    case WeightType::Int4: return quant::quant_weight_kernels(type, isa);
   }
+  return nullptr;
 }
 
 PackedLinear pack_linear(const LinearWeight& w) {

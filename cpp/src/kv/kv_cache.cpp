@@ -1,6 +1,9 @@
 #include "medrt/kv_cache.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <string>
 
 #include "medrt/error.h"
 
@@ -14,6 +17,17 @@ void KVCache::check_sizes() const {
   if (num_blocks_ <= 0 || block_size_ <= 0)
     throw InvalidRequest("KV cache needs num_blocks > 0 and block_size > 0 (got " +
                          std::to_string(num_blocks_) + ", " + std::to_string(block_size_) + ")");
+  // Slots (block * block_size + offset) and block ids travel as int32 in every batch.
+  if (num_blocks_ > INT32_MAX / block_size_)
+    throw CapacityError("KV cache of " + std::to_string(num_blocks_) + " blocks x " +
+                        std::to_string(block_size_) + " tokens exceeds the 2^31 - 1 slots a " +
+                        "32-bit slot index can address");
+  int64_t floats = 0;
+  if (__builtin_mul_overflow(num_layers_ * 2 * n_kv_heads_ * block_size_ * head_dim_, num_blocks_,
+                             &floats) ||
+      uint64_t(floats) > SIZE_MAX / sizeof(float))
+    throw CapacityError("KV cache of " + std::to_string(num_blocks_) + " blocks does not fit in " +
+                        "the address space");
 }
 
 KVCache::KVCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size)

@@ -8,6 +8,7 @@
 
 #include "medrt/error.h"
 #include "model/batch_check.h"
+#include "model/lora_set.h"
 #include "model/rope_freqs.h"
 #include "model/weights.h"
 
@@ -18,6 +19,7 @@ void ForwardBatch::clear() {
   positions.clear();
   token_seq.clear();
   slot_mapping.clear();
+  token_lora.clear();
   block_tables.clear();
   logit_rows.clear();
   n_seqs = max_blocks = 0;
@@ -75,7 +77,11 @@ struct Model::Impl {
   // Attention over the paged cache for `n` query rows, then o_proj, the MLP and both residual
   // adds onto x [n, hidden], on the layer's backend.
   void attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu::PagedKV& cache,
-                      const float* q, float* x, int64_t n, const cpu::AttentionBatch& ab);
+                      const float* q, float* x, int64_t n, const cpu::AttentionBatch& ab,
+                      int64_t li, const model::LoraRows& lora_rows);
+  // Adapter mode: the LoRA delta of the rows in `rows`, after the base projection p of layer li.
+  void lora_delta(Backend& be, int64_t li, model::LoraProj p, const model::LoraRows& rows,
+                  const float* x, float* y) const;
 
   const ModelConfig& cfg;
   std::unique_ptr<Backend> owned_backend;  // when loaded over a thread pool
@@ -93,6 +99,10 @@ struct Model::Impl {
   std::vector<int32_t> seq_out, pos_out;
   std::vector<int64_t> check_scratch;
   std::vector<float> staging;
+
+  // Adapter mode: the loaded adapters, and this forward's adapted rows of T and of R.
+  const model::LoraSet* loras = nullptr;
+  model::LoraRows lora_all, lora_out;
 };
 
 Model::Impl::Impl(const Checkpoint& ckpt, const ModelPlacement& placement,
@@ -179,24 +189,39 @@ void Model::Impl::transfer(Backend& from, const float* src, Backend& to, float* 
   to.to_device(dst, staging.data(), bytes);
 }
 
+void Model::Impl::lora_delta(Backend& be, int64_t li, model::LoraProj p,
+                             const model::LoraRows& rows, const float* x, float* y) const {
+  if (rows.empty()) return;
+  if (!be.is_host())
+    throw InvalidRequest("LoRA adapter mode runs on host backends; layer " + std::to_string(li) +
+                         " is on " + be.name());
+  loras->apply(li, p, rows, x, y);
+}
+
 void Model::Impl::attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu::PagedKV& cache,
                                  const float* qs, float* xs, int64_t n,
-                                 const cpu::AttentionBatch& ab) {
+                                 const cpu::AttentionBatch& ab, int64_t li,
+                                 const model::LoraRows& lr) {
+  using model::LoraProj;
   Backend& b = w.b;
   const int64_t D = cfg.hidden_size, F = cfg.intermediate_size;
   float *attn = w.attn.get<float>(), *o = w.o.get<float>(), *h = w.h.get<float>();
   float *gate = w.gate.get<float>(), *up = w.up.get<float>(), *act = w.act.get<float>();
   b.paged_attention(qs, cfg.num_heads, cache, ab, scale, attn);
   b.linear(*l.o, attn, n, o);
+  lora_delta(b, li, LoraProj::O, lr, attn, o);
   b.add(xs, o, n * D);
 
   b.rmsnorm(xs, n, D, *l.post_attention_norm, cfg.rms_norm_eps, h);
   // Two calls rather than one fused [2F, D] weight: gate and up sit apart in the mapping and
   // fusing them would mean copying the weights.
   b.linear(*l.gate, h, n, gate);
+  lora_delta(b, li, LoraProj::Gate, lr, h, gate);
   b.linear(*l.up, h, n, up);
+  lora_delta(b, li, LoraProj::Up, lr, h, up);
   b.silu_mul(gate, up, n, F, act);
   b.linear(*l.down, act, n, o);
+  lora_delta(b, li, LoraProj::Down, lr, act, o);
   b.add(xs, o, n * D);
 }
 
@@ -213,6 +238,15 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     const int64_t t = b.logit_rows[size_t(r)];
     seq_out[size_t(r)] = b.token_seq[size_t(t)];
     pos_out[size_t(r)] = b.positions[size_t(t)];
+  }
+  if (!b.token_lora.empty() && int64_t(b.token_lora.size()) != T)
+    throw InvalidRequest("ForwardBatch.token_lora has " + std::to_string(b.token_lora.size()) +
+                         " entries for " + std::to_string(T) + " tokens");
+  if (loras) {
+    loras->group(b.token_lora, nullptr, T, lora_all);
+    loras->group(b.token_lora, b.logit_rows.data(), R, lora_out);
+  } else if (std::any_of(b.token_lora.begin(), b.token_lora.end(), [](int32_t id) { return id; })) {
+    throw InvalidRequest("ForwardBatch.token_lora names LoRA adapters but none are loaded");
   }
   for (auto& [backend, wp] : workspaces) {
     Workspace& w = *wp;
@@ -244,13 +278,16 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     be.linear(*l.q, h, T, q);
     be.linear(*l.k, h, T, k);
     be.linear(*l.v, h, T, v);
+    lora_delta(be, li, model::LoraProj::Q, lora_all, h, q);
+    lora_delta(be, li, model::LoraProj::K, lora_all, h, k);
+    lora_delta(be, li, model::LoraProj::V, lora_all, h, v);
     be.rope(q, T, H, hd, w.positions, w.inv_freq.get<float>());
     be.rope(k, T, KVH, hd, w.positions, w.inv_freq.get<float>());
     be.kv_write(k, v, T, w.slot_mapping, cache);
     if (li + 1 < n_layers) {
       const cpu::AttentionBatch all_rows{T, w.token_seq, w.positions, w.block_tables,
                                          b.max_blocks};
-      attend_and_mlp(l, w, cache, q, x, T, all_rows);
+      attend_and_mlp(l, w, cache, q, x, T, all_rows, li, lora_all);
       continue;
     }
     // Past the last K/V write only the rows whose logits are wanted still matter; every op is
@@ -259,7 +296,8 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     be.gather_rows(x, D, w.logit_rows, R, w.x_out.get<float>());
     be.gather_rows(q, H * hd, w.logit_rows, R, w.q_out.get<float>());
     const cpu::AttentionBatch out_rows{R, w.seq_out, w.pos_out, w.block_tables, b.max_blocks};
-    attend_and_mlp(l, w, cache, w.q_out.get<float>(), w.x_out.get<float>(), R, out_rows);
+    attend_and_mlp(l, w, cache, w.q_out.get<float>(), w.x_out.get<float>(), R, out_rows, li,
+                   lora_out);
   }
   Workspace& o = ws(io);
   if (cur != &o) transfer(cur->b, cur->x_out.get<float>(), o.b, o.x_out.get<float>(), R * D);
@@ -313,6 +351,8 @@ std::vector<WeightSummary> Model::weight_summary() const {
 void Model::reserve(int64_t max_tokens, int64_t max_logit_rows) {
   impl_->reserve(max_tokens, max_logit_rows);
 }
+
+void Model::set_loras(const model::LoraSet* loras) { impl_->loras = loras; }
 
 void Model::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
   impl_->forward(batch, kv, logits);

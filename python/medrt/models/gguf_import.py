@@ -1,17 +1,22 @@
 """GGUF (llama.cpp) -> Hugging Face model directory, without torch.
 
-Reads the file with the `gguf` package, dequantizes every tensor to f32 with
-``gguf.quants.dequantize``, undoes llama.cpp's row permutation of Llama's q/k projections
-(its converter interleaves each head's two rotary halves for the GPT-J style rope it runs),
-renames tensors to the Hugging Face layout, and writes config.json, generation_config.json,
-the tokenizer files and safetensors shards of at most ``SHARD_BYTES`` each.
+Reads the file with the `gguf` package. Q4_0, Q4_1 and Q8_0 tensors are kept at their own
+precision as medrt-quant tensors (gguf_blocks.py; docs/quantized-format.md), bit for bit;
+every other tensor is dequantized with ``gguf.quants.dequantize`` (or, when a float dtype is
+asked for, every tensor). The importer undoes llama.cpp's row permutation of Llama's q/k
+projections (its converter interleaves each head's two rotary halves for the GPT-J style rope
+it runs), renames tensors to the Hugging Face layout, and writes config.json (with a
+`quantization` section when blocks are kept), generation_config.json, the tokenizer files and
+safetensors shards of at most ``SHARD_BYTES`` each.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +27,11 @@ from safetensors import TensorSpec, serialize_file
 from tqdm import tqdm
 
 from medrt.errors import InvalidCheckpoint
-from medrt.models.gguf_metadata import read_metadata
+from medrt.models.gguf_blocks import GROUP, KEPT, split_blocks
+from medrt.models.gguf_metadata import check_tensor_data, read_metadata
 from medrt.models.gguf_tokenizer import eos_token_ids, write_tokenizer_files
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "f16", "bf16", "f32")
 SHARD_BYTES = 4 << 30
@@ -50,8 +58,13 @@ _LAYER_NAMES = {
     "ffn_down.weight": "mlp.down_proj.weight",
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
-_OUT_DTYPE = {"f32": ("float32", 4), "f16": ("float16", 2), "bf16": ("bfloat16", 2)}
+_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 _TORCH_DTYPE = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+# numpy dtype of an output array -> safetensors dtype name (bf16 is carried as uint16 bits).
+_ST_DTYPE = {"float32": "float32", "float16": "float16", "uint16": "bfloat16", "uint8": "uint8",
+             "int8": "int8"}
+_FLOAT_GGUF = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+               gguf.GGMLQuantizationType.BF16)
 
 
 def hf_name(gguf_name: str) -> str:
@@ -184,11 +197,26 @@ def hf_config(meta: Mapping[str, Any], reader: gguf.GGUFReader, dtype: str) -> d
         )
     bos = meta.get("tokenizer.ggml.bos_token_id")
     if bos is not None:
-        cfg["bos_token_id"] = int(bos)
+        cfg["bos_token_id"] = _token_id(meta, "bos", cfg["vocab_size"])
     eos = eos_token_ids(meta)
+    for i in eos:
+        if not 0 <= i < cfg["vocab_size"]:
+            raise InvalidCheckpoint(
+                f"GGUF end-of-sequence token id {i} is outside the vocabulary "
+                f"[0, {cfg['vocab_size']})"
+            )
     if eos:
         cfg["eos_token_id"] = eos[0] if len(eos) == 1 else eos
     return cfg
+
+
+def _token_id(meta: Mapping[str, Any], kind: str, vocab_size: int) -> int:
+    # The engine indexes logits with special ids: one past the vocabulary is a broken file.
+    key = f"tokenizer.ggml.{kind}_token_id"
+    idx = int(meta[key])
+    if not 0 <= idx < vocab_size:
+        raise InvalidCheckpoint(f"GGUF {key} = {idx} is outside the vocabulary [0, {vocab_size})")
+    return idx
 
 
 def _auto_dtype(reader: gguf.GGUFReader) -> str:
@@ -210,33 +238,81 @@ def _to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.where(nan, ((bits >> 16) | 0x40).astype(np.uint16), rounded)
 
 
+def _weights(reader: gguf.GGUFReader) -> list[Any]:
+    """The GGUF tensors that become weights (rope_freqs.weight goes into config.json)."""
+    return [t for t in reader.tensors if t.name != "rope_freqs.weight"]
+
+
+def _kept(t: Any, keep: bool) -> bool:
+    return keep and t.tensor_type in KEPT and len(t.shape) == 2
+
+
 def _converted(
-    reader: gguf.GGUFReader, cfg: dict[str, Any], dtype: str
-) -> Iterator[tuple[str, np.ndarray]]:
+    reader: gguf.GGUFReader, cfg: dict[str, Any], dtype: str, keep: bool
+) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(index of the GGUF tensor in _weights, Hugging Face name, array) of every output tensor:
+    one per GGUF tensor, or a module's codes, scales and zeros/mins for a kept one."""
     permute = cfg["model_type"] == "llama"
-    for t in reader.tensors:
-        if t.name == "rope_freqs.weight":
-            continue  # folded into config.json's rope_scaling
+    for i, t in enumerate(_weights(reader)):
         name = hf_name(t.name)
+        shape = [int(d) for d in reversed(t.shape)]
+        heads = None
+        if permute and ".q_proj." in name:
+            heads = cfg["num_attention_heads"]
+        elif permute and ".k_proj." in name:
+            heads = cfg["num_key_value_heads"]
+        if _kept(t, keep):
+            # Whole rows of codes and scales move together, so the permutation stays exact.
+            module = name.removesuffix(".weight")
+            for suffix, a in split_blocks(t.name, t.data, t.tensor_type, *shape).items():
+                a = unpermute_rope_rows(a, heads) if heads else a
+                yield i, f"{module}.{suffix}", np.ascontiguousarray(a)
+            continue
         try:
             w = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
             raise InvalidCheckpoint(
                 f"GGUF tensor '{t.name}': type {t.tensor_type.name} cannot be dequantized"
             ) from e
-        w = w.reshape([int(d) for d in reversed(t.shape)])
-        if permute and ".q_proj." in name:
-            w = unpermute_rope_rows(w, cfg["num_attention_heads"])
-        elif permute and ".k_proj." in name:
-            w = unpermute_rope_rows(w, cfg["num_key_value_heads"])
+        w = w.reshape(shape)
+        if heads:
+            w = unpermute_rope_rows(w, heads)
         # Norm weights and biases are tiny; f32 keeps them exact whatever the weight dtype.
-        yield name, _to_dtype(w, dtype if w.ndim > 1 else "f32")
+        yield i, name, _to_dtype(w, dtype if w.ndim > 1 else "f32")
 
 
-def _save(tensors: dict[str, np.ndarray], path: Path, dtype_names: dict[str, str]) -> None:
+def quantization_section(reader: gguf.GGUFReader, source: str, dtype: str) -> dict[str, Any]:
+    """The medrt-quant section for an import that keeps Q4_0/Q4_1/Q8_0 blocks: every module
+    with its type (docs/quantized-format.md); float weights in `dtype`, norms in f32."""
+    modules: dict[str, dict[str, Any]] = {}
+    version = 1
+    for t in _weights(reader):
+        name = hf_name(t.name)
+        module, _, kind = name.rpartition(".")
+        if kind == "bias":
+            continue  # a bias belongs to its module
+        if _kept(t, True):
+            out_f, in_f = (int(d) for d in reversed(t.shape))
+            modules[module] = KEPT[t.tensor_type].entry(out_f, in_f)
+            version = max(version, KEPT[t.tensor_type].version)
+        else:
+            modules[module] = {"type": dtype if len(t.shape) > 1 else "f32"}
+    types = Counter(t.tensor_type.name for t in _weights(reader))
+    return {
+        "format": "medrt-quant",
+        "version": version,
+        "recipe": "gguf",
+        "method": {"name": "gguf", "source": source, "types": dict(sorted(types.items()))},
+        "calibration": None,
+        "modules": modules,
+    }
+
+
+def _save(tensors: dict[str, np.ndarray], path: Path) -> None:
     specs = {
         name: TensorSpec(
-            dtype=dtype_names[name], shape=a.shape, data_ptr=a.ctypes.data, data_len=a.nbytes
+            dtype=_ST_DTYPE[a.dtype.name], shape=a.shape, data_ptr=a.ctypes.data,
+            data_len=a.nbytes
         )
         for name, a in tensors.items()
     }
@@ -244,14 +320,20 @@ def _save(tensors: dict[str, np.ndarray], path: Path, dtype_names: dict[str, str
     path.chmod(0o644)  # safetensors creates the file owner-only
 
 
-def _plan_shards(reader: gguf.GGUFReader, dtype: str) -> list[int]:
-    """Shard index of every tensor (in file order) so that no shard exceeds SHARD_BYTES."""
+def _output_bytes(t: Any, dtype: str, keep: bool) -> int:
+    numel = int(np.prod([int(d) for d in t.shape]))
+    if _kept(t, keep):  # the blocks' bytes, plus Q4_0's zeros (2 bytes a block)
+        zeros = 2 if t.tensor_type == gguf.GGMLQuantizationType.Q4_0 else 0
+        return numel // GROUP * (gguf.GGML_QUANT_SIZES[t.tensor_type][1] + zeros)
+    return numel * (_ITEMSIZE[dtype] if len(t.shape) > 1 else 4)
+
+
+def _plan_shards(reader: gguf.GGUFReader, dtype: str, keep: bool) -> list[int]:
+    """Shard index of every GGUF weight (in file order) so that no shard exceeds SHARD_BYTES;
+    the tensors of one kept module stay in one shard."""
     shard, used, plan = 0, 0, []
-    for t in reader.tensors:
-        if t.name == "rope_freqs.weight":
-            continue
-        itemsize = _OUT_DTYPE[dtype][1] if len(t.shape) > 1 else 4
-        size = int(np.prod([int(d) for d in t.shape])) * itemsize
+    for t in _weights(reader):
+        size = _output_bytes(t, dtype, keep)
         if used and used + size > SHARD_BYTES:
             shard, used = shard + 1, 0
         used += size
@@ -267,11 +349,14 @@ def import_gguf(
 ) -> Path:
     """Converts a Llama or Qwen2 GGUF file into a Hugging Face model directory.
 
-    ``dtype`` is the weight dtype written: "f16", "bf16", "f32" (exact dequantized values) or
-    "auto" (bf16 when the GGUF stores bf16 tensors, f16 otherwise). ``progress`` shows a tqdm
-    bar over the tensors on stderr. ``out_dir`` must be new or empty (FileExistsError
-    otherwise), so that no file of another model is left beside the new one. Returns the
-    directory.
+    ``dtype`` "auto" keeps Q4_0, Q4_1 and Q8_0 tensors at their own precision (medrt-quant
+    tensors, bit for bit; docs/quantized-format.md) and writes the other weights in bf16 when
+    the GGUF stores bf16 tensors, f16 otherwise; tensors of other quantized types are
+    dequantized to that dtype, with a logged warning that names them. "f16", "bf16" or "f32"
+    dequantize every tensor to that dtype (f32: the exact dequantized values). Norm weights and
+    biases are f32. ``progress`` shows a tqdm bar over the tensors on stderr. ``out_dir`` must
+    be new or empty (FileExistsError otherwise), so that no file of another model is left
+    beside the new one. Returns the directory.
     """
     if dtype not in DTYPES:
         raise InvalidCheckpoint(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
@@ -279,17 +364,28 @@ def import_gguf(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not an empty directory")
     meta = read_metadata(gguf_path)
+    check_tensor_data(gguf_path)  # names a truncated tensor, which GGUFReader would not
     try:
         reader = gguf.GGUFReader(gguf_path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, IndexError, KeyError) as e:  # gguf's errors on a cut file
         raise InvalidCheckpoint(f"{gguf_path}: not a readable GGUF file: {e}") from e
-    if dtype == "auto":
+    keep = dtype == "auto"
+    if keep:
         dtype = _auto_dtype(reader)
     cfg = hf_config(meta, reader, dtype)
+    if keep and any(_kept(t, keep) for t in _weights(reader)):
+        cfg["quantization"] = quantization_section(reader, gguf_path.name, dtype)
+    if keep:
+        lost = Counter(t.tensor_type.name for t in _weights(reader)
+                       if not _kept(t, keep) and t.tensor_type not in _FLOAT_GGUF)
+        if lost:
+            log.warning("%s: %s tensors have no medrt type and are dequantized to %s",
+                        gguf_path.name, ", ".join(f"{n} {k}" for k, n in sorted(lost.items())),
+                        dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tokenizer_files(meta, out_dir, cfg["max_position_embeddings"])
 
-    plan = _plan_shards(reader, dtype)
+    plan = _plan_shards(reader, dtype, keep)
     n_shards = plan[-1] + 1 if plan else 1
     files = (
         ["model.safetensors"]
@@ -299,18 +395,18 @@ def import_gguf(
     bar = tqdm(total=len(plan), unit="tensor", desc="converting", disable=not progress)
     weight_map: dict[str, str] = {}
     pending: dict[str, np.ndarray] = {}
-    dtype_names: dict[str, str] = {}
-    total_size = 0
-    for i, (name, w) in enumerate(_converted(reader, cfg, dtype)):
-        if pending and plan[i] != plan[i - 1]:
-            _save(pending, out_dir / files[plan[i - 1]], dtype_names)
+    total_size, last = 0, -1
+    for i, name, w in _converted(reader, cfg, dtype, keep):
+        if pending and plan[i] != plan[last]:
+            _save(pending, out_dir / files[plan[last]])
             pending.clear()
         pending[name] = w
-        dtype_names[name] = _OUT_DTYPE[dtype if w.ndim > 1 else "f32"][0]
         weight_map[name] = files[plan[i]]
         total_size += w.nbytes
-        bar.update()
-    _save(pending, out_dir / files[-1], dtype_names)
+        if i != last:
+            bar.update()
+        last = i
+    _save(pending, out_dir / files[-1])
     bar.close()
     if n_shards > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
@@ -318,9 +414,8 @@ def import_gguf(
 
     _write_json(out_dir / "config.json", cfg)
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
-    pad = meta.get("tokenizer.ggml.padding_token_id")
-    if pad is not None:
-        gen["pad_token_id"] = int(pad)
+    if meta.get("tokenizer.ggml.padding_token_id") is not None:
+        gen["pad_token_id"] = _token_id(meta, "padding", cfg["vocab_size"])
     _write_json(out_dir / "generation_config.json", gen)
     return out_dir
 

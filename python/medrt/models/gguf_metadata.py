@@ -1,16 +1,21 @@
-"""GGUF metadata (the key/value section) read straight from the file.
+"""GGUF metadata (the key/value section) and tensor table read straight from the file.
 
 gguf.GGUFReader builds a numpy view per array element, which takes seconds for a 150,000-token
 vocabulary; the tokenizer and config only need the decoded values, so they are read here in
-one pass. Tensors are still read with gguf.GGUFReader.
+one pass. Tensors are still read with gguf.GGUFReader, after check_tensor_data has made sure
+each tensor's bytes are in the file (GGUFReader fails on a truncated file without saying
+which tensor is cut).
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import gguf
 import numpy as np
 
 from medrt.errors import InvalidCheckpoint
@@ -25,6 +30,10 @@ _STRING, _ARRAY = 8, 9
 
 
 def _read(f: BinaryIO, n: int) -> bytes:
+    # Lengths come from the file: one past its end is a broken file, not a huge allocation.
+    if n > os.fstat(f.fileno()).st_size - f.tell():
+        raise InvalidCheckpoint(f"{f.name}: GGUF metadata is truncated (a {n}-byte value "
+                                "runs past the end of the file)")
     b = f.read(n)
     if len(b) != n:
         raise InvalidCheckpoint(f"{f.name}: GGUF metadata is truncated")
@@ -53,8 +62,17 @@ def _value(f: BinaryIO, vtype: int) -> Any:
     raise InvalidCheckpoint(f"{f.name}: unknown GGUF value type {vtype}")
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """All key/value pairs of a GGUF file (version 2 or 3), decoded to Python values."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a GGUF tensor table."""
+
+    name: str
+    ne: tuple[int, ...]  # dimensions, fastest first: a weight [out, in] has ne = (in, out)
+    type_id: int         # gguf.GGMLQuantizationType value
+    offset: int          # of its data, from the start of the data section
+
+
+def _header(path: str | Path, tensors: bool) -> tuple[dict[str, Any], list[TensorInfo], int]:
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
@@ -62,12 +80,53 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             version = _scalar(f, "<I")
             if version not in (2, 3):
                 raise InvalidCheckpoint(f"{path}: GGUF version {version} is not supported")
-            _scalar(f, "<Q")  # tensor count
+            n_tensors = _scalar(f, "<Q")
             n_kv = _scalar(f, "<Q")
             meta: dict[str, Any] = {}
             for _ in range(n_kv):
                 key = _string(f)
                 meta[key] = _value(f, _scalar(f, "<I"))
-            return meta
+            infos = []
+            for _ in range(n_tensors if tensors else 0):
+                name = _string(f)
+                ne = tuple(_scalar(f, "<Q") for _ in range(_scalar(f, "<I")))
+                infos.append(TensorInfo(name, ne, _scalar(f, "<I"), _scalar(f, "<Q")))
+            align = int(meta.get("general.alignment", 32))
+            data_start = -(-f.tell() // align) * align
+            return meta, infos, data_start
     except OSError as e:
         raise InvalidCheckpoint(f"{path}: cannot read: {e}") from e
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """All key/value pairs of a GGUF file (version 2 or 3), decoded to Python values."""
+    return _header(path, tensors=False)[0]
+
+
+def read_tensor_table(path: str | Path) -> list[TensorInfo]:
+    """The tensor table of a GGUF file."""
+    return _header(path, tensors=True)[1]
+
+
+def check_tensor_data(path: str | Path) -> None:
+    """InvalidCheckpoint naming the first tensor whose type is unknown, whose rows are not whole
+    blocks of its type, or whose data runs past the end of the file (a truncated download)."""
+    _, infos, data_start = _header(path, tensors=True)
+    size = os.path.getsize(path)
+    for t in infos:
+        try:
+            qtype = gguf.GGMLQuantizationType(t.type_id)
+        except ValueError:
+            raise InvalidCheckpoint(
+                f"GGUF tensor '{t.name}': unknown tensor type {t.type_id}") from None
+        block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        if not t.ne or t.ne[0] % block:
+            raise InvalidCheckpoint(
+                f"GGUF tensor '{t.name}': rows of {t.ne[:1]} elements are not whole "
+                f"{qtype.name} blocks of {block}")
+        nbytes = int(np.prod(t.ne, dtype=np.int64)) // block * block_bytes
+        end = data_start + t.offset + nbytes
+        if end > size:
+            raise InvalidCheckpoint(
+                f"GGUF tensor '{t.name}': its {qtype.name} data ({nbytes} bytes) ends at byte "
+                f"{end}, past the end of the file ({size} bytes): the file is truncated")

@@ -2,7 +2,9 @@
 
 Layout under medrt's home ($MEDRT_HOME or ~/.cache/medrt):
   gguf/<name>/<file>.gguf     the GGUF taken out of the downloaded wheel (kept for re-imports)
-  models/<name>/              the converted model directory, with a completion marker
+  models/<name>/              the converted model directory in the registry's dtype (the GGUF's
+                              own blocks for the default model), with a completion marker
+  models/<name>-<dtype>/      the same model dequantized to f16, bf16 or f32 (pull --dtype)
 A conversion is written to a temporary directory and renamed into place once complete, and a
 directory without the marker (from an older or interrupted run) is converted again, so an
 interrupted pull never leaves a model that looks usable. A lock file serializes concurrent
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medrt.errors import InvalidCheckpoint, MedrtError
-from medrt.models.gguf_import import import_gguf
+from medrt.models.gguf_import import DTYPES, import_gguf
 from medrt.models.registry import KNOWN_MODELS, KnownModel, medrt_home, models_dir
 
 COMPLETE_MARKER = ".medrt-complete"
@@ -60,8 +62,34 @@ def known_model(name: str) -> KnownModel:
     return model
 
 
-def is_complete(model_dir: Path) -> bool:
-    return (model_dir / COMPLETE_MARKER).is_file()
+def is_complete(model_dir: Path, dtype: str | None = None) -> bool:
+    """True when `model_dir` was fully converted (and, with `dtype`, in that dtype: a directory
+    converted by an older medrt in another dtype is converted again)."""
+    marker = model_dir / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    if dtype is None:
+        return True
+    try:
+        return json.loads(marker.read_text()).get("dtype") == dtype
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def variant_name(name: str, dtype: str | None = None) -> str:
+    """The directory name of known model `name` pulled in `dtype` (None: its default)."""
+    model = known_model(name)
+    return name if dtype in (None, model.dtype) else f"{name}-{dtype}"
+
+
+def split_variant(dir_name: str) -> tuple[str, str] | None:
+    """(known model, dtype) for a directory name variant_name gives, else None."""
+    if dir_name in KNOWN_MODELS:
+        return dir_name, KNOWN_MODELS[dir_name].dtype
+    base, _, dtype = dir_name.rpartition("-")
+    if base in KNOWN_MODELS and dtype in DTYPES:
+        return base, dtype
+    return None
 
 
 @contextlib.contextmanager
@@ -75,14 +103,22 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _stderr_fd() -> int:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an in-memory stream
+        return subprocess.DEVNULL
+
+
 def _pip_download(requirement: str, dest: Path, quiet: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), requirement]
     if quiet:
         cmd.append("--quiet")
-    # pip's own progress bar goes to stdout (the terminal); its errors are kept for the message.
+    # pip's progress goes to our stderr, never into stdout where the command's answer goes;
+    # its errors are kept for the message.
     proc = subprocess.run(cmd, check=False, stderr=subprocess.PIPE, text=True,
-                          stdout=subprocess.DEVNULL if quiet else None)
+                          stdout=subprocess.DEVNULL if quiet else _stderr_fd())
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
@@ -118,25 +154,34 @@ def fetch_gguf(name: str, progress: bool = True) -> Path:
     return dest
 
 
-def pull(name: str, progress: bool = True) -> Path:
-    """Downloads and converts known model `name` unless already done; returns its directory."""
+def pull(name: str, progress: bool = True, dtype: str | None = None) -> Path:
+    """Downloads and converts known model `name` unless already done; returns its directory.
+
+    ``dtype`` None converts as the registry says (the default model keeps its GGUF's 4-bit
+    blocks: import_gguf's "auto"); "f16", "bf16" or "f32" give the dequantized model in its
+    own directory, ``<name>-<dtype>``.
+    """
     model = known_model(name)
-    target = models_dir() / name
-    if is_complete(target):
+    dtype = dtype or model.dtype
+    if dtype not in DTYPES:
+        raise InvalidCheckpoint(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    dir_name = variant_name(name, dtype)
+    target = models_dir() / dir_name
+    if is_complete(target, dtype):
         return target
-    with _locked(models_dir() / f".{name}.lock"):
-        if is_complete(target):  # another process finished it while we waited
+    with _locked(models_dir() / f".{dir_name}.lock"):
+        if is_complete(target, dtype):  # another process finished it while we waited
             return target
         gguf_path = fetch_gguf(name, progress)
-        work = Path(tempfile.mkdtemp(dir=models_dir(), prefix=f".{name}.partial-"))
+        work = Path(tempfile.mkdtemp(dir=models_dir(), prefix=f".{dir_name}.partial-"))
         work.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         try:
-            import_gguf(gguf_path, work, dtype=model.dtype, progress=progress)
-            marker = {"requirement": model.requirement, "gguf": gguf_path.name,
-                      "dtype": model.dtype}
+            import_gguf(gguf_path, work, dtype=dtype, progress=progress)
+            marker = {"model": name, "requirement": model.requirement, "gguf": gguf_path.name,
+                      "dtype": dtype}
             (work / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n")
             if target.exists():
-                shutil.rmtree(target)  # incomplete: an interrupted or older run
+                shutil.rmtree(target)  # incomplete, or another dtype: an interrupted or older run
             os.replace(work, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)

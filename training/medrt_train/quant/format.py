@@ -6,6 +6,7 @@ the module or tensor at fault, so a user can act on it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +23,41 @@ from medrt_train.quant.types import (
 )
 
 FORMAT_NAME = "medrt-quant"
-FORMAT_VERSION = 1
+# The newest version; a writer writes the lowest version its types need (format_version), so
+# a file without version 2 types stays readable by version 1 readers.
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 _FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
 def module_type(entry: dict, module: str) -> WeightType:
-    """The WeightType of one `modules` entry of the quantization section."""
-    if not isinstance(entry, dict) or "type" not in entry:
-        raise QuantFormatError(f"module {module}: entry needs a 'type'")
+    """The WeightType of one `modules` entry of the quantization section.
+
+    Stricter than parse_type: a 4-bit type must state its group size (no default), and
+    `offset` ("zeros" or "mins") is read for int4.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        raise QuantFormatError(f"module {module}: entry needs a string 'type'")
+    spec, group, offset = entry["type"], entry.get("group_size"), entry.get("offset")
     try:
-        return parse_type(str(entry["type"]), entry.get("group_size"))
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int)
+                                  or group <= 0):
+            raise QuantFormatError("'group_size' must be a positive integer")
+        if offset not in (None, "zeros", "mins"):
+            raise QuantFormatError("'offset' must be \"zeros\" or \"mins\"")
+        wt = parse_type(spec, group, mins=offset == "mins")
+        if offset is not None and wt.name != "int4":
+            raise QuantFormatError("'offset' is only for int4")
+        if wt.name in ("int4", "nf4") and group is None and "-g" not in spec.lower():
+            raise QuantFormatError(f"{wt.name} needs 'group_size'")
+        return wt
     except QuantFormatError as exc:
         raise QuantFormatError(f"module {module}: {exc}") from None
+
+
+def format_version(types: Iterable[WeightType]) -> int:
+    """The lowest format version that stores every type of `types`."""
+    return max((wt.format_version for wt in types), default=1)
 
 
 class TensorIndex:
@@ -98,10 +122,12 @@ def validate(model_dir: Path) -> dict[str, WeightType]:
     if section.get("format") != FORMAT_NAME:
         raise QuantFormatError(
             f"quantization.format is {section.get('format')!r}, expected {FORMAT_NAME!r}")
-    if section.get("version") != FORMAT_VERSION:
+    version = section.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or \
+            version not in FORMAT_VERSIONS:
         raise QuantFormatError(
-            f"quantization.version is {section.get('version')!r}; this reader understands "
-            f"version {FORMAT_VERSION}")
+            f"quantization.version is {version!r}; this reader understands versions "
+            f"{FORMAT_VERSIONS[0]} to {FORMAT_VERSIONS[-1]}")
     modules = section.get("modules")
     if not isinstance(modules, dict) or not modules:
         raise QuantFormatError("quantization.modules is missing or empty")
@@ -110,6 +136,10 @@ def validate(model_dir: Path) -> dict[str, WeightType]:
     types: dict[str, WeightType] = {}
     for module, entry in modules.items():
         wt = module_type(entry, module)
+        if wt.format_version > version:
+            what = "int4 with 'mins'" if wt.mins else "int8 with a group size"
+            raise QuantFormatError(
+                f"module {module}: {what} needs quantization.version {wt.format_version}")
         types[module] = wt
         claimed |= _check_module(index, module, wt, entry)
     extra = sorted(set(index.names()) - claimed)
@@ -150,7 +180,14 @@ def _check_module(index: TensorIndex, module: str, wt: WeightType, entry: dict) 
             raise QuantFormatError(f"module {module}: tensor {module}.weight is missing")
         _expect(index, f"{module}.weight", meta[0], _FLOAT_DTYPES[wt.name], module)
         names.add(f"{module}.weight")
-    if index.meta(f"{module}.bias") is not None:
+    bias = index.meta(f"{module}.bias")
+    if bias is not None:
+        out_f = entry["shape"][0] if wt.quantized else None
+        if bias[1] not in _FLOAT_DTYPES.values() or len(bias[0]) != 1 or (
+                out_f is not None and bias[0][0] != out_f):
+            raise QuantFormatError(
+                f"module {module}: tensor {module}.bias is {bias[1]}{list(bias[0])}, expected "
+                f"a float bias of {out_f or 'out'} elements")
         names.add(f"{module}.bias")
     return names
 

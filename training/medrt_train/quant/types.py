@@ -2,7 +2,8 @@
 
 Everything here is numpy and is the reference the C++ kernels are tested against; the layout
 is specified bit by bit in docs/quantized-format.md. A quantized linear layer `M` with weight
-[out, in] is stored as tensors `M.qweight`, `M.scales` and, for int4, `M.zeros`.
+[out, in] is stored as tensors `M.qweight`, `M.scales` and, for int4, `M.zeros` (or, format
+version 2, `M.mins`: GGUF Q4_1's form).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ _NF4_MIDPOINTS = (NF4_TABLE[1:] + NF4_TABLE[:-1]) / 2
 FLOAT_TYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}  # numpy has no bf16
 QUANT_TYPES = ("int8", "nf4", "int4")
 INT4_GROUP_SIZES = (32, 64, 128)
+# int8 with group scales (format version 2; GGUF Q8_0 is int8-g32) takes the same sizes.
+INT8_GROUP_SIZES = INT4_GROUP_SIZES
 NF4_GROUP_SIZE = 64
 # 4-bit codes are packed per chunk of 32 consecutive input elements (see pack_nibbles).
 NIBBLE_CHUNK = 32
@@ -35,40 +38,62 @@ class QuantFormatError(ValueError):
 
 @dataclass(frozen=True)
 class WeightType:
-    """One storage type: `int8`, `nf4`, `int4` (with a group size) or a float dtype."""
+    """One storage type: `int8` (per row, or with group scales), `nf4`, `int4` (with a group
+    size; offsets as `zeros`, or as `mins` when `mins`) or a float dtype."""
 
     name: str
     group_size: int | None = None
+    mins: bool = False  # int4 only: w = code * scale + min (format version 2, GGUF Q4_1)
 
     @property
     def quantized(self) -> bool:
         return self.name in QUANT_TYPES
 
+    @property
+    def format_version(self) -> int:
+        """The lowest format version that can store this type."""
+        return 2 if self.mins or (self.name == "int8" and self.group_size is not None) else 1
+
     def __str__(self) -> str:
-        return f"int4-g{self.group_size}" if self.name == "int4" else self.name
+        if self.name in ("int4", "int8") and self.group_size is not None:
+            return f"{self.name}-g{self.group_size}" + ("-mins" if self.mins else "")
+        return self.name
 
     def to_json(self) -> dict:
         out: dict = {"type": self.name}
         if self.group_size is not None:
             out["group_size"] = self.group_size
+        if self.mins:
+            out["offset"] = "mins"
         return out
 
 
-def parse_type(spec: str, group_size: int | None = None) -> WeightType:
-    """Parse `int8`, `nf4`, `int4`, `int4-g64`, `f16`, `bf16` or `f32` (group size optional)."""
-    name, _, suffix = spec.strip().lower().partition("-g")
+def parse_type(spec: str, group_size: int | None = None, mins: bool = False) -> WeightType:
+    """Parse `int8`, `int8-g32`, `nf4`, `int4`, `int4-g64`, `f16`, `bf16` or `f32` (group size
+    optional; int4 defaults to 64). `mins` asks for int4 with mins instead of zeros."""
+    spec = spec.strip().lower()
+    if spec.endswith("-mins"):
+        spec, mins = spec[: -len("-mins")], True
+    name, _, suffix = spec.partition("-g")
     if suffix:
         if not suffix.isdigit():
             raise QuantFormatError(f"bad weight type {spec!r}: expected e.g. int4-g64")
         if group_size is not None and group_size != int(suffix):
             raise QuantFormatError(f"weight type {spec!r} contradicts group_size {group_size}")
         group_size = int(suffix)
+    if mins and name != "int4":
+        raise QuantFormatError(f"only int4 stores mins, not {name}")
     if name == "int4":
         group_size = 64 if group_size is None else group_size
         if group_size not in INT4_GROUP_SIZES:
             raise QuantFormatError(
                 f"int4 group size {group_size} is not one of {INT4_GROUP_SIZES}")
-        return WeightType("int4", group_size)
+        return WeightType("int4", group_size, mins)
+    if name == "int8" and group_size is not None:
+        if group_size not in INT8_GROUP_SIZES:
+            raise QuantFormatError(
+                f"int8 group size {group_size} is not one of {INT8_GROUP_SIZES}")
+        return WeightType("int8", group_size)
     if name == "nf4":
         if group_size not in (None, NF4_GROUP_SIZE):
             raise QuantFormatError(f"nf4 uses groups of {NF4_GROUP_SIZE}, not {group_size}")
@@ -78,14 +103,17 @@ def parse_type(spec: str, group_size: int | None = None) -> WeightType:
             raise QuantFormatError(f"{name} takes no group size (got {group_size})")
         return WeightType(name)
     raise QuantFormatError(
-        f"unknown weight type {spec!r}: expected one of int8, nf4, int4[-g32|-g64|-g128], "
-        "f16, bf16, f32")
+        f"unknown weight type {spec!r}: expected one of int8[-g32|-g64|-g128], nf4, "
+        "int4[-g32|-g64|-g128], f16, bf16, f32")
 
 
 def tensor_specs(wt: WeightType, out_features: int, in_features: int
                  ) -> dict[str, tuple[tuple[int, ...], str]]:
     """Tensor suffix -> (shape, safetensors dtype) of a quantized [out, in] weight."""
     if wt.name == "int8":
+        if wt.group_size is not None:
+            return {"qweight": ((out_features, in_features), "I8"),
+                    "scales": ((out_features, in_features // wt.group_size), "F16")}
         return {"qweight": ((out_features, in_features), "I8"),
                 "scales": ((out_features,), "F32")}
     if wt.name not in ("nf4", "int4"):
@@ -94,7 +122,7 @@ def tensor_specs(wt: WeightType, out_features: int, in_features: int
     specs = {"qweight": ((out_features, in_features // 2), "U8"),
              "scales": ((out_features, groups), "F16")}
     if wt.name == "int4":
-        specs["zeros"] = ((out_features, groups), "F16")
+        specs["mins" if wt.mins else "zeros"] = ((out_features, groups), "F16")
     return specs
 
 
@@ -112,10 +140,13 @@ def fit_params(wt: WeightType, w: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per-row parameters for the values `w` [rows, k], already rounded to their stored dtype."""
     if wt.name == "int8":
         scale = np.abs(w).max(axis=1) / 127.0
-        return (np.where(scale > 0, scale, 1.0).astype(np.float32),)
+        dtype = np.float16 if wt.group_size is not None else np.float32
+        return (np.where(scale > 0, scale, 1.0).astype(dtype),)
     if wt.name == "nf4":
         absmax = np.abs(w).max(axis=1).astype(np.float16)
         return (np.where(absmax > 0, absmax, np.float16(1.0)),)
+    if wt.mins:
+        return int4_min_params(w.min(axis=1), w.max(axis=1))
     return int4_params(w.min(axis=1), w.max(axis=1))
 
 
@@ -133,6 +164,12 @@ def int4_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return scale, zero
 
 
+def int4_min_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and min (GGUF Q4_1's form) whose 16 levels run from `lo` to `hi` (per row)."""
+    scale = ((hi - lo) / 15.0).astype(np.float16)
+    return np.where(scale > 0, scale, np.float16(1.0)), lo.astype(np.float16)
+
+
 def encode(wt: WeightType, w: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
     """Nearest code of each value of `w` [rows, k] given per-row `params` (unpacked ints)."""
     p = [x.astype(np.float32)[:, None] for x in params]
@@ -140,6 +177,8 @@ def encode(wt: WeightType, w: np.ndarray, params: tuple[np.ndarray, ...]) -> np.
         return np.clip(np.round(w / p[0]), -127, 127).astype(np.int8)
     if wt.name == "nf4":
         return np.searchsorted(_NF4_MIDPOINTS, w / p[0]).astype(np.uint8)
+    if wt.mins:
+        return np.clip(np.round((w - p[1]) / p[0]), 0, 15).astype(np.uint8)
     return np.clip(np.round(w / p[0] + p[1]), 0, 15).astype(np.uint8)
 
 
@@ -150,6 +189,8 @@ def decode(wt: WeightType, codes: np.ndarray, params: tuple[np.ndarray, ...]) ->
         return codes.astype(np.float32) * p[0]
     if wt.name == "nf4":
         return NF4_TABLE[codes] * p[0]
+    if wt.mins:
+        return codes.astype(np.float32) * p[0] + p[1]
     return (codes.astype(np.float32) - p[1]) * p[0]
 
 
@@ -204,24 +245,29 @@ def quantize_rtn(wt: WeightType, w: np.ndarray) -> dict[str, np.ndarray]:
 def assemble(wt: WeightType, codes: np.ndarray, params: list[np.ndarray]
              ) -> dict[str, np.ndarray]:
     """Stored tensors from unpacked codes [out, in] and per-group params [out, groups]."""
-    if wt.name == "int8":
+    if wt.name == "int8" and wt.group_size is None:
         return {"qweight": codes.astype(np.int8),
                 "scales": params[0].reshape(-1).astype(np.float32)}
+    if wt.name == "int8":
+        return {"qweight": codes.astype(np.int8), "scales": params[0].astype(np.float16)}
     out = {"qweight": pack_nibbles(codes), "scales": params[0].astype(np.float16)}
     if wt.name == "int4":
-        out["zeros"] = params[1].astype(np.float16)
+        out["mins" if wt.mins else "zeros"] = params[1].astype(np.float16)
     return out
 
 
 def dequantize(wt: WeightType, tensors: dict[str, np.ndarray]) -> np.ndarray:
     """Reference dequantizer: stored tensors -> float32 weight [out, in]."""
     if wt.name == "int8":
-        return decode(wt, tensors["qweight"], (tensors["scales"],))
-    codes = unpack_nibbles(tensors["qweight"])
+        codes = tensors["qweight"]
+        if wt.group_size is None:
+            return decode(wt, codes, (tensors["scales"],))
+    else:
+        codes = unpack_nibbles(tensors["qweight"])
     rows, cols = codes.shape
     params = [tensors["scales"].reshape(-1)]
     if wt.name == "int4":
-        params.append(tensors["zeros"].reshape(-1))
+        params.append(tensors["mins" if wt.mins else "zeros"].reshape(-1))
     return decode(wt, _grouped(codes, wt.group_size), tuple(params)).reshape(rows, cols)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from medrt_train.quant.format import FORMAT_NAME, FORMAT_VERSION
+from medrt_train.quant.format import FORMAT_NAME, format_version, module_type
 
 # Files of a Hugging Face directory that are weights or config, i.e. not copied verbatim.
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
@@ -72,5 +72,7 @@ def write_config(src_config: dict, out: Path, section: dict, tied: bool) -> None
     """config.json of the source model plus medrt's `quantization` section."""
     config = {k: v for k, v in src_config.items() if k != "quantization_config"}
     config["tie_word_embeddings"] = tied
-    config["quantization"] = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **section}
+    # The lowest version that holds these types, so that older readers still read the file.
+    version = format_version(module_type(e, m) for m, e in section["modules"].items())
+    config["quantization"] = {"format": FORMAT_NAME, "version": version, **section}
     (Path(out) / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,110 @@
+"""medrt.Embedder: sentence embeddings computed by medrt's own engine (a BERT encoder in C++).
+
+Text is tokenized here with the model's tokenizer.json (the `tokenizers` library: BERT
+WordPiece, lower-casing, [CLS] ... [SEP]), truncated to the model's max_seq_length
+(sentence_bert_config.json, else 256) and never padded: the rows of a batch go to the engine
+packed one after another, each at its own length. The engine computes without the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medrt.errors import InvalidCheckpoint, InvalidRequest
+
+DEFAULT_MAX_SEQ_LENGTH = 256
+
+
+class Embedder:
+    """An L2-normalised sentence encoder: ``embed(texts) -> float32 array [len(texts), dim]``.
+
+    ``model`` is an encoder directory (Hugging Face layout, ``"model_type": "bert"``) or a known
+    encoder name (``"all-minilm-l6-v2"``, pulled on first use). ``num_threads`` 0 uses the
+    physical cores.
+    """
+
+    def __init__(self, model: str | os.PathLike = "all-minilm-l6-v2", *,
+                 num_threads: int = 0) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        from medrt import _core
+        from medrt.models.encoder_pull import resolve_encoder
+
+        self.model_dir = resolve_encoder(model)
+        self._engine = _core.Encoder(str(self.model_dir), num_threads)
+        tok_path = self.model_dir / "tokenizer.json"
+        if not tok_path.is_file():
+            raise InvalidCheckpoint(f"{tok_path}: missing (the encoder's tokenizer)")
+        try:
+            self._tok = HFTokenizer.from_file(str(tok_path))
+        except Exception as e:  # the tokenizers library raises plain Exception on bad files
+            raise InvalidCheckpoint(f"{tok_path}: cannot load: {e}") from e
+        self.max_seq_length = min(_max_seq_length(self.model_dir), self._engine.max_tokens)
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=self.max_seq_length)
+        self.fingerprint = model_fingerprint(self.model_dir)
+
+    @property
+    def dim(self) -> int:
+        """Embedding width (384 for all-MiniLM-L6-v2)."""
+        return int(self._engine.dim)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids each text is embedded from ([CLS] ... [SEP], truncated)."""
+        if isinstance(texts, str):
+            raise InvalidRequest("embed takes a list of texts, not one string")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidRequest(f"text {i} is {type(t).__name__}, not str")
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings [len(texts), dim] (float32, unit L2 norm), one row per text."""
+        ids = self.tokenize(texts)
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in ids], out=offsets[1:])
+        tokens = np.fromiter((t for r in ids for t in r), dtype=np.int32, count=int(offsets[-1]))
+        return self._engine.embed(tokens, offsets)
+
+
+def _max_seq_length(model_dir: Path) -> int:
+    path = model_dir / "sentence_bert_config.json"
+    if path.is_file():
+        try:
+            value = json.loads(path.read_text()).get("max_seq_length")
+        except (OSError, ValueError) as e:
+            raise InvalidCheckpoint(f"{path}: cannot read: {e}") from e
+        if isinstance(value, int) and value > 0:
+            return value
+    return DEFAULT_MAX_SEQ_LENGTH
+
+
+def model_fingerprint(model_dir: str | os.PathLike, sample_bytes: int = 1 << 20) -> str:
+    """A short hash that changes when a model directory's weights, config or tokenizer do.
+
+    Hashes config.json, tokenizer.json, and per weight file its size plus its first and last
+    `sample_bytes` (the safetensors header sits at the start, so a changed tensor layout or
+    dtype always shows; hashing every byte of a multi-GB model on each start would not pay).
+    """
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json"):
+        p = d / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+    for p in sorted(d.glob("*.safetensors")):
+        size = p.stat().st_size
+        h.update(p.name.encode() + b"\0" + str(size).encode())
+        with open(p, "rb") as f:
+            h.update(f.read(sample_bytes))
+            f.seek(max(0, size - sample_bytes))
+            h.update(f.read(sample_bytes))
+    return h.hexdigest()[:16]

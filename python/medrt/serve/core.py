@@ -1,0 +1,347 @@
+"""The transport-neutral service: one AsyncLLM, admission, tenants, templates, fingerprints.
+
+``ServeCore.start`` does everything that can fail before a response begins (readiness, model
+and permission checks, validation, tokenization, the queue) and raises ``ServeError``; the
+``RunningRequest`` it returns then streams the engine's deltas. Both the gRPC servicer and the
+HTTP API are thin layers over these two calls, so they behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import medrt
+from medrt.errors import CapacityError, InvalidRequest, MedrtError
+from medrt.medical.conversation import apply_medical_template, resolve_category
+from medrt.medical.templates import build_prompt
+from medrt.outputs import Logprob
+from medrt.serve.admission import Admission
+from medrt.serve.auth import Tenant
+from medrt.serve.errors import ServeError, invalid
+from medrt.serve.fingerprint import WeightsFingerprint
+from medrt.serve.metrics import ServeMetrics
+from medrt.serve.request import ServeRequest, check_shape, params_in_effect, sampling_params
+
+log = logging.getLogger("medrt.serve")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a cached answer is scoped by: tenant, model, the medical template's category and
+    the sampling parameters (the seed only when the client chose it)."""
+
+    tenant: str
+    model: str
+    template: str
+    params: str  # JSON of the parameters, sorted keys
+
+
+class CacheHook(Protocol):
+    """The semantic cache's seam (ARCHITECTURE.md step 2). ``lookup`` runs before the request
+    is queued; an answer streams back without the engine. ``store`` gets each answer that
+    finished by itself (stop or length). No implementation ships with the server yet."""
+
+    def lookup(self, key: CacheKey, prompt: str) -> str | None: ...
+
+    def store(self, key: CacheKey, prompt: str, answer: str) -> None: ...
+
+
+@dataclass
+class Delta:
+    text: str
+    token_ids: list[int]
+    logprobs: list[tuple[int, float, list[tuple[int, float, str]]]] | None
+    finish_reason: str | None = None
+    stop_reason: str | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass
+class RunningRequest:
+    core: ServeCore
+    tenant: Tenant
+    request_id: str
+    engine_request_id: str
+    prompt: dict[str, Any]
+    params: medrt.SamplingParams
+    category: str
+    fingerprint: dict[str, Any]
+    arrival: float
+    queue_time: float
+    deadline_s: float | None
+    cache_key: CacheKey | None = None
+    cached_answer: str | None = None  # a cache hit: streamed without the engine
+    usage: Usage = field(init=False)
+    deadline_hit: bool = False
+    aborted_by_client: bool = False
+
+    def __post_init__(self) -> None:
+        self.usage = Usage(len(self.prompt["prompt_token_ids"]))
+
+    async def events(self) -> AsyncIterator[Delta]:
+        """The completion in deltas; the last has ``finish_reason``. Raises ServeError for a
+        deadline or an Abort call, CancelledError when the client went away."""
+        core, metrics, tname = self.core, self.core.metrics, self.tenant.name
+        if self.cached_answer is not None:
+            metrics.request_success.labels(tname, "stop").inc()
+            core._finish(self, "OK")
+            yield Delta(self.cached_answer, [], None, "stop")
+            return
+        loop = asyncio.get_running_loop()
+        timer = (loop.call_later(max(self.deadline_s, 0.0), self._on_deadline)
+                 if self.deadline_s is not None else None)
+        last_time: float | None = None
+        outcome = "CANCELLED"
+        answer: list[str] = []
+        try:
+            gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True)
+            async with contextlib.aclosing(gen):  # closing it aborts the engine request now
+                async for out in gen:
+                    now = time.monotonic()
+                    c = out.outputs[0]
+                    n = len(c.token_ids)
+                    if n:
+                        if last_time is None:
+                            metrics.ttft.labels(tname).observe(now - self.arrival)
+                        else:
+                            for _ in range(n):
+                                metrics.itl.labels(tname).observe((now - last_time) / n)
+                        last_time = now
+                    self.usage.completion_tokens += n
+                    self.usage.cached_prompt_tokens = out.num_cached_tokens
+                    if c.finish_reason == "abort":
+                        if self.deadline_hit:
+                            outcome = "DEADLINE_EXCEEDED"
+                            raise ServeError("DEADLINE_EXCEEDED",
+                                             "the deadline passed before the completion finished")
+                        outcome = "CANCELLED"
+                        raise ServeError("CANCELLED", "the request was aborted by an Abort call")
+                    answer.append(c.text)
+                    if c.finish_reason is not None and self.cache_key is not None:
+                        core.cache_hook.store(self.cache_key, self.prompt["prompt"],
+                                              "".join(answer))
+                    yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
+                                c.finish_reason,
+                                None if c.stop_reason is None else str(c.stop_reason))
+                    if c.finish_reason is not None:
+                        outcome = "OK"
+                        metrics.request_success.labels(tname, c.finish_reason).inc()
+                        metrics.e2e.labels(tname).observe(now - self.arrival)
+        except Exception as e:
+            outcome = map_engine_error(e).code
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            metrics.generation_tokens.labels(tname).inc(self.usage.completion_tokens)
+            if outcome != "OK":
+                metrics.request_failure.labels(tname, outcome).inc()
+            core._finish(self, outcome)
+
+    def _on_deadline(self) -> None:
+        self.deadline_hit = True
+        self.core.llm.abort(self.engine_request_id)
+
+
+def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob]] | None
+              ) -> list[tuple[int, float, list[tuple[int, float, str]]]] | None:
+    if entries is None:
+        return None
+    out = []
+    for tid, entry in zip(token_ids, entries):
+        chosen = entry[tid].logprob
+        top = sorted(((t, lp) for t, lp in entry.items() if lp.rank is not None),
+                     key=lambda item: item[1].rank or 0)
+        out.append((tid, chosen, [(t, lp.logprob, lp.decoded_token or "") for t, lp in top]))
+    return out
+
+
+class ServeCore:
+    def __init__(self, model_name: str, *, max_running: int, max_queued: int,
+                 max_prompt_bytes: int = 1 << 20, default_tenant_limit: int = 0) -> None:
+        self.model_name = model_name
+        self.llm: medrt.AsyncLLM | None = None
+        self.weights: WeightsFingerprint | None = None
+        self.admission = Admission(max_running, max_queued)
+        self.max_prompt_bytes = max_prompt_bytes
+        self.default_tenant_limit = default_tenant_limit
+        self.draining = False
+        self.cache_hook: CacheHook | None = None
+        self.metrics = ServeMetrics(self._stats, lambda: self.admission.num_waiting)
+        self._running: dict[str, RunningRequest] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def attach(self, llm: medrt.AsyncLLM, weights: WeightsFingerprint) -> None:
+        self.llm = llm
+        self.weights = weights
+
+    @property
+    def ready(self) -> bool:
+        return self.llm is not None and not self.draining
+
+    def _stats(self) -> dict[str, int] | None:
+        return None if self.llm is None else self.llm.stats()
+
+    def abort_all(self) -> None:
+        for rr in list(self._running.values()):
+            self.llm.abort(rr.engine_request_id)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def check_model(self, tenant: Tenant, model: str, field_name: str = "model") -> None:
+        if self.draining:
+            raise ServeError("UNAVAILABLE", "the server is draining; send the request to "
+                             "another replica")
+        if self.llm is None:
+            raise ServeError("UNAVAILABLE", "the model is still loading")
+        if model and model != self.model_name:
+            raise invalid(field_name, f"unknown model {model!r}; this server serves "
+                          f"{self.model_name!r}")
+        if not tenant.may_use(self.model_name):
+            raise ServeError("PERMISSION_DENIED",
+                             f"tenant {tenant.name!r} may not use model {self.model_name!r}")
+
+    async def start(self, tenant: Tenant, req: ServeRequest,
+                    deadline_s: float | None = None) -> RunningRequest:
+        try:
+            return await self._start(tenant, req, deadline_s)
+        except ServeError as e:
+            self.count_failure(tenant.name, e.code)
+            raise
+
+    def count_failure(self, tenant: str, code: str) -> None:
+        """A request refused before it started (bad input, auth, a full queue, draining)."""
+        self.metrics.request_failure.labels(tenant, code).inc()
+
+    async def _start(self, tenant: Tenant, req: ServeRequest,
+                     deadline_s: float | None) -> RunningRequest:
+        arrival = time.monotonic()
+        self.check_model(tenant, req.model)
+        check_shape(req, self.max_prompt_bytes)
+        request_id = req.request_id or f"req-{uuid.uuid4().hex}"
+        engine_id = f"{tenant.name}/{request_id}"
+        if engine_id in self._running:
+            raise invalid("request_id", f"{request_id!r} is already running")
+        prompt, category = self._render(req)
+        params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]))
+        fp = self.fingerprint(params, req.medical_template)
+        key = self._cache_key(tenant, req, category, fp["sampling"], prompt)
+        if key is not None:
+            cached = self.cache_hook.lookup(key, prompt["prompt"])
+            if cached is not None:
+                return RunningRequest(self, tenant, request_id, engine_id, prompt, params,
+                                      category, fp, arrival, 0.0, deadline_s, key, cached)
+        limit = tenant.max_concurrency or self.default_tenant_limit
+        # A request already queued when a drain begins still runs: it is in flight.
+        queue_time = await self.admission.acquire(tenant.name, limit)
+        self.metrics.queue_time.labels(tenant.name).observe(queue_time)
+        self.metrics.prompt_tokens.labels(tenant.name).inc(len(prompt["prompt_token_ids"]))
+        rr = RunningRequest(self, tenant, request_id, engine_id, prompt, params, category, fp,
+                            arrival, queue_time, deadline_s, key)
+        self._running[engine_id] = rr
+        return rr
+
+    def _cache_key(self, tenant: Tenant, req: ServeRequest, category: str,
+                   params: dict[str, Any], prompt: dict[str, Any]) -> CacheKey | None:
+        if self.cache_hook is None or prompt["prompt"] is None:
+            return None
+        params = dict(params)
+        if req.sampling.get("seed") is None:
+            params.pop("seed")  # drawn by the server: not part of what the client asked
+        return CacheKey(tenant.name, self.model_name, category,
+                        json.dumps(params, sort_keys=True))
+
+    def _finish(self, rr: RunningRequest, outcome: str) -> None:
+        if rr.cached_answer is not None or self._running.pop(rr.engine_request_id,
+                                                             None) is not None:
+            if rr.cached_answer is None:
+                self.admission.release(rr.tenant.name)
+            log.info("request done", extra={"tenant": rr.tenant.name,
+                                            "request_id": rr.request_id, "outcome": outcome,
+                                            "cached": rr.cached_answer is not None,
+                                            "prompt_tokens": rr.usage.prompt_tokens,
+                                            "completion_tokens": rr.usage.completion_tokens,
+                                            "seconds": round(time.monotonic() - rr.arrival, 4)})
+
+    def abort(self, tenant: Tenant, request_id: str) -> bool:
+        rr = self._running.get(f"{tenant.name}/{request_id}")
+        if rr is None:
+            return False
+        rr.aborted_by_client = True
+        self.llm.abort(rr.engine_request_id)
+        return True
+
+    def _render(self, req: ServeRequest) -> tuple[dict[str, Any], str]:
+        """The engine prompt ({"prompt", "prompt_token_ids"}) and the medical category."""
+        tok = self.llm.tokenizer
+        category = ""
+        try:
+            if req.kind == "chat":
+                messages = req.messages
+                if req.medical_template:
+                    messages, category = apply_medical_template(messages, req.medical_template)
+                text = tok.render_chat(messages, add_generation_prompt=req.add_generation_prompt)
+                ids = tok.encode(text, add_special_tokens=False)
+                where = req.messages_field
+            elif req.prompt_token_ids is not None:
+                text, ids, where = None, list(req.prompt_token_ids), req.prompt_field
+                vocab = int(self.llm.model_config["vocab_size"])
+                for i, t in enumerate(ids):
+                    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                        raise invalid(f"{where}[{i}]", f"{t!r} is outside the vocabulary "
+                                      f"[0, {vocab})")
+                if req.medical_template:
+                    raise invalid("medical_template", "needs a text prompt, not token ids")
+            else:
+                text, where = req.prompt, req.prompt_field
+                if req.medical_template:
+                    category = resolve_category(req.medical_template, text)
+                    text = build_prompt(text, category)
+                ids = tok.encode(text)
+        except InvalidRequest as e:
+            raise invalid(req.messages_field if req.kind == "chat" else req.prompt_field,
+                          str(e)) from None
+        if len(ids) >= self.llm.max_model_len:
+            raise invalid(where, f"the prompt has {len(ids)} tokens; the context is "
+                          f"{self.llm.max_model_len} tokens and leaves no room to generate")
+        return {"prompt": text, "prompt_token_ids": ids}, category
+
+    def fingerprint(self, params: medrt.SamplingParams, template: str) -> dict[str, Any]:
+        w = self.weights
+        return {"model": self.model_name, "weights_sha256": w.weights_sha256,
+                "weight_files": dict(w.files), "weight_types": list(w.weight_types),
+                "medrt_version": medrt.__version__, "seed": params.seed,
+                "sampling": params_in_effect(params), "medical_template": template}
+
+    def tokenize(self, tenant: Tenant, req: ServeRequest) -> list[int]:
+        self.check_model(tenant, req.model)
+        check_shape(req, self.max_prompt_bytes)
+        return self._render(req)[0]["prompt_token_ids"]
+
+
+def map_engine_error(e: BaseException) -> ServeError:
+    """An error raised from the engine while a request ran, as a status."""
+    if isinstance(e, ServeError):
+        return e
+    if isinstance(e, CapacityError):
+        return ServeError("RESOURCE_EXHAUSTED", str(e))
+    if isinstance(e, InvalidRequest):
+        return ServeError("INVALID_ARGUMENT", str(e))
+    if isinstance(e, MedrtError):
+        return ServeError("UNAVAILABLE", str(e))
+    return ServeError("INTERNAL", f"{type(e).__name__}: {e}")

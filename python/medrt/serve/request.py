@@ -1,0 +1,125 @@
+"""The request both transports hand to the core, and its validation.
+
+gRPC and HTTP parse their own wire formats into a ``ServeRequest``; everything that can be
+checked without the model is checked here, naming the field as the client spelled it
+(``field_prefix`` is ``"sampling."`` for gRPC, empty for OpenAI's flat JSON).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from medrt.errors import InvalidRequest
+from medrt.medical.conversation import TEMPLATE_CHOICES
+from medrt.sampling_params import SamplingParams
+from medrt.serve.errors import invalid
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+SAMPLING_FIELDS = ("n", "max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p",
+                   "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "stop",
+                   "stop_token_ids", "ignore_eos", "logprobs", "include_stop_str_in_output",
+                   "skip_special_tokens")
+_FIELD_IN_MESSAGE = re.compile(r"SamplingParams\.(\w+)")
+
+
+@dataclass
+class ServeRequest:
+    kind: str  # "generate" or "chat"
+    model: str = ""
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # the fields the client gave
+    request_id: str = ""
+    medical_template: str = ""
+    add_generation_prompt: bool = True
+    field_prefix: str = ""
+    prompt_field: str = "prompt"
+    messages_field: str = "messages"
+    default_max_tokens_to_context: bool = False  # OpenAI: no max_tokens runs to the context
+
+
+def check_text(value: Any, name: str, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        raise invalid(name, f"must be a string, not {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise invalid(name, "is not valid UTF-8 (it holds unpaired surrogates)") from None
+    if size > max_bytes:
+        raise invalid(name, f"is {size} bytes; the limit is {max_bytes}")
+    return value
+
+
+def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
+    """Checks the prompt or the messages (not yet tokenized) and the template choice."""
+    if req.kind == "generate":
+        if req.prompt_token_ids is not None:
+            if not req.prompt_token_ids:
+                raise invalid(req.prompt_field, "is empty")
+        elif req.prompt is None or req.prompt == "":
+            raise invalid(req.prompt_field, "is empty")
+        else:
+            check_text(req.prompt, req.prompt_field, max_prompt_bytes)
+    else:
+        msgs = req.messages
+        if not msgs:
+            raise invalid(req.messages_field, "is empty; send at least one message")
+        total = 0
+        for i, m in enumerate(msgs):
+            where = f"{req.messages_field}[{i}]"
+            if not isinstance(m, dict):
+                raise invalid(where, "must be an object with 'role' and 'content'")
+            if m.get("role") not in ROLES:
+                raise invalid(f"{where}.role", f"{m.get('role')!r} is not one of {list(ROLES)}")
+            content = m.get("content")
+            if content is None:
+                content = ""
+            total += len(check_text(content, f"{where}.content", max_prompt_bytes))
+            if total > max_prompt_bytes:
+                raise invalid(req.messages_field, f"hold more than {max_prompt_bytes} bytes")
+    if req.medical_template and req.medical_template not in TEMPLATE_CHOICES:
+        raise invalid("medical_template",
+                      f"{req.medical_template!r} is not one of {list(TEMPLATE_CHOICES)}")
+
+
+def sampling_params(req: ServeRequest, max_model_len: int, prompt_len: int) -> SamplingParams:
+    """The SamplingParams in effect; a missing seed is drawn so that the answer can be replayed
+    from its fingerprint."""
+    given = dict(req.sampling)
+    p = req.field_prefix
+    for name in given:
+        if name not in SAMPLING_FIELDS:
+            raise invalid(f"{p}{name}", "is not a sampling parameter")
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                 "presence_penalty"):
+        v = given.get(name)
+        if isinstance(v, float) and math.isnan(v):
+            raise invalid(f"{p}{name}", "is NaN")
+    if "max_tokens" not in given and req.default_max_tokens_to_context:
+        given["max_tokens"] = max(max_model_len - prompt_len, 1)
+    mt = given.get("max_tokens")
+    if isinstance(mt, int) and not isinstance(mt, bool) and mt > max_model_len:
+        raise invalid(f"{p}max_tokens", f"{mt} is more than the context ({max_model_len})")
+    if given.get("seed") is None:
+        given["seed"] = secrets.randbelow(2**63)
+    try:
+        return SamplingParams(**given)
+    except InvalidRequest as e:
+        m = _FIELD_IN_MESSAGE.search(str(e))
+        name = f"{p}{m.group(1)}" if m else f"{p}sampling"
+        raise invalid(name, str(e)) from None
+    except TypeError as e:
+        raise invalid(f"{p}sampling", str(e)) from None
+
+
+def params_in_effect(params: SamplingParams) -> dict[str, Any]:
+    """Every sampling parameter as used (the fingerprint's ``sampling``)."""
+    out = {name: getattr(params, name) for name in SAMPLING_FIELDS}
+    out["stop"] = list(params.stop_strings)
+    out["stop_token_ids"] = list(params.stop_token_ids or [])
+    return out

@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""Load generator for `medrt serve`, after vLLM's benchmark_serving conventions.
+
+Each target gets the same requests: ``--num-prompts`` prompts of ``--input-len`` tokens, each
+generating exactly ``--output-len`` tokens (EOS ignored), sent either at a fixed concurrency
+(``--concurrency 1,4,16,64``) or as Poisson arrivals (``--rates 1,2,4``, requests/s). Per
+request: time to first token (TTFT), inter-token latencies (ITL), time per output token
+(TPOT = (e2e - TTFT) / (tokens - 1)). Per run: p50/p99 of each, output tokens/s, requests/s.
+
+Targets (``--targets``, comma-separated):
+  asyncllm     medrt.AsyncLLM in this process (no network): the baseline for the serving layers
+  medrt-grpc   `medrt serve` (spawned), GenerateStream over gRPC
+  medrt-http   the same server, /v1/completions with SSE over HTTP
+  llama-server llama.cpp's server (``--llama-server BIN --gguf FILE``), the same HTTP client
+
+    python scripts/bench/serve_bench.py --model /path/to/smollm2 --threads 2 \\
+        --targets asyncllm,medrt-grpc,medrt-http --concurrency 1,4,16 --rates 1,2 \\
+        --out docs/bench/serving.md --plot docs/bench/serving.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python"))
+
+TEXT = ("The patient reports chest pain radiating to the left arm. Metformin is a first-line "
+        "medication for type 2 diabetes. Hypertension is diagnosed when blood pressure stays "
+        "above 140/90 mmHg. Vaccination prevents influenza and reduces hospital admissions. ")
+
+
+@dataclass
+class Sample:
+    ttft: float = 0.0
+    e2e: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    tokens: int = 0
+    error: str | None = None
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+def make_prompts(model: str, n: int, input_len: int, seed: int) -> list[str]:
+    from medrt.frontend import resolve_model_dir
+    from medrt.tokenizer import Tokenizer
+
+    tok = Tokenizer(resolve_model_dir(model))
+    ids = tok.encode(TEXT * (input_len // 8 + 8), add_special_tokens=False)
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n):
+        start = rng.randrange(0, len(ids) - input_len)
+        prompts.append(tok.decode(ids[start:start + input_len - 1]))
+    return prompts
+
+
+# -- clients -------------------------------------------------------------------------------
+
+async def run_asyncllm(llm: object, prompt: str, output_len: int) -> Sample:
+    import medrt
+
+    s, t0 = Sample(), time.perf_counter()
+    last = t0
+    params = medrt.SamplingParams(max_tokens=output_len, temperature=0, ignore_eos=True)
+    async for out in llm.generate(prompt, params, delta=True):
+        now = time.perf_counter()
+        n = len(out.outputs[0].token_ids)
+        if n:
+            if s.tokens == 0:
+                s.ttft = now - t0
+            else:
+                s.itl.append(now - last)
+            s.tokens += n
+            last = now
+    s.e2e = time.perf_counter() - t0
+    return s
+
+
+async def run_grpc(stub: object, pb2: object, prompt: str, output_len: int) -> Sample:
+    s, t0 = Sample(), time.perf_counter()
+    last = t0
+    req = pb2.GenerateRequest(prompt=prompt, sampling=pb2.SamplingParams(
+        max_tokens=output_len, temperature=0, ignore_eos=True))
+    async for msg in stub.GenerateStream(req, timeout=600):
+        now = time.perf_counter()
+        if msg.token_ids:
+            if s.tokens == 0:
+                s.ttft = now - t0
+            else:
+                s.itl.append(now - last)
+            s.tokens += len(msg.token_ids)
+            last = now
+    s.e2e = time.perf_counter() - t0
+    return s
+
+
+async def run_http(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
+                   output_len: int) -> Sample:
+    s, t0 = Sample(), time.perf_counter()
+    last = t0
+    body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0,
+            "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            s.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+            return s
+        async for line in resp.content:
+            if not line.startswith(b"data: {"):
+                continue
+            now = time.perf_counter()
+            event = json.loads(line[6:])
+            if event.get("usage") and not event.get("choices"):
+                s.tokens = event["usage"]["completion_tokens"]
+                continue
+            if event.get("choices") and event["choices"][0].get("text"):
+                if s.tokens == 0 and not s.itl and s.ttft == 0:
+                    s.ttft = now - t0
+                else:
+                    s.itl.append(now - last)
+                last = now
+    s.e2e = time.perf_counter() - t0
+    if s.tokens == 0:
+        s.tokens = len(s.itl) + 1
+    return s
+
+
+# -- load shapes ---------------------------------------------------------------------------
+
+async def drive(send, prompts: list[str], concurrency: int | None,
+                rate: float | None, seed: int) -> tuple[list[Sample], float]:
+    rng = random.Random(seed)
+    sem = asyncio.Semaphore(concurrency or len(prompts))
+
+    async def one(p: str) -> Sample:
+        async with sem:
+            try:
+                return await send(p)
+            except Exception as e:  # noqa: BLE001 - reported as a failed request
+                return Sample(error=f"{type(e).__name__}: {e}")
+
+    t0 = time.perf_counter()
+    tasks = []
+    for p in prompts:
+        tasks.append(asyncio.create_task(one(p)))
+        if rate is not None:
+            await asyncio.sleep(rng.expovariate(rate))
+    samples = await asyncio.gather(*tasks)
+    return list(samples), time.perf_counter() - t0
+
+
+def summarize(samples: list[Sample], wall: float) -> dict:
+    ok = [s for s in samples if s.error is None]
+    tpot = [(s.e2e - s.ttft) / (s.tokens - 1) for s in ok if s.tokens > 1]
+    itl = [x for s in ok for x in s.itl]
+    return {
+        "requests": len(samples), "failed": len(samples) - len(ok),
+        "errors": sorted({s.error for s in samples if s.error})[:3],
+        "output_tok_s": sum(s.tokens for s in ok) / wall, "req_s": len(ok) / wall,
+        "ttft_p50_ms": 1e3 * _pct([s.ttft for s in ok], 50),
+        "ttft_p99_ms": 1e3 * _pct([s.ttft for s in ok], 99),
+        "tpot_p50_ms": 1e3 * _pct(tpot, 50), "tpot_p99_ms": 1e3 * _pct(tpot, 99),
+        "itl_p50_ms": 1e3 * _pct(itl, 50), "itl_p99_ms": 1e3 * _pct(itl, 99),
+    }
+
+
+# -- servers -------------------------------------------------------------------------------
+
+class Spawned:
+    def __init__(self, cmd: list[str], ready: str, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._marker = ready
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if self._marker in line:
+                self.ready.set()
+
+    def wait(self, timeout: float = 600) -> None:
+        if not self.ready.wait(timeout):
+            self.stop()
+            raise RuntimeError("server not ready:\n" + "".join(self.lines[-20:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def bench_target(target: str, args: argparse.Namespace, prompts: list[str],
+                       shapes: list[tuple[int | None, float | None]]) -> list[dict]:
+    rows = []
+    server = None
+    try:
+        if target == "asyncllm":
+            import medrt
+
+            llm = medrt.AsyncLLM(args.model, num_threads=args.threads,
+                                 max_num_seqs=args.max_num_seqs)
+
+            def make_send(_session: object) -> object:
+                return lambda p: run_asyncllm(llm, p, args.output_len)
+        elif target.startswith("medrt"):
+            gport, hport = _free_port(), _free_port()
+            env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+            server = Spawned([sys.executable, "-m", "medrt", "serve", "--model", args.model,
+                              "--served-model-name", "bench", "--grpc-port", str(gport),
+                              "--http-port", str(hport), "--threads", str(args.threads),
+                              "--max-num-seqs", str(args.max_num_seqs),
+                              "--max-queued-requests", "100000"], "ready", env)
+            server.wait()
+            if target == "medrt-grpc":
+                import grpc
+                from medrt.v1 import medrt_pb2, medrt_pb2_grpc
+
+                channel = grpc.aio.insecure_channel(f"127.0.0.1:{gport}")
+                stub = medrt_pb2_grpc.MedrtStub(channel)
+
+                def make_send(_session: object) -> object:
+                    return lambda p: run_grpc(stub, medrt_pb2, p, args.output_len)
+            else:
+                url = f"http://127.0.0.1:{hport}/v1/completions"
+
+                def make_send(session: object) -> object:
+                    return lambda p: run_http(session, url, "bench", p, args.output_len)
+        elif target == "llama-server":
+            if not args.llama_server or not args.gguf:
+                print("llama-server: skipped (no --llama-server/--gguf)", file=sys.stderr)
+                return []
+            port = _free_port()
+            server = Spawned([args.llama_server, "-m", args.gguf, "--host", "127.0.0.1",
+                              "--port", str(port), "-t", str(args.threads), "-np",
+                              str(args.max_num_seqs), "-c",
+                              str(args.max_num_seqs * (args.input_len + args.output_len + 16)),
+                              "-cb"], "server is listening")
+            server.wait()
+            url = f"http://127.0.0.1:{port}/v1/completions"
+
+            def make_send(session: object) -> object:
+                return lambda p: run_http(session, url, "bench", p, args.output_len)
+        else:
+            raise SystemExit(f"unknown target {target!r}")
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            send = make_send(session)
+            await drive(send, prompts[:2], 1, None, 0)  # warm-up
+            for concurrency, rate in shapes:
+                samples, wall = await drive(send, prompts, concurrency, rate, args.seed)
+                row = {"target": target, "concurrency": concurrency, "rate": rate,
+                       **summarize(samples, wall)}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+        if target == "asyncllm":
+            llm.close()
+    finally:
+        if server is not None:
+            server.stop()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| target | load | out tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
+            "ITL p50 ms | ITL p99 ms | failed |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        load = f"concurrency {r['concurrency']}" if r["rate"] is None else f"{r['rate']:g} req/s"
+        lines.append(f"| {r['target']} | {load} | {r['output_tok_s']:.1f} | {r['req_s']:.2f} | "
+                     f"{r['ttft_p50_ms']:.1f} | {r['ttft_p99_ms']:.1f} | {r['tpot_p50_ms']:.1f} | "
+                     f"{r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} | {r['failed']} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for target in sorted({r["target"] for r in rows}):
+        rs = sorted((r for r in rows if r["target"] == target and r["rate"] is not None),
+                    key=lambda r: r["rate"])
+        if not rs:
+            continue
+        a.plot([r["rate"] for r in rs], [r["output_tok_s"] for r in rs], marker="o", label=target)
+        b.plot([r["rate"] for r in rs], [r["ttft_p99_ms"] for r in rs], marker="o", label=target)
+    a.set(xlabel="request rate (req/s)", ylabel="output tokens/s", title="Throughput")
+    b.set(xlabel="request rate (req/s)", ylabel="ms", title="TTFT p99")
+    a.legend()
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--targets", default="asyncllm,medrt-grpc,medrt-http")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--rates", default="", help="Poisson request rates, req/s")
+    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--llama-server", default=None)
+    p.add_argument("--gguf", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="markdown table")
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, help="PNG: throughput and TTFT p99 vs rate")
+    args = p.parse_args()
+    shapes = ([(int(c), None) for c in args.concurrency.split(",") if c]
+              + [(None, float(r)) for r in args.rates.split(",") if r])
+    prompts = make_prompts(args.model, args.num_prompts, args.input_len, args.seed)
+    rows = []
+    for target in args.targets.split(","):
+        rows += asyncio.run(bench_target(target, args, prompts, shapes))
+    text = table(rows)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.plot and any(r["rate"] is not None for r in rows):
+        plot(rows, args.plot)
+    return 0 if all(r["failed"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The CUDA backend on a GPU machine, in one go (docs/cuda.md): builds libmedrt with the CUDA
+# backend (sm_80 + sm_90, or the local GPU's arch), runs the GPU tests and the GPU benchmark,
+# and writes everything under ${OUT:-build/gpu_check}. Budget: well under 10 minutes on an
+# H200 (build ~3-5 min on 16 cores, tests < 1 min, benchmark ~2 min).
+#   scripts/gpu_check.sh            # everything
+#   GPU_CHECK_SKIP_BENCH=1 scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/gpu_check}
+mkdir -p "$OUT"
+log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+: > "$OUT/summary.txt"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
+ARCH=${ARCH:-90}
+log "build (sm_${ARCH})"
+start=$(date +%s)
+cmake -S . -B build/gpu -G Ninja -DMEDRT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${ARCH}" \
+  -DMEDRT_BUILD_PYTHON=OFF -DMEDRT_BUILD_BENCH=ON > "$OUT/cmake.txt" 2>&1 || { log "cmake failed"; tail -30 "$OUT/cmake.txt"; exit 1; }
+cmake --build build/gpu -j "$(nproc)" --target test_cuda_ops test_cuda_model medrt-gpu-bench \
+  test_model_forward > "$OUT/build.txt" 2>&1 || { log "build failed"; grep -B2 -A8 error "$OUT/build.txt" | head -60; exit 1; }
+log "built in $(( $(date +%s) - start )) s"
+
+status=0
+for t in test_cuda_ops test_cuda_model; do
+  log "$t"
+  timeout 300 "build/gpu/cpp/$t" > "$OUT/$t.txt" 2>&1
+  rc=$?
+  tail -20 "$OUT/$t.txt" | tee -a "$OUT/summary.txt"
+  log "$t exit $rc"
+  [ $rc -eq 0 ] || status=1
+done
+
+if [ -z "${GPU_CHECK_SKIP_BENCH:-}" ]; then
+  log "benchmark bf16 (7B shapes, context 128)"
+  timeout 240 build/gpu/cpp/medrt-gpu-bench --type bf16 --batch 1 --batch 16 --batch 64 \
+    --steps 30 2>&1 | tee "$OUT/bench_bf16.txt" | tee -a "$OUT/summary.txt"
+  log "benchmark int4 g64"
+  timeout 180 build/gpu/cpp/medrt-gpu-bench --type int4 --batch 1 --batch 16 --steps 30 2>&1 \
+    | tee "$OUT/bench_int4.txt" | tee -a "$OUT/summary.txt"
+  if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    log "transformers SDPA, 64 concurrent (7B shapes, random weights)"
+    timeout 180 python scripts/bench/gpu_transformers_sdpa.py --batch 64 2>&1 \
+      | tee "$OUT/bench_transformers.txt" | tee -a "$OUT/summary.txt"
+  else
+    log "transformers comparison skipped: no CUDA torch here"
+  fi
+fi
+log "done in $(( $(date +%s) - start )) s, status $status"
+exit $status
