@@ -173,6 +173,22 @@ def test_loglik_through_the_engine_matches_transformers(tiny_llama: Path, tmp_pa
     assert fp["tensor_types"] == {"F32": fp["tensor_types"]["F32"]} and len(fp["weights_sha256"]) == 64
 
 
+def test_long_context_is_truncated_on_the_left(tiny_llama: Path, tmp_path: Path) -> None:
+    from medrt.tokenizer import Tokenizer
+
+    long = dict(CLINIC[1], context="The patient collapsed at home and was found by a neighbour. "
+                * 6)
+    q = load_task("jsonl:" + str(_jsonl(tmp_path / "c.jsonl", [long])))[0]
+    report = evaluate(tiny_llama, [q], task="jsonl", mode="loglik", num_threads=1,
+                      progress=False, engine_args={"max_model_len": 48})
+    tok = Tokenizer(tiny_llama)
+    for choice, ll in zip(q.choices, report["questions"][0]["loglik"]):
+        ctx, cont = encode_pair(tok, q.prompt, " " + choice)
+        assert len(ctx) + len(cont) > 47
+        kept = ctx[len(ctx) + len(cont) - 47:]
+        assert ll == pytest.approx(_hf_loglik(tiny_llama, kept, cont), abs=1e-4)
+
+
 def test_generate_with_a_reasoning_budget(tiny_model_dir, tmp_path: Path) -> None:
     # A copy of the tiny Llama whose chat template opens a <think> block: the random model never
     # closes it, so every answer is forced after the budget and read after </think>.

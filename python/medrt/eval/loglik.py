@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medrt.errors import InvalidRequest
 from medrt.eval.tasks import Question
 from medrt.sampling_params import SamplingParams
 
@@ -60,7 +61,15 @@ def pick(question: Question, logliks: list[float]) -> tuple[int, int]:
 
 async def _score_choice(llm: Any, ctx: list[int], cont: list[int]) -> float:
     if not cont:
-        raise ValueError("a choice tokenized to no tokens beyond its context")
+        raise InvalidRequest("a choice tokenized to no tokens beyond its context")
+    # A context longer than the model's window loses its oldest tokens (lm-eval truncates on
+    # the left too); the engine needs one position free beyond the prompt.
+    keep = llm.max_model_len - 1
+    if len(ctx) + len(cont) > keep:
+        if len(cont) >= keep:
+            raise InvalidRequest(f"a continuation of {len(cont)} tokens does not fit "
+                             f"max_model_len {llm.max_model_len}")
+        ctx = ctx[len(ctx) + len(cont) - keep:]
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
                             prompt_logprobs_start=len(ctx))
     ids = ctx + cont
