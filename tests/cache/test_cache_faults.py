@@ -18,12 +18,13 @@ from medrt.cache import CacheCorrupt, CacheError
 from medrt.errors import InvalidCheckpoint
 
 GREEDY = SamplingParams(temperature=0, max_tokens=32)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict[str, str]:
+    """The child imports the same medrt as this process (installed, or python/ in a dev tree)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(medrt.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
     return env
 
 
