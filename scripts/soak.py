@@ -51,9 +51,12 @@ PROMPTS = ["The patient reports chest pain radiating to the left arm.",
 
 class ServeProcess:
     def __init__(self, args: list[str]) -> None:
-        repo = Path(__file__).resolve().parents[1]
+        import medrt
+
+        # The server runs the medrt this script imports (installed, or python/ in a dev tree).
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(repo / "python"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(medrt.__file__).resolve().parents[1]),
+                                             env.get("PYTHONPATH", "")])
         self.proc = subprocess.Popen([sys.executable, "-m", "medrt", "serve", *args],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True, env=env)

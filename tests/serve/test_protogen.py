@@ -45,7 +45,7 @@ def test_installed_layout_and_regeneration(tmp_path: Path) -> None:
     shutil.copytree(Path(medrt.__file__).parent, site / "medrt",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     installed = site / "medrt" / "proto" / "medrt" / "v1" / "medrt.proto"
-    installed.parent.mkdir(parents=True)
+    installed.parent.mkdir(parents=True, exist_ok=True)  # an installed medrt carries it
     shutil.copy(PROTO, installed)
     first = _run(site, tmp_path / "home")[0]
     # an edited .proto (a new RPC) gets new stubs, not the cached ones
