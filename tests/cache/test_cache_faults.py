@@ -136,7 +136,9 @@ def test_directory_without_write_permission(encoder_dir: Path) -> None:
         script = textwrap.dedent(f"""
             import os, medrt
             from medrt.cache import CacheError
+            from medrt.cache.guard import Guard
             emb = medrt.Embedder({str(encoder_dir)!r})  # loaded (and imported) as this user
+            Guard.default()  # its word lists too: an installed medrt may sit under /root
             if os.geteuid() == 0:  # root writes anywhere: drop to nobody to see the real error
                 os.setgid(65534)
                 os.setuid(65534)
