@@ -53,9 +53,9 @@ def exported_outside_isa(obj: str) -> dict[str, str]:
     for line in out.splitlines():
         parts = line.split(maxsplit=2)
         # Upper case: global (W, V: weak); u: unique global. Lower case is local: harmless.
-        if len(parts) == 3 and (parts[1].isupper() or parts[1] == "u"):
-            if not ISA_NAMESPACE.search(parts[2]):
-                bad[parts[2]] = f"defines symbol type {parts[1]}"
+        if (len(parts) == 3 and (parts[1].isupper() or parts[1] == "u")
+                and not ISA_NAMESPACE.search(parts[2])):
+            bad[parts[2]] = f"defines symbol type {parts[1]}"
     return bad
 
 

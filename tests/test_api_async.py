@@ -7,12 +7,10 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import medrt
+import medrt._core
+import pytest
 from medrt.errors import InvalidRequest
-
-import medrt._core  # noqa: F401  (a missing extension must fail, not skip)
 
 PROMPTS = ["The patient reports chest pain", "Metformin is", "Call emergency services",
            "Take ibuprofen with food"]

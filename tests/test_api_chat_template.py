@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from medrt.chat_template import render_chat_template
 from medrt.errors import InvalidRequest
 from medrt.tokenizer import Tokenizer

@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from medrt.detokenizer import IncrementalDetokenizer, StopStringMatcher, TextStream
 from medrt.request_state import RequestState
 from medrt.sampling_params import SamplingParams

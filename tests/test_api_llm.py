@@ -6,12 +6,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import medrt
-from medrt.errors import CapacityError, Cancelled, InvalidCheckpoint, InvalidRequest
-
-import medrt._core  # noqa: F401  (a missing extension must fail, not skip)
+import medrt._core
+import pytest
+from medrt.errors import Cancelled, CapacityError, InvalidCheckpoint, InvalidRequest
 
 PROMPT = "The patient reports chest pain"
 CHAT = [{"role": "system", "content": "Answer briefly."},

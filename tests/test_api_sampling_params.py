@@ -6,9 +6,8 @@ import math
 import subprocess
 import sys
 
-import pytest
-
 import medrt
+import pytest
 from medrt.errors import InvalidRequest
 
 

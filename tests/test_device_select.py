@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from medrt import _core
 from medrt.device import describe, select_device
 from medrt.errors import InvalidRequest
@@ -88,5 +87,5 @@ def test_medrt_info_prints_the_choice_and_why() -> None:
     assert out.startswith("device: ")
     assert "reason: " in out and "build: " in out
     bad = subprocess.run([sys.executable, "-m", "medrt", "info", "--device", "x"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 1 and "device='x'" in bad.stderr

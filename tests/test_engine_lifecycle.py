@@ -50,7 +50,7 @@ def test_engine_destroyed_from_python_while_its_loop_runs(tiny_llama: Path) -> N
             engine.add_request([1 + i, 5, 9], _params(400).to_core())
         # Another Python thread keeps running while the destructor joins the loop thread.
         ticks = []
-        ticker = threading.Thread(target=lambda: [ticks.append(1) for _ in range(100000)])
+        ticker = threading.Thread(target=lambda t=ticks: [t.append(1) for _ in range(100000)])
         ticker.start()
         del engine
         gc.collect()

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import medrt
+import pytest
 from medrt.device import cuda_status, engine_runs_cuda
 
 pytestmark = pytest.mark.gpu

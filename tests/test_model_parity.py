@@ -165,7 +165,7 @@ def test_long_positions_are_sensitive_to_the_scaling(tiny_models: TinyModels, tm
 
 def test_bad_input_is_refused(models) -> None:
     ours, _ = models("qwen2", "float32")
-    import medrt.errors as errors
+    from medrt import errors
     with pytest.raises(errors.InvalidRequest):
         ours.prefill_logits([])
     with pytest.raises(errors.InvalidRequest):

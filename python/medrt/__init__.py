@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM",
     "AsyncLLM",
-    "LoRARequest",
     "CompletionOutput",
     "Embedder",
+    "LoRARequest",
     "Logprob",
     "RequestMetrics",
     "RequestOutput",

@@ -15,7 +15,7 @@ with atheris.instrument_imports():
     from medrt.models.gguf_import import import_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuzz.common import run  # noqa: E402
+from fuzz.common import run
 
 WORK = Path(tempfile.mkdtemp(prefix="medrt_fuzz_gguf_"))
 

@@ -14,7 +14,7 @@ with atheris.instrument_imports():
     from medrt_train.quant.types import QuantFormatError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuzz.common import run  # noqa: E402
+from fuzz.common import run
 
 WORK = Path(tempfile.mkdtemp(prefix="medrt_fuzz_quant_"))
 

@@ -14,7 +14,7 @@ with atheris.instrument_imports():
     from medrt.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuzz.common import run  # noqa: E402
+from fuzz.common import run
 
 SPLIT = b"\n\x00--tokenizer.json--\x00\n"
 WORK = Path(tempfile.mkdtemp(prefix="medrt_fuzz_tok_"))

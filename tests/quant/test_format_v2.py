@@ -11,11 +11,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from medrt_train.quant.format import dequantized_state, validate  # noqa: E402
-from medrt_train.quant.loader import load_dequantized  # noqa: E402
-from medrt_train.quant.quantize import quantize_model  # noqa: E402
-from medrt_train.quant.recipes import Recipe  # noqa: E402
-from medrt_train.quant.types import (  # noqa: E402
+from medrt_train.quant.format import dequantized_state, validate
+from medrt_train.quant.loader import load_dequantized
+from medrt_train.quant.quantize import quantize_model
+from medrt_train.quant.recipes import Recipe
+from medrt_train.quant.types import (
     QuantFormatError,
     dequantize,
     pack_nibbles,
