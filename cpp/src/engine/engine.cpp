@@ -348,8 +348,11 @@ struct Engine::Impl {
       std::vector<RequestOutput> out;
       std::exception_ptr error = guarded_step(out);
       std::lock_guard lk(out_mu);
-      if (error) loop_error = error;
-      if (out.empty() && !error) continue;
+      // Moved, not copied: once published, the error belongs to the thread that rethrows it,
+      // and this thread never touches the exception object again.
+      const bool failed = error != nullptr;
+      if (failed) loop_error = std::move(error);
+      if (out.empty() && !failed) continue;
       outputs.insert(outputs.end(), std::make_move_iterator(out.begin()),
                      std::make_move_iterator(out.end()));
       out_cv.notify_all();
