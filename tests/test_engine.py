@@ -13,6 +13,7 @@ import pytest
 from helpers.engine_runs import (
     VOCAB,
     Result,
+    check_preemption_matches_alone,
     collect,
     drain,
     make_engine,
@@ -52,19 +53,7 @@ def test_batch_invariance_with_staggered_arrivals(tiny_model_dir: Any, model: st
 
 
 def test_preemption_recomputes_to_the_same_tokens(tiny_llama: Path) -> None:
-    reqs = mixed_requests(8)
-    alone = [run_alone(tiny_llama, prompt, p) for prompt, p in reqs]
-    # 30 blocks of 4 tokens: every request fits alone, all eight at once do not.
-    engine = make_engine(tiny_llama, num_blocks=30, max_num_batched_tokens=32)
-    results: dict[int, Result] = {}
-    ids = [engine.add_request(*r) for r in reqs]
-    drain(engine, results)
-    stats = engine.stats()
-    assert stats["num_preemptions"] > 0
-    assert stats["free_blocks"] == 30
-    for i, rid in enumerate(ids):
-        assert results[rid].tokens == alone[i].tokens, f"request {i}"
-        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    check_preemption_matches_alone(tiny_llama)
 
 
 def test_abort_frees_every_block(tiny_llama: Path) -> None:

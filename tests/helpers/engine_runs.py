@@ -91,3 +91,21 @@ def mixed_requests(n: int) -> list[tuple[list[int], _core.SamplingParams]]:
                        frequency_penalty=0.2, presence_penalty=0.1, seed=100 + i, logprobs=1)
         reqs.append((prompt, p))
     return reqs
+
+
+def check_preemption_matches_alone(model_dir: Path) -> None:
+    """Eight mixed requests on a pool too small for all of them at once (30 blocks of 4
+    tokens): the engine preempts, and every request still gets the tokens and logprobs it gets
+    alone; every block returns to the pool."""
+    reqs = mixed_requests(8)
+    alone = [run_alone(model_dir, prompt, p) for prompt, p in reqs]
+    engine = make_engine(model_dir, num_blocks=30, max_num_batched_tokens=32)
+    results: dict[int, Result] = {}
+    ids = [engine.add_request(*r) for r in reqs]
+    drain(engine, results)
+    stats = engine.stats()
+    assert stats["num_preemptions"] > 0
+    assert stats["free_blocks"] == 30
+    for i, rid in enumerate(ids):
+        assert results[rid].tokens == alone[i].tokens, f"request {i}"
+        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"

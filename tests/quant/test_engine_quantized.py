@@ -22,7 +22,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from helpers.engine_runs import collect, drain, make_engine, mixed_requests, run_alone
+from helpers.engine_runs import (
+    check_preemption_matches_alone,
+    collect,
+    drain,
+    make_engine,
+    mixed_requests,
+    run_alone,
+)
 from medrt import _core
 from medrt_train.quant.loader import load_dequantized
 from medrt_train.quant.quantize import quantize_model
@@ -90,16 +97,4 @@ def test_batch_invariance_on_quantized_weights(quantized: Any, model: str) -> No
 
 
 def test_preemption_on_quantized_weights(quantized: Any) -> None:
-    qdir = quantized("llama", "int4")
-    reqs = mixed_requests(8)
-    alone = [run_alone(qdir, prompt, p) for prompt, p in reqs]
-    engine = make_engine(qdir, num_blocks=30, max_num_batched_tokens=32)
-    results: dict[int, Any] = {}
-    ids = [engine.add_request(*r) for r in reqs]
-    drain(engine, results)
-    stats = engine.stats()
-    assert stats["num_preemptions"] > 0
-    assert stats["free_blocks"] == 30
-    for i, rid in enumerate(ids):
-        assert results[rid].tokens == alone[i].tokens, f"request {i}"
-        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    check_preemption_matches_alone(quantized("llama", "int4"))

@@ -78,7 +78,9 @@ def test_pubmedqa_picks_the_most_likely_answer_as_lm_eval_does():
     assert both["other"]["agreement"] == float(other_best == best)
 
 
-def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
+def _quantized_tiny_model_and_data(tmp_path: Path) -> tuple[Path, Path]:
+    """The tiny model (src) with its `paper` RTN copy in tmp_path/q, and a fake PubMedQA file
+    whose 3 test entries all ask the same question."""
     src = tmp_path / "src"
     _model().save_pretrained(src)
     _tokenizer().save_pretrained(src)
@@ -88,6 +90,11 @@ def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
                for i in range(803)}
     data = tmp_path / "ori_pqal.json"
     data.write_text(json.dumps(entries))
+    return src, data
+
+
+def test_eval_command_on_a_quantized_tiny_model(tmp_path: Path, capsys):
+    src, data = _quantized_tiny_model_and_data(tmp_path)
     out = tmp_path / "rows.json"
     assert main(["eval", f"paper={tmp_path / 'q'}", f"f32={src}", "--reference", str(src),
                  "--data", str(data), "--json", str(out),
@@ -131,15 +138,7 @@ def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
     """--engine medrt scores the quantized model with the runtime's own kernels (int8 and NF4
     at their precision, activations quantized per block); its perplexity and KL agree with the
     dequantizing transformers loader within the activation quantization's error."""
-    src = tmp_path / "src"
-    _model().save_pretrained(src)
-    _tokenizer().save_pretrained(src)
-    quantize_model(src, tmp_path / "q", load_recipe("paper"), "rtn", log=lambda _: None)
-    entries = {f"{i:05d}": {"QUESTION": "does the drug help ?", "CONTEXTS": ["the trial ."],
-                            "LONG_ANSWER": "the drug helps .", "final_decision": "yes"}
-               for i in range(803)}
-    data = tmp_path / "ori_pqal.json"
-    data.write_text(json.dumps(entries))
+    src, data = _quantized_tiny_model_and_data(tmp_path)
     rows = {}
     for engine in ("transformers", "medrt"):
         out = tmp_path / f"{engine}.json"

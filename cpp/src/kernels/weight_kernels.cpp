@@ -29,14 +29,7 @@ namespace {
 void pack_float(const LinearWeight& w, PackedLinear& p) { p.weight = w.weight; }
 
 void float_linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
-  TensorView bias;
-  if (!w.bias.empty()) {
-    bias.dtype = DType::F32;
-    bias.shape = {w.out};
-    bias.data = w.bias.data();
-    bias.nbytes = w.bias.size() * sizeof(float);
-  }
-  cpu::linear(x, M, w.in, w.weight, w.bias.empty() ? nullptr : &bias, y, pool);
+  cpu::linear(x, M, w.in, w.weight, w.bias.empty() ? nullptr : &w.bias_view, y, pool);
 }
 
 void float_row(const PackedLinear& w, int64_t r, float* out) {
@@ -104,6 +97,10 @@ PackedLinear pack_linear(const LinearWeight& w) {
         throw InvalidCheckpoint("'" + w.name + "': bias is " + dtype_name(w.bias.dtype) +
                                 "; expected F32, F16 or BF16");
     }
+    p.bias_view.dtype = DType::F32;
+    p.bias_view.shape = {w.out};
+    p.bias_view.data = p.bias.data();  // a moved vector keeps its buffer, so this stays valid
+    p.bias_view.nbytes = p.bias.size() * sizeof(float);
   }
   p.kernels->pack(w, p);
   return p;

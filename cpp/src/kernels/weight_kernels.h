@@ -46,6 +46,7 @@ struct PackedLinear {
   TensorView weight;         // float types: the stored weight [out, in]
   AlignedBytes packed;       // quantized types: repacked codes and scales
   std::vector<float> bias;   // [out] as f32, or empty
+  TensorView bias_view;      // `bias` as the float GEMM takes it (built once, at pack time)
   const WeightKernels* kernels = nullptr;
 };
 

@@ -9,13 +9,13 @@ Types are named as medrt_train.quant.types.WeightType prints them: "f32", "f16",
 from __future__ import annotations
 
 import json
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medrt.errors import InvalidCheckpoint
+from medrt.lora.tensors import read_header
 
 _WIDTH = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
           "U8": 1, "BOOL": 1}
@@ -45,18 +45,6 @@ class WeightSummary:
                 "f16_bytes": self.f16_bytes, "memory_cut": self.memory_cut}
 
 
-def _header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets)."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError) as e:
-        raise InvalidCheckpoint(f"{path}: not a readable safetensors file: {e}") from e
-    header.pop("__metadata__", None)
-    return header
-
-
 def _tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -67,7 +55,7 @@ def _tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
         raise InvalidCheckpoint(f"{model_dir}: no model.safetensors or its index")
     out = {}
     for name in files:
-        for tensor, info in _header(model_dir / name).items():
+        for tensor, info in read_header(model_dir / name).items():
             out[tensor] = (info["dtype"], [int(d) for d in info["shape"]])
     return out
 

@@ -19,14 +19,7 @@ struct CpuLinear : BackendWeight {
 
 struct CpuVector : BackendWeight {
   std::vector<float> v;
-  TensorView view() const {
-    TensorView t;
-    t.dtype = DType::F32;
-    t.shape = {int64_t(v.size())};
-    t.data = v.data();
-    t.nbytes = v.size() * sizeof(float);
-    return t;
-  }
+  TensorView view;  // `v` as the kernels take it, built once at load (no per-call allocation)
 };
 
 const CpuLinear& as_linear(const BackendWeight& w) { return static_cast<const CpuLinear&>(w); }
@@ -87,6 +80,10 @@ class CpuBackend final : public Backend {
         throw InvalidCheckpoint("'" + name + "' is " + dtype_name(t.dtype) +
                                 "; expected F32, F16 or BF16");
     }
+    out->view.dtype = DType::F32;
+    out->view.shape = {n};
+    out->view.data = out->v.data();
+    out->view.nbytes = size_t(n) * sizeof(float);
     out->type = WeightType::F32;
     out->rows = 1;
     out->cols = n;
@@ -107,7 +104,7 @@ class CpuBackend final : public Backend {
 
   void rmsnorm(const float* x, int64_t T, int64_t D, const BackendWeight& w, float eps,
                float* y) override {
-    cpu::rmsnorm(x, T, D, as_vector(w).view(), eps, y);
+    cpu::rmsnorm(x, T, D, as_vector(w).view, eps, y);
   }
 
   void linear(const BackendWeight& w, const float* x, int64_t M, float* y) override {
