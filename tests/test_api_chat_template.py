@@ -124,6 +124,23 @@ def test_sandbox_blocks_python_internals() -> None:
         render_chat_template("{% set x = messages.append(1) %}", [{"role": "user", "content": ""}])
 
 
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ " + "{" * 3000 + " }}", "nested too deeply"),          # found by fuzz_tokenizer_files
+    ("{% if " + "(" * 3000 + " %}", "nested too deeply"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursion too deep"),
+    ("{{ 'a' * 10**12 }}", "repeats a sequence"),
+    ("{{ [0] * 10**9 }}", "repeats a sequence"),
+    ("{{ 3 ** 100000 }}", "power of more than"),
+])
+def test_hostile_templates_fail_cleanly(template: str, message: str) -> None:
+    # A checkpoint's template is untrusted: deep nesting, endless recursion and huge
+    # repetitions end as InvalidRequest instead of RecursionError or an exhausted memory.
+    with pytest.raises(InvalidRequest, match=message):
+        render_chat_template(template, [{"role": "user", "content": "x"}])
+    # Small uses of the same operators still work.
+    assert render_chat_template("{{ '-' * 3 }}{{ 2 ** 10 }}", []) == "---1024"
+
+
 def test_strftime_and_generation_block() -> None:
     out = render_chat_template(
         "{% generation %}{{ strftime_now('%Y') | length }}{% endgeneration %}",

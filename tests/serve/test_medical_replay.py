@@ -16,6 +16,7 @@ import pytest
 from helpers.serve_server import ServerThread
 from medrt.medical import P_BASE, classify, system_prompt
 from medrt.medical.conversation import apply_medical_template
+from medrt.serve.core import CachedAnswer
 from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 
 DOSE = "What is the maximum daily dose of ibuprofen for an adult?"
@@ -163,16 +164,21 @@ def test_http_replay(server: ServerThread) -> None:
 # -- the semantic cache's hook ---------------------------------------------------------------
 
 class DictCache:
+    """A CacheHook that matches exact questions only: what the core hands a cache."""
+
     def __init__(self) -> None:
         self.store_calls: list = []
         self.answers: dict = {}
 
-    def lookup(self, key: object, prompt: str) -> str | None:
-        return self.answers.get((key, prompt))
+    def lookup(self, key: object, question: str) -> CachedAnswer | None:
+        found = self.answers.get((key, question))
+        return None if found is None else CachedAnswer(
+            found.text, found.token_ids, found.finish_reason, found.fingerprint,
+            {"tier": "exact", "score": 1.0})
 
-    def store(self, key: object, prompt: str, answer: str) -> None:
-        self.store_calls.append(key)
-        self.answers[(key, prompt)] = answer
+    def store(self, key: object, question: str, answer: CachedAnswer) -> None:
+        self.store_calls.append((key, question))
+        self.answers[(key, question)] = answer
 
 
 def test_cache_hook_is_scoped_by_tenant_template_and_params(server: ServerThread,
@@ -183,13 +189,35 @@ def test_cache_hook_is_scoped_by_tenant_template_and_params(server: ServerThread
         req = _chat(DOSE, "auto")
         first = stub.Chat(req, timeout=30)
         assert first.token_ids and len(hook.store_calls) == 1
-        key = hook.store_calls[0]
-        assert (key.tenant, key.model, key.template) == ("anonymous", "tiny-llama", "medication")
-        assert '"seed"' not in key.params  # the server drew it; the client did not ask for one
+        key, question = hook.store_calls[0]
+        assert question == DOSE  # the user's question, not the rendered template
+        assert (key.tenant, key.model) == ("anonymous", "tiny-llama")
+        assert key.template.startswith("medication:")
+        assert '"seed"' not in key.params  # greedy: the seed changes nothing
+        assert not first.fingerprint.HasField("cache")
         hit = stub.Chat(req, timeout=30)
-        assert hit.text == first.text and not hit.token_ids  # served from the cache
-        assert hit.finish_reason == "stop" and hit.medical_category == "medication"
+        # served from the cache, exactly as computed, with the fingerprint that computed it
+        assert hit.text == first.text and hit.token_ids == first.token_ids
+        assert hit.finish_reason == first.finish_reason and hit.medical_category == "medication"
+        assert hit.fingerprint.seed == first.fingerprint.seed
+        assert hit.fingerprint.cache.tier == "exact"
+        assert len(hook.store_calls) == 1
         other = stub.Chat(_chat(DOSE, "auto", top_k=5), timeout=30)  # other params: a miss
         assert other.token_ids and len(hook.store_calls) == 2
+        plain = stub.Chat(_chat(DOSE, ""), timeout=30)  # no medical template: another scope
+        assert not plain.fingerprint.HasField("cache") and len(hook.store_calls) == 3
+        bypass = _chat(DOSE, "auto")
+        bypass.cache = "bypass"
+        assert not stub.Chat(bypass, timeout=30).fingerprint.HasField("cache")
+        assert len(hook.store_calls) == 3  # bypass neither looks up nor stores
+        refresh = _chat(DOSE, "auto")
+        refresh.cache = "refresh"
+        assert not stub.Chat(refresh, timeout=30).fingerprint.HasField("cache")
+        assert len(hook.store_calls) == 4  # refresh computes and stores
+        bad = _chat(DOSE, "auto")
+        bad.cache = "sometimes"
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Chat(bad, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cache" in e.value.details()
     finally:
         server.server.core.cache_hook = None

@@ -52,10 +52,25 @@ def _shape_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _category(question: str, shape: Any) -> str:
+def template_category(question: str, shape: Any) -> str:
+    """The scope's template category: the medical classifier's category of the question and a
+    hash of everything else that shapes the prompt (`shape`, any JSON-able value)."""
     from medrt.medical import classify
 
     return f"{classify(question)}:{_shape_hash(shape)}"
+
+
+def conversation_question(messages: Sequence[Mapping[str, Any]]) -> tuple[str | None, list]:
+    """The question of a conversation that may use the cache, and its system messages'
+    contents: one user message after at most one system message. A longer history changes
+    the answer, so it has no question (None)."""
+    msgs = list(messages)
+    system = [m for m in msgs[:-1] if m.get("role") == "system"]
+    question = None
+    if (msgs and msgs[-1].get("role") == "user" and isinstance(msgs[-1].get("content"), str)
+            and len(msgs) - 1 == len(system) <= 1):
+        question = msgs[-1]["content"]
+    return question, [m.get("content") for m in system]
 
 
 def for_prompt(prompt: Any, tenant: str, mode: str, patient_context: bool) -> CacheRequest:
@@ -63,21 +78,16 @@ def for_prompt(prompt: Any, tenant: str, mode: str, patient_context: bool) -> Ca
     text = prompt if isinstance(prompt, str) else None
     if isinstance(prompt, Mapping) and "prompt_token_ids" not in prompt:
         text = prompt.get("prompt") if isinstance(prompt.get("prompt"), str) else None
-    category = _category(text, "generate") if text else ""
+    category = template_category(text, "generate") if text else ""
     return CacheRequest(text, category, check_tenant(tenant), check_mode(mode), patient_context)
 
 
 def for_conversation(messages: Sequence[Mapping[str, Any]], tenant: str, mode: str,
                      patient_context: bool, options: Any) -> CacheRequest:
     """The cache request of a chat() conversation; `options` are the rendering arguments."""
-    msgs = list(messages)
-    system = [m for m in msgs[:-1] if m.get("role") == "system"]
-    question = None
-    if (msgs and msgs[-1].get("role") == "user" and isinstance(msgs[-1].get("content"), str)
-            and len(msgs) - 1 == len(system) <= 1):
-        question = msgs[-1]["content"]
-    shape = ["chat", [m.get("content") for m in system], options]
-    category = _category(question, shape) if question else ""
+    question, system = conversation_question(messages)
+    shape = ["chat", system, options]
+    category = template_category(question, shape) if question else ""
     return CacheRequest(question, category, check_tenant(tenant), check_mode(mode),
                         patient_context)
 

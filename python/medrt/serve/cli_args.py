@@ -43,6 +43,15 @@ def add_serve_parser(sub: Any) -> None:
                    help="on SIGTERM, how long running requests may take to finish")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    p.add_argument("--semantic-cache", default=None, metavar="DIR",
+                   help="answer repeated questions from a semantic cache kept in DIR "
+                        "(docs/semantic-cache.md); off by default")
+    p.add_argument("--semantic-cache-a", type=float, default=None,
+                   help="weight of the Jaccard term in the match score (default 0.0)")
+    p.add_argument("--semantic-cache-threshold", type=float, default=None,
+                   help="lowest match score that is a hit (default 0.89)")
+    p.add_argument("--semantic-cache-embedder", default="all-minilm-l6-v2",
+                   help="sentence encoder of the cache (known name or directory)")
 
 
 def add_keys_parser(sub: Any) -> None:
@@ -68,7 +77,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len, max_queued_requests=args.max_queued_requests,
         tenant_max_concurrency=args.tenant_max_concurrency,
         max_prompt_bytes=args.max_prompt_bytes, drain_grace_s=args.drain_grace_s,
-        seed=args.seed)
+        seed=args.seed, semantic_cache=args.semantic_cache,
+        semantic_cache_a=args.semantic_cache_a,
+        semantic_cache_threshold=args.semantic_cache_threshold,
+        semantic_cache_embedder=args.semantic_cache_embedder)
     try:
         return asyncio.run(run(config))
     except ValueError as e:

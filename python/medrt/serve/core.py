@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import medrt
+from medrt.cache.frontend_cache import conversation_question, template_category
+from medrt.cache.scope import sampling_key
 from medrt.errors import CapacityError, InvalidRequest, MedrtError
 from medrt.medical.conversation import apply_medical_template, resolve_category
 from medrt.medical.templates import build_prompt
@@ -35,23 +37,40 @@ log = logging.getLogger("medrt.serve")
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What a cached answer is scoped by: tenant, model, the medical template's category and
-    the sampling parameters (the seed only when the client chose it)."""
+    """What a cached answer is scoped by: tenant, model, the template category (the medical
+    category and a hash of what else shapes the prompt) and the answer-changing sampling
+    parameters (the seed only when the client chose it)."""
 
     tenant: str
     model: str
     template: str
     params: str  # JSON of the parameters, sorted keys
+    patient_context: bool = False  # the client said the question carries patient data
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """An answer as the cache keeps it. `fingerprint` is the one of the request that computed
+    it (so a hit can be replayed); `source` says where a hit came from (tier, score)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    fingerprint: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
 
 
 class CacheHook(Protocol):
-    """The semantic cache's seam (ARCHITECTURE.md step 2). ``lookup`` runs before the request
-    is queued; an answer streams back without the engine. ``store`` gets each answer that
-    finished by itself (stop or length). No implementation ships with the server yet."""
+    """The semantic cache's seam (ARCHITECTURE.md step 2); medrt.serve.semantic_hook holds
+    the implementation over medrt.SemanticCache. ``lookup`` runs before the request is
+    queued, on a worker thread; a hit streams back without the engine. ``store`` gets each
+    answer that finished by itself (stop or length). ``question`` is the user's question as
+    written (the text prompt, or the one user message of a conversation), never the rendered
+    template."""
 
-    def lookup(self, key: CacheKey, prompt: str) -> str | None: ...
+    def lookup(self, key: CacheKey, question: str) -> CachedAnswer | None: ...
 
-    def store(self, key: CacheKey, prompt: str, answer: str) -> None: ...
+    def store(self, key: CacheKey, question: str, answer: CachedAnswer) -> None: ...
 
 
 @dataclass
@@ -84,7 +103,8 @@ class RunningRequest:
     queue_time: float
     deadline_s: float | None
     cache_key: CacheKey | None = None
-    cached_answer: str | None = None  # a cache hit: streamed without the engine
+    cache_question: str | None = None
+    cached_answer: CachedAnswer | None = None  # a cache hit: streamed without the engine
     usage: Usage = field(init=False)
     deadline_hit: bool = False
     aborted_by_client: bool = False
@@ -97,16 +117,20 @@ class RunningRequest:
         deadline or an Abort call, CancelledError when the client went away."""
         core, metrics, tname = self.core, self.core.metrics, self.tenant.name
         if self.cached_answer is not None:
-            metrics.request_success.labels(tname, "stop").inc()
+            hit = self.cached_answer
+            self.usage.completion_tokens = len(hit.token_ids)
+            metrics.request_success.labels(tname, hit.finish_reason).inc()
+            metrics.e2e.labels(tname).observe(time.monotonic() - self.arrival)
             core._finish(self, "OK")
-            yield Delta(self.cached_answer, [], None, "stop")
+            yield Delta(hit.text, list(hit.token_ids), None, hit.finish_reason)
             return
         loop = asyncio.get_running_loop()
         timer = (loop.call_later(max(self.deadline_s, 0.0), self._on_deadline)
                  if self.deadline_s is not None else None)
         last_time: float | None = None
         outcome = "CANCELLED"
-        answer: list[str] = []
+        answer: list[str] = []  # what was streamed so far, for the cache
+        token_ids: list[int] = []
         try:
             gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True)
             async with contextlib.aclosing(gen):  # closing it aborts the engine request now
@@ -125,19 +149,23 @@ class RunningRequest:
                     self.usage.cached_prompt_tokens = out.num_cached_tokens
                     if c.finish_reason == "abort":
                         raise self._abort_error()
-                    answer.append(c.text)
                     if c.finish_reason is not None:
                         # counted before the last delta leaves: a client that goes away right
                         # after it still got a whole answer
                         outcome = "OK"
                         metrics.request_success.labels(tname, c.finish_reason).inc()
                         metrics.e2e.labels(tname).observe(now - self.arrival)
-                        if self.cache_key is not None:
-                            core.cache_hook.store(self.cache_key, self.prompt["prompt"],
-                                                  "".join(answer))
+                        if (self.cache_key is not None and core.cache_hook is not None
+                                and c.finish_reason in ("stop", "length")):
+                            done = CachedAnswer("".join(answer) + c.text, token_ids + list(
+                                c.token_ids), c.finish_reason, self.fingerprint)
+                            await asyncio.to_thread(core.cache_hook.store, self.cache_key,
+                                                    self.cache_question, done)
                     yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
                                 c.finish_reason,
                                 None if c.stop_reason is None else str(c.stop_reason))
+                    answer.append(c.text)
+                    token_ids.extend(c.token_ids)
         except Exception as e:
             outcome = map_engine_error(e).code
             raise
@@ -247,31 +275,48 @@ class ServeCore:
         prompt, category = self._render(req)
         params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]))
         fp = self.fingerprint(params, req.medical_template)
-        key = self._cache_key(tenant, req, category, fp["sampling"], prompt)
-        if key is not None:
-            cached = self.cache_hook.lookup(key, prompt["prompt"])
+        key, question = self._cache_key(tenant, req, category, params)
+        if key is not None and req.cache != "refresh":
+            cached = await asyncio.to_thread(self.cache_hook.lookup, key, question)
             if cached is not None:
+                # The fingerprint of the request that computed the answer, with where it
+                # came from: replaying that fingerprint gives this answer again.
+                hit_fp = {**(cached.fingerprint or fp), "cache": cached.source or {}}
                 return RunningRequest(self, tenant, request_id, engine_id, prompt, params,
-                                      category, fp, arrival, 0.0, deadline_s, key, cached)
+                                      category, hit_fp, arrival, 0.0, deadline_s, key,
+                                      question, cached)
         limit = tenant.max_concurrency or self.default_tenant_limit
         # A request already queued when a drain begins still runs: it is in flight.
         queue_time = await self.admission.acquire(tenant.name, limit)
         self.metrics.queue_time.labels(tenant.name).observe(queue_time)
         self.metrics.prompt_tokens.labels(tenant.name).inc(len(prompt["prompt_token_ids"]))
         rr = RunningRequest(self, tenant, request_id, engine_id, prompt, params, category, fp,
-                            arrival, queue_time, deadline_s, key)
+                            arrival, queue_time, deadline_s, key, question)
         self._running[engine_id] = rr
         return rr
 
     def _cache_key(self, tenant: Tenant, req: ServeRequest, category: str,
-                   params: dict[str, Any], prompt: dict[str, Any]) -> CacheKey | None:
-        if self.cache_hook is None or prompt["prompt"] is None:
-            return None
-        params = dict(params)
+                   params: medrt.SamplingParams) -> tuple[CacheKey | None, str | None]:
+        """The cache scope and the question of a request that may use the cache, else None.
+
+        The question is what the user asked (a text prompt, or the single user message of a
+        conversation, as the library's cache takes it); logprob requests, token-id prompts
+        and longer conversations do not use the cache."""
+        if self.cache_hook is None or req.cache == "bypass" or params.logprobs is not None:
+            return None, None
+        if req.kind == "chat":
+            question, system = conversation_question(req.messages)
+        else:
+            question, system = req.prompt, []
+        if not question:
+            return None, None
+        shape = [req.kind, system, req.add_generation_prompt, req.medical_template, category]
+        sampling = sampling_key(params)
         if req.sampling.get("seed") is None:
-            params.pop("seed")  # drawn by the server: not part of what the client asked
-        return CacheKey(tenant.name, self.model_name, category,
-                        json.dumps(params, sort_keys=True))
+            sampling.pop("seed", None)  # drawn by the server: not part of what the client asked
+        key = CacheKey(tenant.name, self.model_name, template_category(question, shape),
+                       json.dumps(sampling, sort_keys=True), req.patient_context)
+        return key, question
 
     def _finish(self, rr: RunningRequest, outcome: str) -> None:
         if rr.cached_answer is not None or self._running.pop(rr.engine_request_id,

@@ -131,7 +131,8 @@ def _handlers(servicer: medrt_pb2_grpc.MedrtServicer) -> grpc.GenericRpcHandler:
 def _generate_request(msg: medrt_pb2.GenerateRequest) -> ServeRequest:
     _decoded(msg)
     req = ServeRequest("generate", model=msg.model, request_id=msg.request_id,
-                       medical_template=msg.medical_template,
+                       medical_template=msg.medical_template, cache=msg.cache or "auto",
+                       patient_context=msg.patient_context,
                        sampling=_sampling_from_proto(msg.sampling), field_prefix="sampling.")
     which = msg.WhichOneof("input")
     if which == "prompt_token_ids":
@@ -149,7 +150,7 @@ def _chat_request(msg: medrt_pb2.ChatRequest, check: bool = True) -> ServeReques
         "chat", model=msg.model, request_id=msg.request_id,
         messages=[{"role": m.role, "content": m.content} for m in msg.messages],
         medical_template=msg.medical_template, sampling=_sampling_from_proto(msg.sampling),
-        field_prefix="sampling.",
+        field_prefix="sampling.", cache=msg.cache or "auto", patient_context=msg.patient_context,
         add_generation_prompt=(msg.add_generation_prompt
                                if msg.HasField("add_generation_prompt") else True))
 
@@ -171,7 +172,9 @@ def _finish_fields(msg: Any, rr: RunningRequest, d: Delta) -> None:
                                        cached_prompt_tokens=rr.usage.cached_prompt_tokens))
     fp = dict(rr.fingerprint)
     sampling = _sampling_to_proto(fp.pop("sampling"))
-    msg.fingerprint.CopyFrom(medrt_pb2.Fingerprint(sampling=sampling, **fp))
+    source = fp.pop("cache", None)
+    cache = medrt_pb2.CacheSource(**source) if source else None
+    msg.fingerprint.CopyFrom(medrt_pb2.Fingerprint(sampling=sampling, cache=cache, **fp))
 
 
 class MedrtServicer(medrt_pb2_grpc.MedrtServicer):

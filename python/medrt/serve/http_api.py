@@ -2,7 +2,8 @@
 server-sent-event streams, /health and /metrics. Errors use OpenAI's error JSON.
 
 Extra request fields beyond OpenAI's are vLLM's sampling extras (top_k, min_p, ...) and
-``medical_template``; responses add ``medical_category`` and ``medrt_fingerprint``. Any other
+``medical_template``, ``cache`` and ``patient_context`` (the semantic cache); responses add
+``medical_category`` and ``medrt_fingerprint`` (with ``cache`` on a cache hit). Any other
 unknown field is refused (400 naming it) rather than silently ignored.
 """
 
@@ -28,7 +29,7 @@ _VLLM_EXTRAS = {"top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eo
                 "stop_token_ids", "skip_special_tokens", "include_stop_str_in_output"}
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options",
            "stop", "seed", "frequency_penalty", "presence_penalty", "user", "medical_template",
-           "request_id"} | _VLLM_EXTRAS
+           "request_id", "cache", "patient_context"} | _VLLM_EXTRAS
 _CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
                           "add_generation_prompt"}
 _COMPLETION_FIELDS = _COMMON | {"prompt", "logprobs", "echo", "best_of", "suffix"}
@@ -136,7 +137,7 @@ class HttpFrontend:
                                sampling=sampling, request_id=_str(body, "request_id"),
                                medical_template=_str(body, "medical_template"),
                                add_generation_prompt=add_gen,
-                               default_max_tokens_to_context=True)
+                               default_max_tokens_to_context=True, **_cache_fields(body))
             rr = await self.core.start(tenant, req)
         except Exception as e:  # noqa: BLE001 - before the response starts: a JSON error
             return _error(map_engine_error(e))
@@ -159,7 +160,7 @@ class HttpFrontend:
             req = ServeRequest("generate", model=_str(body, "model"), sampling=sampling,
                                request_id=_str(body, "request_id"),
                                medical_template=_str(body, "medical_template"),
-                               default_max_tokens_to_context=True)
+                               default_max_tokens_to_context=True, **_cache_fields(body))
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
                 prompt = prompt[0]
@@ -174,6 +175,13 @@ class HttpFrontend:
         except Exception as e:  # noqa: BLE001
             return _error(map_engine_error(e))
         return await _respond(request, rr, "completion", stream, usage)
+
+
+def _cache_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The semantic cache's request fields; checked in check_shape."""
+    return {"cache": _str(body, "cache") or "auto",
+            "patient_context": (False if body.get("patient_context") is None
+                                else body["patient_context"])}
 
 
 def _str(body: dict[str, Any], name: str) -> str:

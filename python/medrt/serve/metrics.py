@@ -28,6 +28,7 @@ _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.7
                  5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
                 1.0, 2.5, 5.0)
+_LOOKUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 _E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                 50.0, 60.0, 120.0, 240.0, 480.0)
 
@@ -93,6 +94,24 @@ class ServeMetrics:
         self.queue_time = Histogram("medrt:request_queue_time_seconds",
                                     "Seconds a request waited in the server's queue.",
                                     ["tenant"], buckets=_E2E_BUCKETS, registry=r)
+        # The semantic cache (when the server runs one): what each lookup found.
+        self.cache_hits = Counter("medrt:semantic_cache_hits",
+                                  "Requests answered from the semantic cache, by tier.",
+                                  ["tenant", "tier"], registry=r)
+        self.cache_misses = Counter("medrt:semantic_cache_misses",
+                                    "Semantic cache lookups that found no answer.", ["tenant"],
+                                    registry=r)
+        self.cache_refused = Counter(
+            "medrt:semantic_cache_refused",
+            "Requests the cache would not serve: patient data, PHI, undeterministic sampling, "
+            "a disabled cache, or a near match turned down by a guard rule (guard_<rule>).",
+            ["tenant", "reason"], registry=r)
+        self.cache_lookup = Histogram("medrt:semantic_cache_lookup_seconds",
+                                      "Seconds per semantic cache lookup (embedding included).",
+                                      buckets=_LOOKUP_BUCKETS, registry=r)
+        self.cache_stores = Counter("medrt:semantic_cache_stores",
+                                    "Answers stored in the semantic cache.", ["tenant"],
+                                    registry=r)
         r.register(_EngineCollector(stats, queued))
 
     def render(self) -> bytes:

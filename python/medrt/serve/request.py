@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from medrt.cache.frontend_cache import MODES as CACHE_MODES
 from medrt.errors import InvalidRequest
 from medrt.medical.conversation import TEMPLATE_CHOICES
 from medrt.sampling_params import SamplingParams
@@ -41,6 +42,11 @@ class ServeRequest:
     prompt_field: str = "prompt"
     messages_field: str = "messages"
     default_max_tokens_to_context: bool = False  # OpenAI: no max_tokens runs to the context
+    # The semantic cache (when the server has one): "auto" looks up and stores, "bypass"
+    # neither, "refresh" computes a fresh answer and stores it. A request that says it carries
+    # patient data never uses the cache.
+    cache: str = "auto"
+    patient_context: bool = False
 
 
 def check_text(value: Any, name: str, max_bytes: int) -> str:
@@ -82,6 +88,10 @@ def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
             total += len(check_text(content, f"{where}.content", max_prompt_bytes))
             if total > max_prompt_bytes:
                 raise invalid(req.messages_field, f"hold more than {max_prompt_bytes} bytes")
+    if req.cache not in CACHE_MODES:
+        raise invalid("cache", f"{req.cache!r} is not one of {list(CACHE_MODES)}")
+    if not isinstance(req.patient_context, bool):
+        raise invalid("patient_context", "must be a boolean")
     if req.medical_template and req.medical_template not in TEMPLATE_CHOICES:
         raise invalid("medical_template",
                       f"{req.medical_template!r} is not one of {list(TEMPLATE_CHOICES)}")

@@ -52,6 +52,12 @@ class ServeConfig:
     max_prompt_bytes: int = 1 << 20
     drain_grace_s: float = 30.0
     seed: int = 0
+    # The semantic cache (docs/semantic-cache.md): a directory for its SQLite and FAISS
+    # files, None for no cache; a and threshold default to the documented operating point.
+    semantic_cache: str | None = None
+    semantic_cache_a: float | None = None
+    semantic_cache_threshold: float | None = None
+    semantic_cache_embedder: str = "all-minilm-l6-v2"
 
 
 def _is_loopback(host: str) -> bool:
@@ -166,12 +172,14 @@ class Server:
                 kv_cache_memory_bytes=c.kv_cache_memory_bytes, num_kv_blocks=c.num_kv_blocks,
                 max_num_seqs=c.max_num_seqs, max_model_len=c.max_model_len, seed=c.seed)
             weights = await asyncio.to_thread(weights_fingerprint, llm.model_dir)
+            if c.semantic_cache is not None:
+                self.core.cache_hook = await asyncio.to_thread(self._open_cache, llm)
+            self.core.attach(llm, weights)
         except Exception as e:  # noqa: BLE001 - reported, then the server stops
             self.load_error = e
             log.error(f"cannot load {c.model}: {e}")
             await self._shutdown()
             return
-        self.core.attach(llm, weights)
         if self.core.draining:
             return
         await self.grpc.set_serving(True)
@@ -180,6 +188,20 @@ class Server:
                  f"{http}; tenants: {'from ' + str(self.keys.path) if self.keys else 'none'}",
                  extra={"event": "ready", "grpc_port": self.grpc_port,
                         "http_port": self.http_port})
+
+    def _open_cache(self, llm: object) -> object:
+        from medrt.cache import SemanticCache
+        from medrt.cache.frontend_cache import model_fingerprint_of
+        from medrt.serve.semantic_hook import SemanticCacheHook
+
+        c = self.config
+        tuning = {k: v for k, v in (("a", c.semantic_cache_a),
+                                    ("threshold", c.semantic_cache_threshold)) if v is not None}
+        cache = SemanticCache(c.semantic_cache, embedder=c.semantic_cache_embedder, **tuning)
+        hook = SemanticCacheHook(cache, model_fingerprint_of(llm), self.core.metrics)
+        log.info(f"semantic cache in {c.semantic_cache}: {len(cache)} answers, a={cache.a:g}, "
+                 f"threshold={cache.threshold:g}")
+        return hook
 
     async def wait_ready(self, timeout: float) -> None:
         async def ready() -> None:
@@ -213,6 +235,9 @@ class Server:
             await self._runner.cleanup()
         if self.core.llm is not None:
             await asyncio.to_thread(self.core.llm.close)
+        hook, self.core.cache_hook = self.core.cache_hook, None
+        if hasattr(hook, "close"):
+            await asyncio.to_thread(hook.close)
         log.info("stopped")
         self._stopped.set()
 
