@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medrt.errors import InvalidCheckpoint, InvalidRequest
+from medrt.hf_tokenizer import load_hf_tokenizer, panics_as_invalid
 
 DEFAULT_MAX_SEQ_LENGTH = 256
 
@@ -32,8 +33,6 @@ class Embedder:
 
     def __init__(self, model: str | os.PathLike = "all-minilm-l6-v2", *,
                  num_threads: int = 0) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
         from medrt import _core
         from medrt.models.encoder_pull import resolve_encoder
 
@@ -42,10 +41,8 @@ class Embedder:
         tok_path = self.model_dir / "tokenizer.json"
         if not tok_path.is_file():
             raise InvalidCheckpoint(f"{tok_path}: missing (the encoder's tokenizer)")
-        try:
-            self._tok = HFTokenizer.from_file(str(tok_path))
-        except Exception as e:  # the tokenizers library raises plain Exception on bad files
-            raise InvalidCheckpoint(f"{tok_path}: cannot load: {e}") from e
+        self._tok = load_hf_tokenizer(tok_path)
+        self._tok_path = tok_path
         self.max_seq_length = min(_max_seq_length(self.model_dir), self._engine.max_tokens)
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.max_seq_length)
@@ -63,7 +60,8 @@ class Embedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InvalidRequest(f"text {i} is {type(t).__name__}, not str")
-        return [e.ids for e in self._tok.encode_batch(list(texts))]
+        with panics_as_invalid(self._tok_path, "encoding"):
+            return [e.ids for e in self._tok.encode_batch(list(texts))]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings [len(texts), dim] (float32, unit L2 norm), one row per text."""

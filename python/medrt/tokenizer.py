@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medrt.errors import InvalidCheckpoint
+from medrt.hf_tokenizer import load_hf_tokenizer, panics_as_invalid
 
 # Stand-ins for message text that spells a control token while the template renders: private
 # use characters the template passes through untouched (no filter changes them).
@@ -31,16 +32,11 @@ class Tokenizer:
     """Text <-> token ids for one checkpoint, plus its chat template."""
 
     def __init__(self, model_dir: str | Path) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
         model_dir = Path(model_dir)
         path = model_dir / "tokenizer.json"
         if not path.is_file():
             raise InvalidCheckpoint(f"{model_dir}: no tokenizer.json")
-        try:
-            self._tok = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the tokenizers library raises plain Exception on bad files
-            raise InvalidCheckpoint(f"{path}: cannot load: {e}") from e
+        self._tok = load_hf_tokenizer(path)
         self._path = path
         self._as_text: Any = None  # a second tokenizer that reads control tokens as text
         self._as_text_lock = threading.Lock()
@@ -106,9 +102,10 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; with ``add_special_tokens`` the BOS/EOS rule applies."""
-        if self._use_post_processor:
-            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
-        ids = self._tok.encode(text, add_special_tokens=False).ids
+        with panics_as_invalid(self._path, "encoding"):
+            if self._use_post_processor:
+                return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+            ids = self._tok.encode(text, add_special_tokens=False).ids
         if add_special_tokens:
             ids = self._bos_prefix + ids + self._eos_suffix
         return ids
@@ -117,13 +114,12 @@ class Tokenizer:
         """Token ids of ``text`` with control tokens spelled in it read as plain text."""
         with self._as_text_lock:
             if self._as_text is None:
-                from tokenizers import Tokenizer as HFTokenizer
-
                 # A copy of its own: the flag is per tokenizer, and the main one is shared by
                 # threads that must keep reading control tokens written by templates.
-                self._as_text = HFTokenizer.from_file(str(self._path))
+                self._as_text = load_hf_tokenizer(self._path)
                 self._as_text.encode_special_tokens = True
-            return self._as_text.encode(text, add_special_tokens=False).ids
+            with panics_as_invalid(self._path, "encoding"):
+                return self._as_text.encode(text, add_special_tokens=False).ids
 
     def encode_chat(
         self,
@@ -158,7 +154,8 @@ class Tokenizer:
         return _STAND_IN.sub(lambda m: originals[int(m.group(1))], text), ids
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+        with panics_as_invalid(self._path, "decoding"):
+            return self._tok.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
     def render_chat(
         self,

@@ -23,7 +23,8 @@ def corpus_dir(argv: list[str], name: str) -> Path:
 def run(name: str, seed: Callable[[Path], None], one_input: Callable[[bytes], None]) -> None:
     argv = list(sys.argv)
     corpus = corpus_dir(argv, name)
-    if not corpus.is_dir() or not any(corpus.iterdir()):
+    # A file (a crash-* input) is run once by libFuzzer: that reproduces a failure.
+    if not corpus.is_file() and (not corpus.is_dir() or not any(corpus.iterdir())):
         corpus.mkdir(parents=True, exist_ok=True)
         seed(corpus)
     atheris.Setup(argv, one_input)

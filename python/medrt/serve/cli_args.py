@@ -43,6 +43,12 @@ def add_serve_parser(sub: Any) -> None:
                    help="on SIGTERM, how long running requests may take to finish")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    p.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                   help="peft LoRA adapters served by name: a request whose model is NAME runs "
+                        "the base with that adapter (adapter mode, one batch for all)")
+    p.add_argument("--max-loras", type=int, default=8,
+                   help="adapters held in engine slots at once (least recently used leave)")
+    p.add_argument("--max-lora-rank", type=int, default=64)
     p.add_argument("--semantic-cache", default=None, metavar="DIR",
                    help="answer repeated questions from a semantic cache kept in DIR "
                         "(docs/semantic-cache.md); off by default")
@@ -80,7 +86,9 @@ def run_serve(args: argparse.Namespace) -> int:
         seed=args.seed, semantic_cache=args.semantic_cache,
         semantic_cache_a=args.semantic_cache_a,
         semantic_cache_threshold=args.semantic_cache_threshold,
-        semantic_cache_embedder=args.semantic_cache_embedder)
+        semantic_cache_embedder=args.semantic_cache_embedder,
+        lora_modules=tuple(args.lora_modules), max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank)
     try:
         return asyncio.run(run(config))
     except ValueError as e:

@@ -73,6 +73,15 @@ class CacheHook(Protocol):
     def store(self, key: CacheKey, question: str, answer: CachedAnswer) -> None: ...
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter the server serves by name (``--lora-modules name=path``): a request
+    whose ``model`` is ``name`` runs the base model with it (adapter mode)."""
+
+    request: Any  # the medrt.LoRARequest
+    sha256: str  # over the adapter's files: part of the fingerprint and the cache scope
+
+
 @dataclass
 class Delta:
     text: str
@@ -104,6 +113,7 @@ class RunningRequest:
     deadline_s: float | None
     cache_key: CacheKey | None = None
     cache_question: str | None = None
+    adapter: Adapter | None = None
     cached_answer: CachedAnswer | None = None  # a cache hit: streamed without the engine
     usage: Usage = field(init=False)
     deadline_hit: bool = False
@@ -132,7 +142,9 @@ class RunningRequest:
         answer: list[str] = []  # what was streamed so far, for the cache
         token_ids: list[int] = []
         try:
-            gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True)
+            lora = None if self.adapter is None else self.adapter.request
+            gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True,
+                                    lora_request=lora)
             async with contextlib.aclosing(gen):  # closing it aborts the engine request now
                 async for out in gen:
                     now = time.monotonic()
@@ -216,6 +228,7 @@ class ServeCore:
         self.default_tenant_limit = default_tenant_limit
         self.draining = False
         self.cache_hook: CacheHook | None = None
+        self.adapters: dict[str, Adapter] = {}  # served LoRA adapters by name
         self.metrics = ServeMetrics(self._stats, lambda: self.admission.num_waiting)
         self._running: dict[str, RunningRequest] = {}
 
@@ -238,18 +251,33 @@ class ServeCore:
 
     # -- requests --------------------------------------------------------------------------
 
-    def check_model(self, tenant: Tenant, model: str, field_name: str = "model") -> None:
+    def check_ready(self) -> None:
         if self.draining:
             raise ServeError("UNAVAILABLE", "the server is draining; send the request to "
                              "another replica")
         if self.llm is None:
             raise ServeError("UNAVAILABLE", "the model is still loading")
-        if model and model != self.model_name:
+
+    def served_models(self, tenant: Tenant) -> list[str]:
+        """The names `tenant` may give as a request's model: the base, then the adapters."""
+        names = [self.model_name, *sorted(self.adapters)]
+        return [n for n in names if tenant.may_use(n)]
+
+    def check_model(self, tenant: Tenant, model: str, field_name: str = "model"
+                    ) -> Adapter | None:
+        """Checks that the server can take a request for `model` from `tenant`; returns the
+        LoRA adapter that `model` names (None: the base model)."""
+        self.check_ready()
+        name = model or self.model_name
+        adapter = self.adapters.get(name)
+        if name != self.model_name and adapter is None:
+            served = [self.model_name, *sorted(self.adapters)]
             raise invalid(field_name, f"unknown model {model!r}; this server serves "
-                          f"{self.model_name!r}")
-        if not tenant.may_use(self.model_name):
+                          f"{', '.join(repr(m) for m in served)}")
+        if not tenant.may_use(name):
             raise ServeError("PERMISSION_DENIED",
-                             f"tenant {tenant.name!r} may not use model {self.model_name!r}")
+                             f"tenant {tenant.name!r} may not use model {name!r}")
+        return adapter
 
     async def start(self, tenant: Tenant, req: ServeRequest,
                     deadline_s: float | None = None) -> RunningRequest:
@@ -266,7 +294,7 @@ class ServeCore:
     async def _start(self, tenant: Tenant, req: ServeRequest,
                      deadline_s: float | None) -> RunningRequest:
         arrival = time.monotonic()
-        self.check_model(tenant, req.model)
+        adapter = self.check_model(tenant, req.model)
         check_shape(req, self.max_prompt_bytes)
         request_id = req.request_id or f"req-{uuid.uuid4().hex}"
         engine_id = f"{tenant.name}/{request_id}"
@@ -274,8 +302,8 @@ class ServeCore:
             raise invalid("request_id", f"{request_id!r} is already running")
         prompt, category = self._render(req)
         params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]))
-        fp = self.fingerprint(params, req.medical_template)
-        key, question = self._cache_key(tenant, req, category, params)
+        fp = self.fingerprint(params, req.medical_template, adapter)
+        key, question = self._cache_key(tenant, req, category, params, adapter)
         if key is not None and req.cache != "refresh":
             cached = await asyncio.to_thread(self.cache_hook.lookup, key, question)
             if cached is not None:
@@ -284,19 +312,20 @@ class ServeCore:
                 hit_fp = {**(cached.fingerprint or fp), "cache": cached.source or {}}
                 return RunningRequest(self, tenant, request_id, engine_id, prompt, params,
                                       category, hit_fp, arrival, 0.0, deadline_s, key,
-                                      question, cached)
+                                      question, adapter, cached)
         limit = tenant.max_concurrency or self.default_tenant_limit
         # A request already queued when a drain begins still runs: it is in flight.
         queue_time = await self.admission.acquire(tenant.name, limit)
         self.metrics.queue_time.labels(tenant.name).observe(queue_time)
         self.metrics.prompt_tokens.labels(tenant.name).inc(len(prompt["prompt_token_ids"]))
         rr = RunningRequest(self, tenant, request_id, engine_id, prompt, params, category, fp,
-                            arrival, queue_time, deadline_s, key, question)
+                            arrival, queue_time, deadline_s, key, question, adapter)
         self._running[engine_id] = rr
         return rr
 
     def _cache_key(self, tenant: Tenant, req: ServeRequest, category: str,
-                   params: medrt.SamplingParams) -> tuple[CacheKey | None, str | None]:
+                   params: medrt.SamplingParams, adapter: Adapter | None
+                   ) -> tuple[CacheKey | None, str | None]:
         """The cache scope and the question of a request that may use the cache, else None.
 
         The question is what the user asked (a text prompt, or the single user message of a
@@ -310,11 +339,13 @@ class ServeCore:
             question, system = req.prompt, []
         if not question:
             return None, None
-        shape = [req.kind, system, req.add_generation_prompt, req.medical_template, category]
+        shape = [req.kind, system, req.add_generation_prompt, req.medical_template, category,
+                 None if adapter is None else adapter.sha256]  # an adapter changes answers
         sampling = sampling_key(params)
         if req.sampling.get("seed") is None:
             sampling.pop("seed", None)  # drawn by the server: not part of what the client asked
-        key = CacheKey(tenant.name, self.model_name, template_category(question, shape),
+        name = self.model_name if adapter is None else adapter.request.lora_name
+        key = CacheKey(tenant.name, name, template_category(question, shape),
                        json.dumps(sampling, sort_keys=True), req.patient_context)
         return key, question
 
@@ -374,12 +405,15 @@ class ServeCore:
                           f"{self.llm.max_model_len} tokens and leaves no room to generate")
         return {"prompt": text, "prompt_token_ids": ids}, category
 
-    def fingerprint(self, params: medrt.SamplingParams, template: str) -> dict[str, Any]:
+    def fingerprint(self, params: medrt.SamplingParams, template: str,
+                    adapter: Adapter | None = None) -> dict[str, Any]:
         w = self.weights
         return {"model": self.model_name, "weights_sha256": w.weights_sha256,
                 "weight_files": dict(w.files), "weight_types": list(w.weight_types),
                 "medrt_version": medrt.__version__, "seed": params.seed,
-                "sampling": params_in_effect(params), "medical_template": template}
+                "sampling": params_in_effect(params), "medical_template": template,
+                "lora_name": "" if adapter is None else adapter.request.lora_name,
+                "lora_sha256": "" if adapter is None else adapter.sha256}
 
     def tokenize(self, tenant: Tenant, req: ServeRequest) -> list[int]:
         self.check_model(tenant, req.model)

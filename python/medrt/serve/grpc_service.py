@@ -287,7 +287,8 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
             max_model_len=llm.max_model_len, vocab_size=int(llm.model_config["vocab_size"]),
             weight_types=w.weight_types, weights_sha256=w.weights_sha256,
             medrt_version=medrt.__version__,
-            kv_block_size=stats["block_size"], kv_blocks_total=stats["num_blocks"])
+            kv_block_size=stats["block_size"], kv_blocks_total=stats["num_blocks"],
+            lora_adapters=[n for n in self.core.served_models(tenant) if n in self.core.adapters])
 
     async def Abort(self, request: Any, context: Any) -> Any:
         try:

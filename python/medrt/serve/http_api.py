@@ -107,12 +107,19 @@ class HttpFrontend:
 
     async def models(self, request: web.Request) -> web.Response:
         try:
-            self.core.check_model(self._tenant(request), "")
+            tenant = self._tenant(request)
+            self.core.check_ready()
         except ServeError as e:
             return _error(e)
-        return web.json_response({"object": "list", "data": [{
-            "id": self.core.model_name, "object": "model", "created": int(time.time()),
-            "owned_by": "medrt", "max_model_len": self.core.llm.max_model_len}]})
+        now, base = int(time.time()), self.core.model_name
+        models = []
+        for name in self.core.served_models(tenant):  # only what this tenant may use
+            entry = {"id": name, "object": "model", "created": now, "owned_by": "medrt",
+                     "max_model_len": self.core.llm.max_model_len}
+            if name != base:  # a LoRA adapter: a model of its own over the base, as in vLLM
+                entry["parent"] = base
+            models.append(entry)
+        return web.json_response({"object": "list", "data": models})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -10,6 +10,7 @@ reloads the key file.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from medrt.lora.moe import is_moe_dir
 from medrt.serve.auth import ANONYMOUS, KeyStore, Tenant, bearer_token
 from medrt.serve.core import ServeCore
 from medrt.serve.errors import ServeError
@@ -58,6 +60,11 @@ class ServeConfig:
     semantic_cache_a: float | None = None
     semantic_cache_threshold: float | None = None
     semantic_cache_embedder: str = "all-minilm-l6-v2"
+    # LoRA adapters served by name ("name=path", peft directories): a request whose model is
+    # the name runs the base with that adapter, in one batch with the others (adapter mode).
+    lora_modules: tuple[str, ...] = ()
+    max_loras: int = 8  # adapters held in engine slots at once (LRU beyond)
+    max_lora_rank: int = 64
 
 
 def _is_loopback(host: str) -> bool:
@@ -67,6 +74,34 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_lora_modules(specs: tuple[str, ...] | list[str], model_name: str) -> dict[str, Path]:
+    """``name=path`` specs as {name: directory}; ValueError naming the bad one."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path or any(c.isspace() for c in name):
+            raise ValueError(f"--lora-modules {spec!r}: write name=path (a name without spaces)")
+        if name == model_name or name in out:
+            raise ValueError(f"--lora-modules {spec!r}: the name {name!r} is already taken "
+                             "(by the base model or another adapter)")
+        if not (Path(path) / "adapter_config.json").is_file() and not is_moe_dir(path):
+            raise ValueError(f"--lora-modules {spec!r}: {path} holds no adapter_config.json "
+                             "(a peft LoRA adapter) nor moe_config.json (a LoRA-MoE adapter)")
+        out[name] = Path(path)
+    return out
+
+
+def _adapter_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _read(path: str | None) -> bytes | None:
@@ -87,6 +122,7 @@ class Server:
                         "so that only this machine can call the server")
             self.host = "127.0.0.1"
         name = config.served_model_name or Path(config.model).name or config.model
+        self.lora_modules = parse_lora_modules(config.lora_modules, name)
         self.core = ServeCore(name, max_running=config.max_num_seqs,
                               max_queued=config.max_queued_requests,
                               max_prompt_bytes=config.max_prompt_bytes,
@@ -170,8 +206,11 @@ class Server:
             llm = await asyncio.to_thread(
                 medrt.AsyncLLM, c.model, num_threads=c.num_threads,
                 kv_cache_memory_bytes=c.kv_cache_memory_bytes, num_kv_blocks=c.num_kv_blocks,
-                max_num_seqs=c.max_num_seqs, max_model_len=c.max_model_len, seed=c.seed)
+                max_num_seqs=c.max_num_seqs, max_model_len=c.max_model_len, seed=c.seed,
+                enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
+                max_lora_rank=c.max_lora_rank)
             weights = await asyncio.to_thread(weights_fingerprint, llm.model_dir)
+            self.core.adapters = await asyncio.to_thread(self._load_adapters, llm)
             if c.semantic_cache is not None:
                 self.core.cache_hook = await asyncio.to_thread(self._open_cache, llm)
             self.core.attach(llm, weights)
@@ -188,6 +227,20 @@ class Server:
                  f"{http}; tenants: {'from ' + str(self.keys.path) if self.keys else 'none'}",
                  extra={"event": "ready", "grpc_port": self.grpc_port,
                         "http_port": self.http_port})
+
+    def _load_adapters(self, llm: object) -> dict:
+        """Loads each adapter once (its files are checked now, not at the first request;
+        beyond max_loras the least recently used leave their slots and reload on use)."""
+        from medrt.lora.request import LoRARequest
+        from medrt.serve.core import Adapter
+
+        adapters = {}
+        for i, (name, path) in enumerate(self.lora_modules.items()):
+            request = LoRARequest(name, i + 1, str(path))
+            llm.add_lora(request)
+            adapters[name] = Adapter(request, _adapter_sha256(path))
+            log.info(f"LoRA adapter {name!r} from {path}")
+        return adapters
 
     def _open_cache(self, llm: object) -> object:
         from medrt.cache import SemanticCache
