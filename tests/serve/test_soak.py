@@ -31,4 +31,4 @@ def test_short_soak(tiny_llama: Path, tmp_path: Path) -> None:
     kinds = {k.split(":")[0] for k in report["outcomes"]}
     assert kinds >= {"stream", "disconnect", "deadline", "bad", "http_stream",
                      "http_disconnect", "http_bad"}
-    assert report["requests"] > 500 and report["server_exit_status"] == 0
+    assert report["requests"] > 200 and report["server_exit_status"] == 0
