@@ -206,7 +206,8 @@ void bind_engine(py::module_& m) {
           py::arg("prompt"), py::arg("params"))
       .def("abort", &Engine::abort, py::arg("request_id"))
       .def("has_unfinished", &Engine::has_unfinished)
-      .def("step", &Engine::step, py::call_guard<py::gil_scoped_release>())
+      .def("step", static_cast<std::vector<RequestOutput> (Engine::*)()>(&Engine::step),
+           py::call_guard<py::gil_scoped_release>())
       .def("start", &Engine::start, py::call_guard<py::gil_scoped_release>())
       .def("stop", &Engine::stop, py::call_guard<py::gil_scoped_release>())
       .def(

@@ -47,6 +47,43 @@ struct RequestOutput {
   int num_cached_tokens = 0;            // prompt tokens served from the prefix cache
 };
 
+// The outputs of a step, in slots that are reused. A caller that keeps one StepOutputs and
+// hands it to every step() / wait_outputs() gets its outputs without the engine touching the
+// heap in steady state: each slot keeps the capacity of its vectors. Iterate it like a
+// vector; it holds the outputs of the last call that filled it.
+class StepOutputs {
+ public:
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  RequestOutput& operator[](size_t i) { return slots_[i]; }
+  const RequestOutput& operator[](size_t i) const { return slots_[i]; }
+  RequestOutput* begin() { return slots_.data(); }
+  RequestOutput* end() { return slots_.data() + n_; }
+  const RequestOutput* begin() const { return slots_.data(); }
+  const RequestOutput* end() const { return slots_.data() + n_; }
+
+  void clear() { n_ = 0; }
+  // A slot for one more output, with every field reset (vectors empty, capacity kept).
+  RequestOutput& next();
+  // Moves the outputs of `from` to the end of this list (slot contents are swapped, so
+  // neither side allocates once both have enough slots) and clears `from`.
+  void append(StepOutputs& from);
+  // Copies the outputs of `from` to the end of this list into slots that keep their
+  // capacity; `from` keeps its slots too. Allocates only for slots this list never had.
+  void append_copy(const StepOutputs& from);
+  void swap(StepOutputs& other) noexcept {
+    slots_.swap(other.slots_);
+    std::swap(n_, other.n_);
+  }
+  // The outputs as a plain vector (allocates); clears this list.
+  std::vector<RequestOutput> take();
+
+ private:
+  RequestOutput& grow();  // the next slot as it is, adding one when all are in use
+  std::vector<RequestOutput> slots_;
+  size_t n_ = 0;
+};
+
 struct EngineStats {
   int64_t num_blocks = 0;
   int64_t free_blocks = 0;
@@ -88,7 +125,9 @@ class Engine {
   // Synchronous mode: runs one scheduling step on the calling thread and returns its outputs.
   // Must not be mixed with start(). If the step fails, every live request ends with
   // FinishReason::Error (those outputs come with the next step() call) and the error is
-  // rethrown here, so no request is left unfinished.
+  // rethrown here, so no request is left unfinished. The StepOutputs form reuses `out`
+  // (its previous contents are replaced) and allocates nothing in a steady decode step.
+  void step(StepOutputs& out);
   std::vector<RequestOutput> step();
 
   // Background mode: the loop thread steps while there is work and sleeps otherwise.
@@ -98,6 +137,8 @@ class Engine {
   // Blocks until outputs are available or the timeout passes; returns what is queued. Returns
   // at once when the loop is not running; rethrows (once) an error that failed the loop, whose
   // requests then end with FinishReason::Error (returned by the next call).
+  // The StepOutputs form replaces the contents of `out` and allocates nothing in steady state.
+  void wait_outputs(StepOutputs& out, std::chrono::milliseconds timeout);
   std::vector<RequestOutput> wait_outputs(std::chrono::milliseconds timeout);
 
   EngineStats stats() const;

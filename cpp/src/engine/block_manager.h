@@ -7,10 +7,12 @@
 // revived by a prefix hit until allocation reaches it at the front (least recently freed
 // first). Unhashed blocks go to the front: they hold nothing worth keeping. A sequence's blocks
 // are released newest first, so a shared prefix outlives its tail.
+//
+// The free list and the hash index are intrusive (links stored in the blocks, one bucket
+// array sized at construction), so that allocating, freeing and hashing blocks never touches
+// the heap: a steady decode step allocates nothing (test_engine_step_allocs).
 #pragma once
 #include <cstdint>
-#include <list>
-#include <unordered_map>
 #include <vector>
 
 #include "engine/sequence.h"
@@ -23,7 +25,7 @@ class BlockManager {
 
   int64_t num_blocks() const { return int64_t(blocks_.size()); }
   int block_size() const { return block_size_; }
-  int64_t num_free() const { return int64_t(free_.size()); }
+  int64_t num_free() const { return num_free_; }
   int ref_count(int32_t block) const { return blocks_[size_t(block)].ref_count; }
 
   // Blocks needed to hold `n` tokens.
@@ -56,19 +58,30 @@ class BlockManager {
     bool hashed = false;
     uint64_t hash = 0;
     uint64_t parent_hash = 0;     // with `tokens`, guards against hash collisions
-    std::vector<int32_t> tokens;  // the block's token ids while hashed
-    std::list<int32_t>::iterator free_pos;
+    std::vector<int32_t> tokens;  // the block's token ids while hashed (capacity kept)
+    int32_t free_prev = -1, free_next = -1;  // the free list's links
+    int32_t bucket_next = -1;                // the next block in its hash bucket
   };
 
   uint64_t hash_block(uint64_t parent, const int32_t* tokens) const;
   int32_t take_free_front();
   void unhash(int32_t id);
 
+  // The free list (front: allocated next).
+  void free_push(int32_t id, bool front);
+  void free_erase(int32_t id);
+  // The hash index: hash -> the hashed block holding it.
+  int32_t cached_find(uint64_t h) const;
+  void cached_insert(int32_t id);
+  void cached_erase(int32_t id);
+
   int block_size_;
   bool prefix_caching_;
   std::vector<Block> blocks_;
-  std::list<int32_t> free_;  // front: allocated next
-  std::unordered_map<uint64_t, int32_t> cached_;
+  int32_t free_head_ = -1, free_tail_ = -1;
+  int64_t num_free_ = 0;
+  std::vector<int32_t> buckets_;  // power-of-two count, -1 = empty
+  uint64_t bucket_mask_ = 0;
   int64_t queries_ = 0, hits_ = 0;
 };
 

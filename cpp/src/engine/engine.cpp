@@ -36,8 +36,8 @@ int resolve_max_model_len(const EngineConfig& c, const ModelConfig& m) {
   return c.max_model_len;
 }
 
-RequestOutput final_output(const Sequence& s) {
-  RequestOutput o;
+// Fills `o` (a fresh slot) with what every output of sequence `s` carries; finished.
+RequestOutput& final_output(const Sequence& s, RequestOutput& o) {
   o.request_id = s.id;
   o.finished = true;
   o.finish_reason = s.finish_reason;
@@ -48,6 +48,43 @@ RequestOutput final_output(const Sequence& s) {
 }
 
 }  // namespace
+
+RequestOutput& StepOutputs::grow() {
+  if (n_ == slots_.size()) slots_.emplace_back();
+  return slots_[n_++];
+}
+
+RequestOutput& StepOutputs::next() {
+  RequestOutput& o = grow();
+  o.request_id = 0;
+  o.new_token_ids.clear();
+  o.logprobs.clear();
+  o.prompt_logprobs.clear();
+  o.prompt_logprobs_start = 0;
+  o.finished = false;
+  o.finish_reason = FinishReason::None;
+  o.stop_token_id = -1;
+  o.num_prompt_tokens = 0;
+  o.num_cached_tokens = 0;
+  return o;
+}
+
+void StepOutputs::append(StepOutputs& from) {
+  for (size_t i = 0; i < from.n_; ++i) std::swap(grow(), from.slots_[i]);
+  from.n_ = 0;
+}
+
+void StepOutputs::append_copy(const StepOutputs& from) {
+  for (size_t i = 0; i < from.n_; ++i) grow() = from.slots_[i];
+}
+
+std::vector<RequestOutput> StepOutputs::take() {
+  std::vector<RequestOutput> out;
+  out.reserve(n_);
+  for (size_t i = 0; i < n_; ++i) out.push_back(std::move(slots_[i]));
+  n_ = 0;
+  return out;
+}
 
 struct Engine::Impl {
   EngineConfig cfg;
@@ -86,7 +123,23 @@ struct Engine::Impl {
   std::thread loop;
   std::mutex out_mu;
   std::condition_variable out_cv;
-  std::vector<RequestOutput> outputs;
+  StepOutputs outputs;  // published, under out_mu: taken by wait_outputs / the next step()
+
+  // Per-step scratch, reused so that a steady decode step allocates nothing.
+  std::vector<ScheduledSeq> sched;
+  struct PromptScore {
+    Sequence* seq;
+    int pos;      // these logits score prompt token pos + 1
+    size_t row;   // in the logits buffer
+  };
+  std::vector<PromptScore> scores;
+  std::vector<TokenLogprobs> scored;
+  std::vector<Sequence*> rows;
+  std::vector<size_t> row_of;
+  std::vector<engine::Sample> samples;
+  StepOutputs step_out;  // the stepping thread's outputs before they are published
+  std::vector<std::unique_ptr<Sequence>> inbox_added;
+  std::vector<uint64_t> inbox_aborted;
   std::exception_ptr loop_error;
   bool loop_running = false;
 
@@ -107,7 +160,7 @@ struct Engine::Impl {
     const int64_t num_blocks = runner->num_blocks();
     blocks = std::make_unique<engine::BlockManager>(num_blocks, c.block_size, c.enable_prefix_caching);
     scheduler = std::make_unique<engine::Scheduler>(*blocks, c.max_num_seqs, c.max_num_batched_tokens);
-    sampler = std::make_unique<engine::Sampler>(vocab, m.eos_token_ids);
+    sampler = std::make_unique<engine::Sampler>(vocab, m.eos_token_ids, pool.size());
     stats.num_blocks = stats.free_blocks = num_blocks;
     stats.block_size = c.block_size;
   }
@@ -179,45 +232,42 @@ struct Engine::Impl {
     seqs.erase(s.id);
   }
 
-  void drain_inbox(std::vector<RequestOutput>& out) {
-    std::vector<std::unique_ptr<Sequence>> added;
-    std::vector<uint64_t> aborted;
+  void drain_inbox(StepOutputs& out) {
     {
       std::lock_guard lk(inbox_mu);
-      added.swap(new_seqs);
-      aborted.swap(aborts);
+      if (new_seqs.empty() && aborts.empty()) return;
+      inbox_added.swap(new_seqs);
+      inbox_aborted.swap(aborts);
     }
-    for (auto& s : added) {
+    for (auto& s : inbox_added) {
       scheduler->add(s.get());
       seqs.emplace(s->id, std::move(s));
     }
-    for (uint64_t id : aborted) {
+    inbox_added.clear();
+    for (uint64_t id : inbox_aborted) {
       auto it = seqs.find(id);
       if (it == seqs.end()) continue;  // finished before the abort arrived
       it->second->finish_reason = FinishReason::Abort;
-      out.push_back(final_output(*it->second));
+      final_output(*it->second, out.next());
       retire(*it->second);
     }
+    inbox_aborted.clear();
   }
-
-  struct PromptScore {
-    Sequence* seq;
-    int pos;      // these logits score prompt token pos + 1
-    size_t row;   // in the logits buffer
-  };
 
   // Scores prompt tokens (exact log-softmax over the vocabulary, one row per task) and appends
   // them to their sequences in position order.
-  void score_prompts(const float* logits, const std::vector<PromptScore>& scores) {
-    std::vector<TokenLogprobs> out(scores.size());
-    pool.parallel_for(int64_t(scores.size()), [&](int, int64_t b, int64_t e) {
+  void score_prompts(const float* logits) {
+    if (scores.empty()) return;
+    scored.resize(scores.size());
+    pool.parallel_for(int64_t(scores.size()), [&](int thread, int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const PromptScore& sc = scores[size_t(i)];
-        out[size_t(i)] = sampler->logprobs(logits + sc.row * size_t(vocab),
-                                           sc.seq->tokens[size_t(sc.pos + 1)], sc.seq->params.prompt_logprobs);
+        scored[size_t(i)] = sampler->logprobs(logits + sc.row * size_t(vocab),
+                                              sc.seq->tokens[size_t(sc.pos + 1)],
+                                              sc.seq->params.prompt_logprobs, thread);
       }
     });
-    for (size_t i = 0; i < scores.size(); ++i) scores[i].seq->prompt_logprobs.push_back(std::move(out[i]));
+    for (size_t i = 0; i < scores.size(); ++i) scores[i].seq->prompt_logprobs.push_back(std::move(scored[i]));
   }
 
   static void take_prompt_logprobs(Sequence& s, RequestOutput& o) {
@@ -241,10 +291,10 @@ struct Engine::Impl {
     }
   }
 
-  std::vector<RequestOutput> step() {
-    std::vector<RequestOutput> out;
+  // One scheduling step; appends its outputs to `out`.
+  void step(StepOutputs& out) {
     drain_inbox(out);
-    std::vector<ScheduledSeq> sched = scheduler->schedule();
+    scheduler->schedule(sched);
     int64_t prefill = 0, sampled = 0;
     if (!sched.empty()) {
       float* logits = runner->execute(sched);
@@ -252,9 +302,9 @@ struct Engine::Impl {
         if (!(s.num_tokens == 1 && s.seq->num_output_tokens() > 0 && s.sample)) prefill += s.num_tokens;
       // Logit rows come per scheduled sequence in batch order: its prompt-scoring rows, then
       // its sampling row (ModelRunner::build_batch's order).
-      std::vector<PromptScore> scores;
-      std::vector<Sequence*> rows;
-      std::vector<size_t> row_of;
+      scores.clear();
+      rows.clear();
+      row_of.clear();
       size_t next_row = 0;
       for (const ScheduledSeq& s : sched) {
         auto [from, to] = s.seq->prompt_logprob_rows(s.seq->num_computed_tokens, s.num_tokens);
@@ -264,13 +314,14 @@ struct Engine::Impl {
           row_of.push_back(next_row++);
         }
       }
-      score_prompts(logits, scores);
+      score_prompts(logits);
       scheduler->advance(sched);
       // Rows share nothing (each reads its own logits and Sequence), so any split is exact.
-      std::vector<engine::Sample> samples(rows.size());
-      pool.parallel_for(int64_t(rows.size()), [&](int, int64_t b, int64_t e) {
+      samples.resize(rows.size());
+      pool.parallel_for(int64_t(rows.size()), [&](int thread, int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
-          samples[size_t(i)] = sampler->sample(logits + row_of[size_t(i)] * size_t(vocab), *rows[size_t(i)]);
+          samples[size_t(i)] = sampler->sample(logits + row_of[size_t(i)] * size_t(vocab),
+                                               *rows[size_t(i)], thread);
       });
       for (size_t i = 0; i < rows.size(); ++i) {
         Sequence& seq = *rows[i];
@@ -279,12 +330,11 @@ struct Engine::Impl {
         ++sampled;
         finish_check(seq, r.token);
         bool done = seq.finish_reason != FinishReason::None;
-        RequestOutput o = final_output(seq);
+        RequestOutput& o = final_output(seq, out.next());
         o.finished = done;
-        o.new_token_ids = {r.token};
-        if (seq.params.logprobs >= 0) o.logprobs = {std::move(r.logprobs)};
+        o.new_token_ids.push_back(r.token);
+        if (seq.params.logprobs >= 0) o.logprobs.push_back(std::move(r.logprobs));
         take_prompt_logprobs(seq, o);
-        out.push_back(std::move(o));
         if (done) retire(seq);
       }
     }
@@ -298,30 +348,30 @@ struct Engine::Impl {
     stats.steps += 1;
     stats.prompt_tokens += prefill;
     stats.generation_tokens += sampled;
-    return out;
   }
 
   // After a failed step: every live request ends with FinishReason::Error (a step that failed
   // part way may have left its KV blocks half written, so none of them can go on) and no
   // client waits forever. The caller rethrows the error.
-  void fail_all(std::vector<RequestOutput>& out) {
+  void fail_all(StepOutputs& out) {
     drain_inbox(out);
     while (!seqs.empty()) {
       Sequence& s = *seqs.begin()->second;
       s.finish_reason = FinishReason::Error;
-      out.push_back(final_output(s));
+      final_output(s, out.next());
       retire(s);
     }
   }
 
   // One step, under step_mu. On failure the requests end (fail_all) with their outputs in
   // `out`, and the error is returned instead of thrown, so both modes report it their way.
-  std::exception_ptr guarded_step(std::vector<RequestOutput>& out) {
+  std::exception_ptr guarded_step(StepOutputs& out) {
     std::lock_guard lk(step_mu);
+    out.clear();
     try {
       if (engine::failpoint::take_step_failure())
         throw Error("step failed (injected by the test failpoint)");
-      out = step();
+      step(out);
       return nullptr;
     } catch (...) {
       std::exception_ptr error = std::current_exception();
@@ -345,16 +395,16 @@ struct Engine::Impl {
         });
         if (stop_requested) return;
       }
-      std::vector<RequestOutput> out;
-      std::exception_ptr error = guarded_step(out);
+      std::exception_ptr error = guarded_step(step_out);
       std::lock_guard lk(out_mu);
       // Moved, not copied: once published, the error belongs to the thread that rethrows it,
       // and this thread never touches the exception object again.
       const bool failed = error != nullptr;
       if (failed) loop_error = std::move(error);
-      if (out.empty() && !failed) continue;
-      outputs.insert(outputs.end(), std::make_move_iterator(out.begin()),
-                     std::make_move_iterator(out.end()));
+      if (step_out.empty() && !failed) continue;
+      // Copied: the loop keeps its own slots, so how many steps' outputs wait for the
+      // consumer never costs the next step an allocation.
+      outputs.append_copy(step_out);
       out_cv.notify_all();
     }
   }
@@ -379,28 +429,28 @@ bool Engine::has_unfinished() const {
   return !impl_->unfinished.empty();
 }
 
-std::vector<RequestOutput> Engine::step() {
+void Engine::step(StepOutputs& out) {
   {
     std::lock_guard lk(impl_->out_mu);
     if (impl_->loop_running) throw Error("Engine::step() cannot run while the background loop runs (start())");
-  }
-  std::vector<RequestOutput> out;
-  {
     // Outputs of requests a failed step ended come first.
-    std::lock_guard lk(impl_->out_mu);
-    out.swap(impl_->outputs);
+    out.clear();
+    out.append(impl_->outputs);
   }
-  std::vector<RequestOutput> now;
+  StepOutputs& now = impl_->step_out;
   if (std::exception_ptr error = impl_->guarded_step(now)) {
     std::lock_guard lk(impl_->out_mu);
-    impl_->outputs.insert(impl_->outputs.begin(), std::make_move_iterator(out.begin()),
-                          std::make_move_iterator(out.end()));
-    impl_->outputs.insert(impl_->outputs.end(), std::make_move_iterator(now.begin()),
-                          std::make_move_iterator(now.end()));
+    impl_->outputs.append(out);  // handed back, in order, by the next call
+    impl_->outputs.append(now);
     std::rethrow_exception(error);
   }
-  out.insert(out.end(), std::make_move_iterator(now.begin()), std::make_move_iterator(now.end()));
-  return out;
+  out.append(now);
+}
+
+std::vector<RequestOutput> Engine::step() {
+  StepOutputs out;
+  step(out);
+  return out.take();
 }
 
 void Engine::start() {
@@ -436,15 +486,21 @@ void Engine::stop() {
   impl_->out_cv.notify_all();
 }
 
-std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeout) {
+void Engine::wait_outputs(StepOutputs& out, std::chrono::milliseconds timeout) {
   std::unique_lock lk(impl_->out_mu);
   impl_->out_cv.wait_for(lk, timeout, [&] {
     return !impl_->outputs.empty() || impl_->loop_error || !impl_->loop_running;
   });
   if (impl_->loop_error) std::rethrow_exception(std::exchange(impl_->loop_error, nullptr));
-  std::vector<RequestOutput> out;
+  // The caller's previous slots go back to the engine for the next outputs.
+  out.clear();
   out.swap(impl_->outputs);
-  return out;
+}
+
+std::vector<RequestOutput> Engine::wait_outputs(std::chrono::milliseconds timeout) {
+  StepOutputs out;
+  wait_outputs(out, timeout);
+  return out.take();
 }
 
 void Engine::add_lora(int32_t id, const LoraAdapterWeights& weights) {

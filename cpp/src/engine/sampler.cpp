@@ -30,28 +30,29 @@ int32_t argmax(const float* l, int n) {
 // Uniform in [0, 1) from the top 53 bits: the same on every standard library.
 double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
 
-// Vocabulary-sized work buffers, one set per thread (rows are sampled in parallel): they grow
-// on a thread's first sampled token and are reused after, so sampling allocates nothing in
-// steady state.
-struct Scratch {
-  std::vector<int32_t> cand;  // candidate ids
-  std::vector<int32_t> ids;   // ranking for logprobs
-  std::vector<float> raw;     // logits before penalties, for logprobs
-};
-Scratch& scratch() {
-  thread_local Scratch s;
-  return s;
-}
-
 }  // namespace
 
-Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids)
-    : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {
+Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids, int threads)
+    : vocab_(vocab_size), eos_(std::move(eos_token_ids)), scratch_(size_t(std::max(threads, 1))) {
   // Masking writes logits[id]: an id outside the row would write past it.
   for (int id : eos_)
     if (id < 0 || id >= vocab_)
       throw InvalidCheckpoint("EOS token id " + std::to_string(id) +
                               " is outside the vocabulary [0, " + std::to_string(vocab_) + ")");
+  // Sized now: a thread's first sampled token may come at any step (chunks go to whichever
+  // thread claims them first).
+  for (Scratch& sc : scratch_) {
+    sc.cand.reserve(size_t(vocab_));
+    sc.ids.reserve(size_t(vocab_));
+    sc.raw.reserve(size_t(vocab_));
+  }
+}
+
+Sampler::Scratch& Sampler::scratch(int thread) const {
+  if (thread < 0 || size_t(thread) >= scratch_.size())
+    throw Error("Sampler: thread index " + std::to_string(thread) + " but buffers for " +
+                std::to_string(scratch_.size()) + " threads");
+  return scratch_[size_t(thread)];
 }
 
 void Sampler::apply_penalties(float* l, const Sequence& seq) const {
@@ -77,7 +78,7 @@ void Sampler::rank_into(const float* l, size_t n, std::vector<int32_t>& out) con
 }
 
 int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p,
-                      std::mt19937_64& rng) const {
+                      std::mt19937_64& rng, Scratch& sc) const {
   const int32_t best = argmax(l, vocab_);
   if (!(l[best] > kNegInf)) return best;  // everything masked: nothing to draw from
   const double inv_t = 1.0 / double(temperature), top = double(l[best]);
@@ -85,7 +86,7 @@ int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p
   auto weight = [&](int32_t t) { return std::exp((double(l[t]) - top) * inv_t); };
 
   // Candidates, best first where a rule needs the ranking, else in id order.
-  std::vector<int32_t>& cand = scratch().cand;
+  std::vector<int32_t>& cand = sc.cand;
   double total = 0.0;
   const bool top_k = p.top_k > 0 && p.top_k < vocab_;
   if (top_k) {
@@ -132,7 +133,7 @@ int32_t Sampler::draw(const float* l, float temperature, const SamplingParams& p
   return last;  // rounding left u at the very top
 }
 
-TokenLogprobs Sampler::logprobs(const float* l, int32_t token, int n) const {
+TokenLogprobs Sampler::logprobs(const float* l, int32_t token, int n, int thread) const {
   const double m = double(l[argmax(l, vocab_)]);
   double sum = 0.0;
   for (int i = 0; i < vocab_; ++i) sum += std::exp(double(l[i]) - m);
@@ -140,7 +141,7 @@ TokenLogprobs Sampler::logprobs(const float* l, int32_t token, int n) const {
   TokenLogprobs out;
   out.chosen = float(double(l[token]) - lse);
   if (n <= 0) return out;
-  std::vector<int32_t>& idx = scratch().ids;
+  std::vector<int32_t>& idx = scratch(thread).ids;
   const size_t k = std::min(size_t(n), size_t(vocab_));
   rank_into(l, k, idx);
   out.top.reserve(k);  // the output itself: one allocation per token that asks for logprobs
@@ -148,15 +149,16 @@ TokenLogprobs Sampler::logprobs(const float* l, int32_t token, int n) const {
   return out;
 }
 
-Sample Sampler::sample(float* logits, Sequence& seq) const {
+Sample Sampler::sample(float* logits, Sequence& seq, int thread) const {
   const SamplingParams& p = seq.params;
-  std::vector<float>& raw = scratch().raw;
+  Scratch& sc = scratch(thread);
+  std::vector<float>& raw = sc.raw;
   if (p.logprobs >= 0) raw.assign(logits, logits + vocab_);
   apply_penalties(logits, seq);
   Sample s;
   s.token = p.temperature < kGreedyBelow ? argmax(logits, vocab_)
-                                         : draw(logits, p.temperature, p, seq.rng);
-  if (p.logprobs >= 0) s.logprobs = logprobs(raw.data(), s.token, p.logprobs);
+                                         : draw(logits, p.temperature, p, seq.rng, sc);
+  if (p.logprobs >= 0) s.logprobs = logprobs(raw.data(), s.token, p.logprobs, thread);
   return s;
 }
 

@@ -29,21 +29,32 @@ struct Sample {
 class Sampler {
  public:
   // Throws InvalidCheckpoint for an EOS id outside [0, vocab_size).
-  Sampler(int vocab_size, std::vector<int> eos_token_ids);
+  // `threads`: how many threads sample at once (the engine's ThreadPool size). Each passes its
+  // index (parallel_for's thread index) and works in its own vocabulary-sized buffers, all
+  // sized here, so that sampling never allocates (except the TokenLogprobs it returns).
+  Sampler(int vocab_size, std::vector<int> eos_token_ids, int threads = 1);
 
   // `logits` ([vocab]) is modified in place; seq.rng advances by one draw unless greedy.
-  Sample sample(float* logits, Sequence& seq) const;
+  Sample sample(float* logits, Sequence& seq, int thread = 0) const;
   // log_softmax(logits)[token] and the top n (token, logprob), best first; logits untouched.
-  TokenLogprobs logprobs(const float* logits, int32_t token, int n) const;
+  TokenLogprobs logprobs(const float* logits, int32_t token, int n, int thread = 0) const;
 
  private:
+  struct Scratch {
+    std::vector<int32_t> cand;  // candidate ids
+    std::vector<int32_t> ids;   // ranking for logprobs
+    std::vector<float> raw;     // logits before penalties, for logprobs
+  };
+  Scratch& scratch(int thread) const;
+
   void apply_penalties(float* logits, const Sequence& seq) const;
   int32_t draw(const float* logits, float temperature, const SamplingParams& p,
-               std::mt19937_64& rng) const;
+               std::mt19937_64& rng, Scratch& sc) const;
   void rank_into(const float* logits, size_t n, std::vector<int32_t>& out) const;
 
   int vocab_;
   std::vector<int> eos_;
+  mutable std::vector<Scratch> scratch_;  // one per thread; each thread touches only its own
 };
 
 }  // namespace medrt::engine

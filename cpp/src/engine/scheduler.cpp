@@ -44,8 +44,8 @@ bool Scheduler::reserve(Sequence* seq, int n, std::vector<ScheduledSeq>& batch, 
   return true;
 }
 
-std::vector<ScheduledSeq> Scheduler::schedule() {
-  std::vector<ScheduledSeq> batch;
+void Scheduler::schedule(std::vector<ScheduledSeq>& batch) {
+  batch.clear();
   int budget = max_num_batched_tokens_;
   int64_t preemptions_before = num_preemptions_;
 
@@ -79,7 +79,6 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   }
 
   if (num_preemptions_ == preemptions_before) admit_waiting(batch, budget);
-  return batch;
 }
 
 void Scheduler::admit_waiting(std::vector<ScheduledSeq>& batch, int& budget) {

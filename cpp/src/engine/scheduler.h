@@ -37,7 +37,13 @@ class Scheduler {
 
   // The sequences of this step, in a deterministic order (decodes, then prefill chunks).
   // Allocates the blocks the scheduled tokens need.
-  std::vector<ScheduledSeq> schedule();
+  // The next step's batch into `batch` (cleared first; its capacity is reused).
+  void schedule(std::vector<ScheduledSeq>& batch);
+  std::vector<ScheduledSeq> schedule() {
+    std::vector<ScheduledSeq> batch;
+    schedule(batch);
+    return batch;
+  }
   // After the forward pass: the scheduled tokens' K/V are in the cache.
   void advance(const std::vector<ScheduledSeq>& batch);
 

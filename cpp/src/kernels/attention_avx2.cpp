@@ -13,8 +13,19 @@
 namespace medrt::cpu::avx2 {
 namespace {
 
-struct Scratch {
-  std::vector<float> q, acc, scores, run_max, run_sum;
+// A work buffer in the caller's frame when `n` floats fit (the shapes of real models), on
+// the heap otherwise. In the frame, a decode step allocates nothing whichever pool thread
+// runs a work item (a thread_local buffer would be sized on each thread's first item,
+// which may come at any step).
+template <int64_t N>
+struct FrameBuf {
+  alignas(32) float local[N];
+  std::vector<float> heap;
+  float* get(int64_t n) {
+    if (n <= N) return local;
+    heap.resize(size_t(n));
+    return heap.data();
+  }
 };
 
 // Scores of keys [0, nk) of one block against query q (zero-padded to a multiple of 8),
@@ -80,6 +91,13 @@ float hmax(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
 }
 
+// G * padded head_dim up to 2048 (8 query heads of 256 per KV head), blocks up to 128 keys.
+struct Scratch {
+  FrameBuf<2048> q, acc;
+  FrameBuf<kSpanKeys + 136> scores;
+  FrameBuf<64> run_max, run_sum;
+};
+
 void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t* table,
                   int64_t kvh, int64_t n_keys, float scale, float* out, Scratch& sc) {
   const int64_t hd = cache.head_dim, bs = cache.block_size, H = cache.n_kv_heads;
@@ -87,16 +105,17 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
   const int64_t span_blocks = std::max<int64_t>(1, kSpanKeys / bs);
   const __m256i tmask = tail_mask(int(hd - hdf));
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  sc.q.assign(size_t(G * hdp), 0.0f);
-  sc.acc.assign(size_t(G * hdp), 0.0f);
+  float* const qs = sc.q.get(G * hdp);
+  float* const acc = sc.acc.get(G * hdp);
+  std::fill(qs, qs + G * hdp, 0.0f);
+  std::fill(acc, acc + G * hdp, 0.0f);
   // A block writes whole octets of scores from its offset; the next block overwrites the excess.
-  sc.scores.resize(size_t(span_blocks * bs + 8));
-  for (int64_t g = 0; g < G; ++g) std::copy(q + g * hd, q + (g + 1) * hd, sc.q.begin() + g * hdp);
-  sc.run_max.assign(size_t(G), -std::numeric_limits<float>::infinity());
-  sc.run_sum.assign(size_t(G), 0.0f);
-  float* run_max = sc.run_max.data();
-  float* run_sum = sc.run_sum.data();
-  float* s = sc.scores.data();
+  float* const s = sc.scores.get(span_blocks * bs + 8);
+  for (int64_t g = 0; g < G; ++g) std::copy(q + g * hd, q + (g + 1) * hd, qs + g * hdp);
+  float* const run_max = sc.run_max.get(G);
+  float* const run_sum = sc.run_sum.get(G);
+  std::fill(run_max, run_max + G, -std::numeric_limits<float>::infinity());
+  std::fill(run_sum, run_sum + G, 0.0f);
   const float* kblk[kSpanKeys];
   const float* vblk[kSpanKeys];
   for (int64_t b0 = 0; b0 * bs < n_keys; b0 += span_blocks) {
@@ -111,7 +130,7 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
     const __m256i kmask = tail_mask(int(nk - nkf));
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t b = b0; b < b1; ++b)
-        block_scores(sc.q.data() + g * hdp, kblk[b - b0], hd, std::min(bs, nk - (b - b0) * bs),
+        block_scores(qs + g * hdp, kblk[b - b0], hd, std::min(bs, nk - (b - b0) * bs),
                      scale, s + (b - b0) * bs);
       // Scores past nk are masked to -inf: they become exp = 0 and drop out of the sum.
       __m256 vmax = neg_inf;
@@ -133,7 +152,7 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
         psum = _mm256_add_ps(psum, p);
       }
       run_sum[g] = run_sum[g] * alpha + reduce1(psum);
-      float* a = sc.acc.data() + g * hdp;
+      float* a = acc + g * hdp;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t off = (b - b0) * bs;
         // The first block applies the rescale; later ones multiply by 1, which is exact.
@@ -148,7 +167,7 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
   }
   for (int64_t g = 0; g < G; ++g) {
     const __m256 inv = _mm256_set1_ps(1.0f / run_sum[g]);
-    const float* a = sc.acc.data() + g * hdp;
+    const float* a = acc + g * hdp;
     float* o = out + g * hd;
     for (int64_t d = 0; d < hdf; d += 8)
       _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(a + d), inv));
@@ -164,7 +183,7 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
   const int64_t H = cache.n_kv_heads, hd = cache.head_dim;
   const int64_t G = n_heads / H;
   pool.parallel_for(batch.T * H, [&](int, int64_t w0, int64_t w1) {
-    thread_local Scratch sc;
+    Scratch sc;  // in this frame: see FrameBuf
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t t = w / H, kvh = w % H;
       const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;
