@@ -1,8 +1,11 @@
 """The `tokenizers` library behind a boundary that turns its failures into medrt errors.
 
-A malformed tokenizer.json can make the library's Rust code panic (at load or later, when it
-encodes): pyo3 raises that as ``PanicException``, a BaseException that ``except Exception``
-lets through and that would end the process. Every call into the library goes through here.
+A malformed tokenizer.json can make the library fail at load or later, when it encodes: its
+Rust code reports errors as a bare ``Exception`` (e.g. "Encountered an unknown token but
+`unk_id` is missing" from a model with an empty vocabulary) or panics, which pyo3 raises as
+``PanicException``, a BaseException that ``except Exception`` lets through. Both are the
+checkpoint's fault, so both become InvalidCheckpoint naming the file; every call into the
+library goes through here.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ def _is_panic(e: BaseException) -> bool:
 
 @contextmanager
 def panics_as_invalid(path: str | Path, doing: str) -> Iterator[None]:
-    """A panic of the library while `doing` something with `path` -> InvalidCheckpoint."""
+    """A failure of the library (a bare Exception or a panic) while `doing` something with
+    `path` -> InvalidCheckpoint. Python's own errors (TypeError, ...) pass unchanged."""
     try:
         yield
     except BaseException as e:
-        if not _is_panic(e):
+        if not (_is_panic(e) or type(e) is Exception):
             raise
         raise InvalidCheckpoint(f"{path}: the tokenizer failed while {doing}: {e}") from None
 
@@ -36,6 +40,11 @@ def load_hf_tokenizer(path: str | Path) -> Any:
 
     with panics_as_invalid(path, "loading"):
         try:
-            return HFTokenizer.from_file(str(path))
+            tok = HFTokenizer.from_file(str(path))
         except Exception as e:  # the library raises plain Exception on bad files
             raise InvalidCheckpoint(f"{path}: cannot load: {e}") from e
+    # A tokenizer that loads may still be unable to encode anything (an empty vocabulary
+    # without an unknown token): found now, at load, rather than on a patient's request.
+    with panics_as_invalid(path, "encoding a probe text"):
+        tok.decode(tok.encode("medrt probe: 12 mg", add_special_tokens=False).ids)
+    return tok
