@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -221,20 +223,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def bench_target(target: str, args: argparse.Namespace, prompts: list[str],
-                       shapes: list[tuple[int | None, float | None]]) -> list[dict]:
-    rows = []
-    server = None
-    try:
-        if target == "asyncllm":
-            import medrt
+async def open_target(target: str, args: argparse.Namespace, stack: contextlib.AsyncExitStack,
+                      ports: dict) -> object | None:
+    """Starts a target; returns make_send(session) -> send(prompt), or None when skipped. The
+    stack stops it. medrt-grpc and medrt-http share one `medrt serve` (its ports in `ports`)."""
+    if target == "asyncllm":
+        import medrt
 
-            llm = medrt.AsyncLLM(args.model, num_threads=args.threads,
-                                 max_num_seqs=args.max_num_seqs)
-
-            def make_send(_session: object) -> object:
-                return lambda p: run_asyncllm(llm, p, args.output_len)
-        elif target.startswith("medrt"):
+        llm = medrt.AsyncLLM(args.model, num_threads=args.threads,
+                             max_num_seqs=args.max_num_seqs)
+        stack.callback(llm.close)
+        return lambda _session: (lambda p: run_asyncllm(llm, p, args.output_len))
+    if target.startswith("medrt"):
+        if "medrt" not in ports:
             gport, hport = _free_port(), _free_port()
             env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
             server = Spawned([sys.executable, "-m", "medrt", "serve", "--model", args.model,
@@ -242,59 +243,113 @@ async def bench_target(target: str, args: argparse.Namespace, prompts: list[str]
                               "--http-port", str(hport), "--threads", str(args.threads),
                               "--max-num-seqs", str(args.max_num_seqs),
                               "--max-queued-requests", "100000"], "ready", env)
+            stack.callback(server.stop)
             server.wait()
-            if target == "medrt-grpc":
-                import grpc
-                from medrt.v1 import medrt_pb2, medrt_pb2_grpc
+            ports["medrt"] = (gport, hport)
+        gport, hport = ports["medrt"]
+        if target == "medrt-grpc":
+            import grpc
+            from medrt.v1 import medrt_pb2, medrt_pb2_grpc
 
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{gport}")
-                stub = medrt_pb2_grpc.MedrtStub(channel)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{gport}")
+            stack.push_async_callback(channel.close)
+            stub = medrt_pb2_grpc.MedrtStub(channel)
+            return lambda _session: (lambda p: run_grpc(stub, medrt_pb2, p, args.output_len))
+        url = f"http://127.0.0.1:{hport}/v1/completions"
+        return lambda session: (lambda p: run_http(session, url, "bench", p, args.output_len))
+    if target == "llama-server":
+        if not args.llama_server or not args.gguf:
+            print("llama-server: skipped (no --llama-server/--gguf)", file=sys.stderr)
+            return None
+        port = _free_port()
+        server = Spawned([args.llama_server, "-m", args.gguf, "--host", "127.0.0.1",
+                          "--port", str(port), "-t", str(args.threads), "-np",
+                          str(args.max_num_seqs), "-c",
+                          str(args.max_num_seqs * (args.input_len + args.output_len + 16)),
+                          "-cb"], "listening on")
+        stack.callback(server.stop)
+        server.wait()
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        return lambda session: (lambda p: run_http(session, url, "bench", p, args.output_len))
+    raise SystemExit(f"unknown target {target!r}")
 
-                def make_send(_session: object) -> object:
-                    return lambda p: run_grpc(stub, medrt_pb2, p, args.output_len)
-            else:
-                url = f"http://127.0.0.1:{hport}/v1/completions"
 
-                def make_send(session: object) -> object:
-                    return lambda p: run_http(session, url, "bench", p, args.output_len)
-        elif target == "llama-server":
-            if not args.llama_server or not args.gguf:
-                print("llama-server: skipped (no --llama-server/--gguf)", file=sys.stderr)
-                return []
-            port = _free_port()
-            server = Spawned([args.llama_server, "-m", args.gguf, "--host", "127.0.0.1",
-                              "--port", str(port), "-t", str(args.threads), "-np",
-                              str(args.max_num_seqs), "-c",
-                              str(args.max_num_seqs * (args.input_len + args.output_len + 16)),
-                              "-cb"], "server is listening")
-            server.wait()
-            url = f"http://127.0.0.1:{port}/v1/completions"
-
-            def make_send(session: object) -> object:
-                return lambda p: run_http(session, url, "bench", p, args.output_len)
-        else:
-            raise SystemExit(f"unknown target {target!r}")
-        timeout = aiohttp.ClientTimeout(total=None)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            send = make_send(session)
+async def bench(args: argparse.Namespace, prompts: list[str],
+                shapes: list[tuple[int | None, float | None]]) -> list[dict]:
+    """Every target started at once, then each load shape run on every target in turn, the
+    order rotating between repetitions, so that all targets see the same machine state (an
+    idle server takes no CPU). One row per (repetition, shape, target)."""
+    rows = []
+    async with contextlib.AsyncExitStack() as stack:
+        makers, ports = {}, {}
+        for target in args.targets.split(","):
+            maker = await open_target(target, args, stack, ports)
+            if maker is not None:
+                makers[target] = maker
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
+        sends = {t: m(session) for t, m in makers.items()}
+        for send in sends.values():
             await drive(send, prompts[:2], 1, None, 0)  # warm-up
+        names = list(sends)
+        for rep in range(args.repeats):
             for concurrency, rate in shapes:
-                samples, wall = await drive(send, prompts, concurrency, rate, args.seed)
-                row = {"target": target, "concurrency": concurrency, "rate": rate,
-                       **summarize(samples, wall)}
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                rows.append(row)
-        if target == "asyncllm":
-            llm.close()
-    finally:
-        if server is not None:
-            server.stop()
+                k = rep % len(names)
+                for target in names[k:] + names[:k]:
+                    samples, wall = await drive(sends[target], prompts, concurrency, rate,
+                                                args.seed + rep)
+                    row = {"target": target, "concurrency": concurrency, "rate": rate,
+                           "rep": rep, **summarize(samples, wall)}
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
     return rows
+
+
+METRICS = ("output_tok_s", "req_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms",
+           "itl_p50_ms", "itl_p99_ms")
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per (target, shape): the median of each metric over the repetitions."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["concurrency"], r["rate"]), []).append(r)
+    out = []
+    for (target, concurrency, rate), rs in groups.items():
+        m = {"target": target, "concurrency": concurrency, "rate": rate, "reps": len(rs),
+             "failed": sum(r["failed"] for r in rs)}
+        for k in METRICS:
+            m[k] = statistics.median(r[k] for r in rs)
+        out.append(m)
+    return out
+
+
+def ratios(rows: list[dict]) -> str:
+    """The issue's comparisons per fixed-concurrency shape: medrt's HTTP server against
+    llama-server, and each serving layer against AsyncLLM in-process."""
+    by = {(r["target"], r["concurrency"]): r for r in rows if r["rate"] is None}
+    lines = [("| concurrency | comparison | throughput ratio | TTFT p50 | TTFT p99 ratio | "
+              "ITL p99 difference |"), "|---|---|---|---|---|---|"]
+    for c in sorted({r["concurrency"] for r in rows if r["rate"] is None}):
+        pairs = [("medrt-http", "llama-server"), ("medrt-grpc", "llama-server"),
+                 ("medrt-grpc", "asyncllm"), ("medrt-http", "asyncllm")]
+        for a, b in pairs:
+            ra, rb = by.get((a, c)), by.get((b, c))
+            if ra is None or rb is None:
+                continue
+            lines.append(
+                f"| {c} | {a} / {b} | {ra['output_tok_s'] / rb['output_tok_s']:.2f}x | "
+                f"{100 * (ra['ttft_p50_ms'] / rb['ttft_p50_ms'] - 1):+.1f}% | "
+                f"{ra['ttft_p99_ms'] / rb['ttft_p99_ms']:.2f}x | "
+                f"{ra['itl_p99_ms'] - rb['itl_p99_ms']:+.2f} ms |")
+    return "\n".join(lines) + "\n"
 
 
 def table(rows: list[dict]) -> str:
     head = ("| target | load | out tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | "
             "ITL p50 ms | ITL p99 ms | failed |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = sorted(rows, key=lambda r: (r["target"], r["rate"] is not None,
+                                       r["concurrency"] or 0, r["rate"] or 0))
     lines = []
     for r in rows:
         load = f"concurrency {r['concurrency']}" if r["rate"] is None else f"{r['rate']:g} req/s"
@@ -340,6 +395,8 @@ def main() -> int:
     p.add_argument("--llama-server", default=None)
     p.add_argument("--gguf", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="repetitions of every shape on every target (medians are reported)")
     p.add_argument("--out", default=None, help="markdown table")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG: throughput and TTFT p99 vs rate")
@@ -347,15 +404,14 @@ def main() -> int:
     shapes = ([(int(c), None) for c in args.concurrency.split(",") if c]
               + [(None, float(r)) for r in args.rates.split(",") if r])
     prompts = make_prompts(args.model, args.num_prompts, args.input_len, args.seed)
-    rows = []
-    for target in args.targets.split(","):
-        rows += asyncio.run(bench_target(target, args, prompts, shapes))
-    text = table(rows)
+    raw = asyncio.run(bench(args, prompts, shapes))
+    rows = medians(raw)
+    text = table(rows) + "\n" + ratios(rows)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"medians": rows, "runs": raw}, indent=1))
     if args.plot and any(r["rate"] is not None for r in rows):
         plot(rows, args.plot)
     return 0 if all(r["failed"] == 0 for r in rows) else 1
