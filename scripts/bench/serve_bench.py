@@ -286,8 +286,11 @@ async def bench(args: argparse.Namespace, prompts: list[str],
             maker = await open_target(target, args, stack, ports)
             if maker is not None:
                 makers[target] = maker
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
+        # A new connection per request for every HTTP target: llama-server closes idle
+        # keep-alive connections, and a reused one fails as "server disconnected".
+        session = await stack.enter_async_context(aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None),
+            connector=aiohttp.TCPConnector(force_close=True, limit=0)))
         sends = {t: m(session) for t, m in makers.items()}
         for send in sends.values():
             await drive(send, prompts[:2], 1, None, 0)  # warm-up

@@ -221,3 +221,27 @@ def test_cache_hook_is_scoped_by_tenant_template_and_params(server: ServerThread
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cache" in e.value.details()
     finally:
         server.server.core.cache_hook = None
+
+
+class BrokenCache:
+    """A cache whose every call fails (a corrupt file, a bug in a custom hook)."""
+
+    def lookup(self, key: object, question: str) -> CachedAnswer | None:
+        raise OSError("cache file unreadable")
+
+    def store(self, key: object, question: str, answer: CachedAnswer) -> None:
+        raise OSError("cache file unreadable")
+
+
+def test_a_failing_cache_never_fails_a_request(server: ServerThread,
+                                               stub: medrt_pb2_grpc.MedrtStub) -> None:
+    server.server.core.cache_hook = BrokenCache()
+    try:
+        for _ in range(2):  # looked up and stored each time; answered each time
+            out = stub.Chat(_chat(DOSE, "auto"), timeout=30)
+            assert out.token_ids and out.finish_reason in ("stop", "length")
+        errors = server.server.core.metrics.cache_errors
+        assert errors.labels("anonymous", "lookup")._value.get() == 2
+        assert errors.labels("anonymous", "store")._value.get() == 2
+    finally:
+        server.server.core.cache_hook = None

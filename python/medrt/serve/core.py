@@ -171,8 +171,8 @@ class RunningRequest:
                                 and c.finish_reason in ("stop", "length")):
                             done = CachedAnswer("".join(answer) + c.text, token_ids + list(
                                 c.token_ids), c.finish_reason, self.fingerprint)
-                            await asyncio.to_thread(core.cache_hook.store, self.cache_key,
-                                                    self.cache_question, done)
+                            await core.cache_call("store", self.cache_key,
+                                                  self.cache_question, done)
                     yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
                                 c.finish_reason,
                                 None if c.stop_reason is None else str(c.stop_reason))
@@ -305,7 +305,7 @@ class ServeCore:
         fp = self.fingerprint(params, req.medical_template, adapter)
         key, question = self._cache_key(tenant, req, category, params, adapter)
         if key is not None and req.cache != "refresh":
-            cached = await asyncio.to_thread(self.cache_hook.lookup, key, question)
+            cached = await self.cache_call("lookup", key, question)
             if cached is not None:
                 # The fingerprint of the request that computed the answer, with where it
                 # came from: replaying that fingerprint gives this answer again.
@@ -322,6 +322,20 @@ class ServeCore:
                             arrival, queue_time, deadline_s, key, question, adapter)
         self._running[engine_id] = rr
         return rr
+
+    async def cache_call(self, what: str, key: CacheKey, *args: Any) -> Any:
+        """A cache hook call on a worker thread. A cache that fails (a corrupt file, a bug) is
+        logged and treated as a miss: it never fails the request it serves."""
+        hook = self.cache_hook
+        if hook is None:
+            return None
+        try:
+            return await asyncio.to_thread(getattr(hook, what), key, *args)
+        except Exception as e:  # noqa: BLE001 - the answer matters more than the cache
+            self.metrics.cache_errors.labels(key.tenant, what).inc()
+            log.error(f"semantic cache {what} failed: {type(e).__name__}: {e}",
+                      extra={"tenant": key.tenant})
+            return None
 
     def _cache_key(self, tenant: Tenant, req: ServeRequest, category: str,
                    params: medrt.SamplingParams, adapter: Adapter | None

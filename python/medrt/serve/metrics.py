@@ -109,6 +109,9 @@ class ServeMetrics:
         self.cache_lookup = Histogram("medrt:semantic_cache_lookup_seconds",
                                       "Seconds per semantic cache lookup (embedding included).",
                                       buckets=_LOOKUP_BUCKETS, registry=r)
+        self.cache_errors = Counter("medrt:semantic_cache_errors",
+                                    "Cache lookups or stores that failed (served as a miss).",
+                                    ["tenant", "op"], registry=r)
         self.cache_stores = Counter("medrt:semantic_cache_stores",
                                     "Answers stored in the semantic cache.", ["tenant"],
                                     registry=r)
