@@ -13,21 +13,6 @@
 namespace medrt::cpu::avx2 {
 namespace {
 
-// A work buffer in the caller's frame when `n` floats fit (the shapes of real models), on
-// the heap otherwise. In the frame, a decode step allocates nothing whichever pool thread
-// runs a work item (a thread_local buffer would be sized on each thread's first item,
-// which may come at any step).
-template <int64_t N>
-struct FrameBuf {
-  alignas(32) float local[N];
-  std::vector<float> heap;
-  float* get(int64_t n) {
-    if (n <= N) return local;
-    heap.resize(size_t(n));
-    return heap.data();
-  }
-};
-
 // Scores of keys [0, nk) of one block against query q (zero-padded to a multiple of 8),
 // eight keys at a time: s[j] = scale * dot(q, k_j). A partial octet repeats key 0 in its
 // missing lanes (s has room for them; the caller masks them out).
@@ -91,11 +76,15 @@ float hmax(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
 }
 
-// G * padded head_dim up to 2048 (8 query heads of 256 per KV head), blocks up to 128 keys.
+// Work buffers in the kernel's frame: a decode step allocates nothing, whichever pool thread
+// runs a work item (a thread_local buffer would be sized on each thread's first item, which
+// may come at any step), and the file holds no object with a destructor (no unwinding tables:
+// isa_prelude.h). Shapes beyond these bounds run the portable kernel (avx2_attention_fits).
 struct Scratch {
-  FrameBuf<2048> q, acc;
-  FrameBuf<kSpanKeys + 136> scores;
-  FrameBuf<64> run_max, run_sum;
+  alignas(32) float q[kMaxGroupFloats];
+  alignas(32) float acc[kMaxGroupFloats];
+  alignas(32) float scores[kSpanKeys + kMaxAttentionBlock + 8];
+  float run_max[kMaxGroupHeads], run_sum[kMaxGroupHeads];
 };
 
 void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t* table,
@@ -105,15 +94,15 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
   const int64_t span_blocks = std::max<int64_t>(1, kSpanKeys / bs);
   const __m256i tmask = tail_mask(int(hd - hdf));
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  float* const qs = sc.q.get(G * hdp);
-  float* const acc = sc.acc.get(G * hdp);
+  float* const qs = sc.q;
+  float* const acc = sc.acc;
   std::fill(qs, qs + G * hdp, 0.0f);
   std::fill(acc, acc + G * hdp, 0.0f);
   // A block writes whole octets of scores from its offset; the next block overwrites the excess.
-  float* const s = sc.scores.get(span_blocks * bs + 8);
+  float* const s = sc.scores;
   for (int64_t g = 0; g < G; ++g) std::copy(q + g * hd, q + (g + 1) * hd, qs + g * hdp);
-  float* const run_max = sc.run_max.get(G);
-  float* const run_sum = sc.run_sum.get(G);
+  float* const run_max = sc.run_max;
+  float* const run_sum = sc.run_sum;
   std::fill(run_max, run_max + G, -std::numeric_limits<float>::infinity());
   std::fill(run_sum, run_sum + G, 0.0f);
   const float* kblk[kSpanKeys];
@@ -183,7 +172,7 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
   const int64_t H = cache.n_kv_heads, hd = cache.head_dim;
   const int64_t G = n_heads / H;
   pool.parallel_for(batch.T * H, [&](int, int64_t w0, int64_t w1) {
-    Scratch sc;  // in this frame: see FrameBuf
+    Scratch sc;  // in this frame: see Scratch
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t t = w / H, kvh = w % H;
       const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;

@@ -139,7 +139,7 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
         throw Error("paged_attention: block table entry " + std::to_string(table[b]) +
                     " is outside the cache of " + std::to_string(cache.num_blocks) + " blocks");
   }
-  if (simd())
+  if (simd() && avx2_attention_fits(n_heads / cache.n_kv_heads, cache.head_dim, cache.block_size))
     avx2::paged_attention(q, n_heads, cache, batch, scale, out, pool);
   else
     portable::paged_attention(q, n_heads, cache, batch, scale, out, pool);

@@ -21,6 +21,17 @@ inline float hsum8(const float* a) {
 // the block sums are added in block order, then the bias. Blocking bounds the working set of
 // the large-M kernel; the length depends on K alone, so every path sums in the same order.
 // (AVX-512 uses the same rule rounded to multiples of 16: gemm_avx512.cpp dot_block16.)
+// The AVX2 attention kernel keeps its work buffers in its frame, sized for a query-head group
+// of up to kMaxGroupFloats floats (heads per KV head x head_dim rounded up to 8: 8 heads of
+// 256 fit) and blocks of up to kMaxAttentionBlock tokens; other shapes use the portable kernel.
+constexpr int64_t kMaxGroupFloats = 2048;
+constexpr int64_t kMaxGroupHeads = 64;
+constexpr int64_t kMaxAttentionBlock = 128;
+constexpr bool avx2_attention_fits(int64_t group, int64_t head_dim, int64_t block_size) {
+  return group <= kMaxGroupHeads && group * ((head_dim + 7) / 8 * 8) <= kMaxGroupFloats &&
+         block_size <= kMaxAttentionBlock;
+}
+
 inline int64_t dot_block(int64_t K) {
   constexpr int64_t kMaxBlock = 768;
   const int64_t n = (K + kMaxBlock - 1) / kMaxBlock;
