@@ -51,9 +51,13 @@ void encoder_attention(const float* q, const float* k, const float* v, int64_t s
 namespace portable {
 MEDRT_ENCODER_KERNEL_DECLS
 }
+#if MEDRT_PORTABLE_ONLY
+namespace avx2 = portable;  // not an x86 build: see kernels_impl.h
+#else
 namespace avx2 {
 MEDRT_ENCODER_KERNEL_DECLS
 }
+#endif
 
 #undef MEDRT_ENCODER_KERNEL_DECLS
 

@@ -54,6 +54,12 @@ inline int64_t dot_block(int64_t K) {
 namespace portable {
 MEDRT_KERNEL_DECLS
 }
+#if MEDRT_PORTABLE_ONLY
+// Not an x86 build: no ISA files. The dispatch's avx2:: and avx512:: calls name the portable
+// kernels (cpu_features never selects those ISAs here, so they are never taken).
+namespace avx2 = portable;
+namespace avx512 = portable;
+#else
 namespace avx2 {
 MEDRT_KERNEL_DECLS
 }
@@ -62,6 +68,7 @@ namespace avx512 {
 void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const float* bias,
             float* y, ThreadPool& pool);
 }
+#endif
 
 #undef MEDRT_KERNEL_DECLS
 

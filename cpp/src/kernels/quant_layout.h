@@ -100,6 +100,10 @@ void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act&
                      int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias);
 void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock* blocks);
 }
+#if MEDRT_PORTABLE_ONLY
+namespace avx2 = portable;  // not an x86 build: see kernels_impl.h
+namespace avx512vnni = portable;
+#else
 namespace avx2 {
 void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
                      int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias);
@@ -109,5 +113,6 @@ namespace avx512vnni {
 void quant_rowgroups(const Layout& L, const uint8_t* rg, int64_t nrg, const Act& a, int64_t m0,
                      int64_t m1, float* y, int64_t ldy, int64_t nrows, const float* bias);
 }
+#endif
 
 }  // namespace medrt::cpu::quant
