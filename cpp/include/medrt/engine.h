@@ -70,7 +70,8 @@ class StepOutputs {
   void append(StepOutputs& from);
   // Copies the outputs of `from` to the end of this list into slots that keep their
   // capacity; `from` keeps its slots too. Allocates only for slots this list never had.
-  void append_copy(const StepOutputs& from);
+  // Prompt log-probabilities (large, once per request) are moved rather than copied.
+  void append_copy(StepOutputs& from);
   void swap(StepOutputs& other) noexcept {
     slots_.swap(other.slots_);
     std::swap(n_, other.n_);

@@ -74,8 +74,15 @@ void StepOutputs::append(StepOutputs& from) {
   from.n_ = 0;
 }
 
-void StepOutputs::append_copy(const StepOutputs& from) {
-  for (size_t i = 0; i < from.n_; ++i) grow() = from.slots_[i];
+void StepOutputs::append_copy(StepOutputs& from) {
+  for (size_t i = 0; i < from.n_; ++i) {
+    RequestOutput& src = from.slots_[i];
+    std::vector<TokenLogprobs> prompt_logprobs;  // taken out, so the copy below skips it
+    prompt_logprobs.swap(src.prompt_logprobs);
+    RequestOutput& dst = grow();
+    dst = src;
+    dst.prompt_logprobs.swap(prompt_logprobs);
+  }
 }
 
 std::vector<RequestOutput> StepOutputs::take() {

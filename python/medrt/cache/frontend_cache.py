@@ -15,7 +15,6 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from medrt.cache.semantic_cache import CacheHit, SemanticCache
@@ -231,17 +230,15 @@ def model_fingerprint_of(frontend: Any) -> str:
     weights, or applied to requests that name none, changes every answer, so it is part of it:
     such an LLM never shares cache entries with the base model's."""
     from medrt.embedder import model_fingerprint
+    from medrt.lora.adapter import adapter_sha256
 
     fingerprint = model_fingerprint(frontend.model_dir)
     lora = getattr(frontend, "_lora", None)
     adapter = (lora.merged or lora.default) if lora is not None else None
     if adapter is None or not adapter.lora_path:
         return fingerprint
-    h = hashlib.sha256(fingerprint.encode())
-    for f in sorted(Path(adapter.lora_path).iterdir()):
-        if f.is_file():
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+    combined = f"{fingerprint} {adapter_sha256(adapter.lora_path)}"
+    return hashlib.sha256(combined.encode()).hexdigest()[:16]
 
 
 def attach(frontend: Any, cache: SemanticCache | None) -> FrontendCache | None:

@@ -8,6 +8,7 @@ patterns, and anything whose shapes do not match the base."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -154,3 +155,16 @@ def _checked_module(path: Path, module: str, ab: dict[str, np.ndarray], rank: in
             f"[{rank}, {inp}] and lora_B [{out}, {rank}]")
     return LoraModule(module, np.ascontiguousarray(a, np.float32),
                       np.ascontiguousarray(b, np.float32), scale)
+
+
+def adapter_sha256(path: str | Path) -> str:
+    """sha256 over an adapter directory's files (relative names and bytes, in name order): the
+    identity of the adapter's weights in fingerprints and cache scopes."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -139,7 +139,7 @@ class RunningRequest:
                  if self.deadline_s is not None else None)
         last_time: float | None = None
         outcome = "CANCELLED"
-        answer: list[str] = []  # what was streamed so far, for the cache
+        answer: list[str] = []  # what was streamed so far, kept only to store in the cache
         token_ids: list[int] = []
         try:
             lora = None if self.adapter is None else self.adapter.request
@@ -176,8 +176,9 @@ class RunningRequest:
                     yield Delta(c.text, list(c.token_ids), _logprobs(c.token_ids, c.logprobs),
                                 c.finish_reason,
                                 None if c.stop_reason is None else str(c.stop_reason))
-                    answer.append(c.text)
-                    token_ids.extend(c.token_ids)
+                    if self.cache_key is not None:
+                        answer.append(c.text)
+                        token_ids.extend(c.token_ids)
         except Exception as e:
             outcome = map_engine_error(e).code
             raise

@@ -10,7 +10,6 @@ reloads the key file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import signal
@@ -92,16 +91,6 @@ def parse_lora_modules(specs: tuple[str, ...] | list[str], model_name: str) -> d
                              "(a peft LoRA adapter) nor moe_config.json (a LoRA-MoE adapter)")
         out[name] = Path(path)
     return out
-
-
-def _adapter_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _read(path: str | None) -> bytes | None:
@@ -231,6 +220,7 @@ class Server:
     def _load_adapters(self, llm: object) -> dict:
         """Loads each adapter once (its files are checked now, not at the first request;
         beyond max_loras the least recently used leave their slots and reload on use)."""
+        from medrt.lora.adapter import adapter_sha256
         from medrt.lora.request import LoRARequest
         from medrt.serve.core import Adapter
 
@@ -238,7 +228,7 @@ class Server:
         for i, (name, path) in enumerate(self.lora_modules.items()):
             request = LoRARequest(name, i + 1, str(path))
             llm.add_lora(request)
-            adapters[name] = Adapter(request, _adapter_sha256(path))
+            adapters[name] = Adapter(request, adapter_sha256(path))
             log.info(f"LoRA adapter {name!r} from {path}")
         return adapters
 
