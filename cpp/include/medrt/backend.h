@@ -30,6 +30,9 @@ class BackendWeight {
   WeightType type = WeightType::F32;
   int64_t rows = 0, cols = 0;  // [out, in] for a linear; [1, n] for a vector
   int64_t bytes = 0;           // memory it takes on the backend
+  // True when it holds its own copy (repacked, uploaded) and never reads the stored tensors
+  // again, so the loader may drop their pages from memory (Checkpoint::release_pages).
+  bool holds_copy = false;
 };
 
 class Backend {

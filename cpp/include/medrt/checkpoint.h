@@ -23,6 +23,9 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Drops the mapped pages that lie wholly inside t's bytes from this process's memory (they
+  // are read again from the file if touched); false when t is not in this file's mapping.
+  bool release_pages(const TensorView& t) const;
 
  private:
   SafetensorsFile() = default;
@@ -49,6 +52,9 @@ class Checkpoint {
   const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
   std::vector<std::string> names() const;
   size_t total_bytes() const;  // bytes of all tensors (weights) in the mapping
+  // SafetensorsFile::release_pages for the file holding t: once a backend has its own copy of
+  // a weight, the mapped pages would only double its resident memory. No-op for other memory.
+  void release_pages(const TensorView& t) const;
 
  private:
   std::string dir_;

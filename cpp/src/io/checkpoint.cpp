@@ -131,4 +131,10 @@ size_t Checkpoint::total_bytes() const {
   return n;
 }
 
+void Checkpoint::release_pages(const TensorView& t) const {
+  if (!t.data || !t.nbytes) return;
+  for (const auto& f : files_)
+    if (f->release_pages(t)) return;
+}
+
 }  // namespace medrt

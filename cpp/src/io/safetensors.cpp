@@ -166,4 +166,16 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   return f;
 }
 
+bool SafetensorsFile::release_pages(const TensorView& t) const {
+  const auto begin = reinterpret_cast<uintptr_t>(t.data), end = begin + t.nbytes;
+  const auto map = reinterpret_cast<uintptr_t>(map_);
+  if (!map_ || begin < map || end > map + map_size_) return false;
+  const auto page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  // Pages shared with a neighbouring tensor stay. The mapping is private and never written, so
+  // MADV_DONTNEED only unmaps clean file pages; failure is harmless (they stay resident).
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  return true;
+}
+
 }  // namespace medrt

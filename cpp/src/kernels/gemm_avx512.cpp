@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/half_layout.h"
 #include "kernels/kernels_impl.h"
 
 namespace medrt::cpu::avx512 {
@@ -49,7 +50,7 @@ struct Scratch {
 };
 
 constexpr int kMr = 4, kNr = 6;      // tile: 24 accumulators + 4 x vectors + 1 w in registers
-constexpr int64_t kNc = 120;         // panel rows: 120 x one k-block of f32 (<= 360 KB, in L2)
+constexpr int64_t kNc = 128;         // panel rows: 128 x one k-block of f32 (<= 384 KB, in L2)
 constexpr int64_t kMc = 120;         // m-block: its x k-slice (<= 360 KB) stays in L2 too
 constexpr int64_t kPackedMinM = 32;  // below this, converting W once costs more than it saves
 constexpr int64_t kPrefetchBytes = 512;  // see gemm_avx2.cpp
@@ -266,7 +267,132 @@ void linear_typed(const float* x, int64_t M, int64_t K, const void* Wdata, int64
   }
 }
 
+// ---- f16/bf16 weights in row groups (half_layout.h) -----------------------------------------
+// The same tiles and arithmetic as the stored layout above; only where a weight element is read
+// from changes, so a row's result is bit-identical to the stored-layout kernel's.
+
+constexpr int kR = kHalfRowsAvx512;
+constexpr int64_t kGroupPrefetchBytes = 1024;  // one sequential stream: prefetch farther ahead
+
+template <DType D>
+struct GroupRows {
+  const uint16_t* g;  // the row group
+  int64_t k0;         // the k-block's first input (a multiple of 16)
+  int row0;           // the tile's first row in the group
+  bool lead;          // this tile prefetches for the whole group (its first tile)
+  const uint16_t* at(int j, int64_t k) const {
+    const int64_t kk = k0 + k;
+    return g + (kk / kHalfChunk) * (kR * kHalfChunk) + (row0 + j) * kHalfChunk + kk % kHalfChunk;
+  }
+  __m512 load(int j, int64_t k) const { return load16<D>(at(j, k)); }
+  __m512 tail(int j, int64_t k, int n) const { return load16_tail<D>(at(j, k), n); }
+  // Called at k % 32 == 0: the two chunks of inputs k .. k+31 (16 lines for all 16 rows).
+  void prefetch(int j, int64_t k) const {
+    if (!lead || j != 0) return;
+    const char* a = reinterpret_cast<const char*>(at(-row0, k)) + kGroupPrefetchBytes;
+    for (int l = 0; l < 2 * kR * kHalfChunk * 2; l += 64) _mm_prefetch(a + l, _MM_HINT_T0);
+  }
+};
+
+int64_t group_elems(int64_t K) { return (K + kHalfChunk - 1) / kHalfChunk * kHalfChunk * kR; }
+
+template <DType D>
+void grouped_small_m(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                     const float* bias, float* y, int64_t n0, int64_t n1) {
+  const int mr_max = int(std::min<int64_t>(M, kMr));
+  const int64_t kc = dot_block16(K);
+  for (int64_t g0 = n0; g0 < n1; g0 += kR) {
+    const uint16_t* g = W + (g0 / kR) * group_elems(K);
+    const int rows = int(std::min<int64_t>(kR, n1 - g0));
+    for (int64_t kb = 0; kb < K; kb += kc) {
+      const int64_t kl = std::min(kc, K - kb);
+      const float* b = bias && kb + kl == K ? bias + g0 : nullptr;
+      if (M == 1 && rows == kR) {  // the whole group in one pass: one sequential stream
+        tile<1, kR, GroupRows<D>>(x + kb, K, GroupRows<D>{g, kb, 0, true}, kl / 16 * 16,
+                                  int(kl % 16), y + g0, N, kb == 0, b);
+        continue;
+      }
+      for (int j0 = 0; j0 < rows; j0 += kNr) {
+        const int nr = std::min(kNr, rows - j0);
+        const GroupRows<D> w{g, kb, j0, j0 == 0};
+        for (int64_t m = 0; m < M; m += mr_max) {
+          const int mr = int(std::min<int64_t>(mr_max, M - m));
+          tile_fn<GroupRows<D>>(mr, nr)(x + m * K + kb, K, w, kl / 16 * 16, int(kl % 16),
+                                        y + m * N + g0 + j0, N, kb == 0, b ? b + j0 : nullptr);
+        }
+      }
+    }
+  }
+}
+
+// Rows [n0, n1) (n0 a multiple of kR), inputs [k0, k0 + kl), to f32 rows of stride ld; a
+// group stores zeros past K, so whole chunks are converted.
+template <DType D>
+void convert_group_panel(const uint16_t* W, int64_t K, int64_t n0, int64_t n1, int64_t k0,
+                         int64_t kl, float* panel, int64_t ld) {
+  for (int64_t g0 = n0; g0 < n1; g0 += kR) {
+    const uint16_t* g = W + (g0 / kR) * group_elems(K);
+    const int rows = int(std::min<int64_t>(kR, n1 - g0));
+    for (int64_t k = 0; k < kl; k += kHalfChunk) {
+      const uint16_t* chunk = g + ((k0 + k) / kHalfChunk) * (kR * kHalfChunk);
+      for (int r = 0; r < rows; ++r)
+        _mm512_storeu_ps(panel + (g0 - n0 + r) * ld + k, load16<D>(chunk + r * kHalfChunk));
+    }
+  }
+}
+
+template <DType D>
+void grouped_large_m(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                     const float* bias, float* y, int64_t n0, int64_t n1) {
+  static_assert(kNc % kR == 0, "a panel holds whole row groups");
+  const int64_t kc = dot_block16(K);
+  thread_local Scratch panel_buf;
+  float* const panel = panel_buf.get(size_t(kNc * kc));
+  const auto run = tile_fn<PanelRows>;
+  for (int64_t nb = n0; nb < n1; nb += kNc) {
+    const int64_t nc = std::min(kNc, n1 - nb);
+    for (int64_t kb = 0; kb < K; kb += kc) {
+      const int64_t kl = std::min(kc, K - kb);
+      const bool last = kb + kl == K;
+      convert_group_panel<D>(W, K, nb, nb + nc, kb, kl, panel, kc);
+      for (int64_t mb = 0; mb < M; mb += kMc) {
+        const int64_t mc = std::min(kMc, M - mb);
+        for (int64_t jg = 0; jg < nc; jg += kNr) {
+          const int nr = int(std::min<int64_t>(kNr, nc - jg));
+          const PanelRows rows{panel + jg * kc, kc};
+          const float* b = bias && last ? bias + nb + jg : nullptr;
+          for (int64_t mt = 0; mt < mc; mt += kMr) {
+            const int mr = int(std::min<int64_t>(kMr, mc - mt));
+            run(mr, nr)(x + (mb + mt) * K + kb, K, rows, kl / 16 * 16, int(kl % 16),
+                        y + (mb + mt) * N + nb + jg, N, kb == 0, b);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <DType D>
+void grouped_typed(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                   const float* bias, float* y, ThreadPool& pool) {
+  if (M < kPackedMinM) {
+    pool.parallel_for(N, [&](int, int64_t n0, int64_t n1) {
+      grouped_small_m<D>(x, M, K, W, N, bias, y, n0, n1);
+    }, kR);
+  } else {
+    pool.parallel_for(N, [&](int, int64_t n0, int64_t n1) {
+      grouped_large_m<D>(x, M, K, W, N, bias, y, n0, n1);
+    }, kR);
+  }
+}
+
 }  // namespace
+
+void linear_half_packed(const float* x, int64_t M, int64_t K, const uint16_t* W, DType dt,
+                        int64_t N, const float* bias, float* y, ThreadPool& pool) {
+  if (dt == DType::BF16) return grouped_typed<DType::BF16>(x, M, K, W, N, bias, y, pool);
+  return grouped_typed<DType::F16>(x, M, K, W, N, bias, y, pool);
+}
 
 void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const float* bias,
             float* y, ThreadPool& pool) {

@@ -60,14 +60,23 @@ MEDRT_KERNEL_DECLS
 namespace avx2 = portable;
 namespace avx512 = portable;
 #else
+// y = x @ W^T (+ bias) for W [N, K] f16 or bf16 (dt) in the row-group layout of
+// half_layout.h: kHalfRowsAvx2 rows per group for avx2::, kHalfRowsAvx512 for avx512::.
+#define MEDRT_HALF_PACKED_DECL                                                               \
+  void linear_half_packed(const float* x, int64_t M, int64_t K, const uint16_t* W, DType dt, \
+                          int64_t N, const float* bias, float* y, ThreadPool& pool);
+
 namespace avx2 {
 MEDRT_KERNEL_DECLS
+MEDRT_HALF_PACKED_DECL
 }
 
 namespace avx512 {
 void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const float* bias,
             float* y, ThreadPool& pool);
+MEDRT_HALF_PACKED_DECL
 }
+#undef MEDRT_HALF_PACKED_DECL
 #endif
 
 #undef MEDRT_KERNEL_DECLS

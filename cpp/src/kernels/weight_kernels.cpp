@@ -58,9 +58,12 @@ constexpr WeightKernels kFloat{"float", ActFormat::F32, pack_float, float_linear
 
 const WeightKernels* weight_kernels(WeightType type, Isa isa) {
   switch (type) {
-    case WeightType::F32:
+    case WeightType::F32: return &kFloat;  // the float GEMM dispatches on the ISA itself
     case WeightType::F16:
-    case WeightType::BF16: return &kFloat;  // the float GEMM dispatches on the ISA itself
+    case WeightType::BF16: {
+      const WeightKernels* half = half_weight_kernels(isa);
+      return half ? half : &kFloat;
+    }
     case WeightType::Int8:
     case WeightType::Nf4:
     case WeightType::Int4: return quant::quant_weight_kernels(type, isa);

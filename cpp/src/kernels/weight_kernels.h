@@ -36,15 +36,16 @@ struct AlignedBytes {
 
 struct WeightKernels;
 
-// A linear weight as the CPU kernels use it. Float weights are read in place from the mapping
-// (`weight`); quantized weights are repacked into `packed`, in the layout documented at the top
-// of the type's kernel file (the checkpoint files stay as written).
+// A linear weight as the CPU kernels use it. f32 weights (and f16/bf16 on the portable ISA) are
+// read in place from the mapping (`weight`); quantized weights, and f16/bf16 on AVX2 and
+// AVX-512, are repacked into `packed`, in the layout documented in the type's layout header
+// (quant_layout.h, half_layout.h; the checkpoint files stay as written).
 struct PackedLinear {
   WeightType type = WeightType::F32;
   int64_t out = 0, in = 0;
   int group_size = 0;
   TensorView weight;         // float types: the stored weight [out, in]
-  AlignedBytes packed;       // quantized types: repacked codes and scales
+  AlignedBytes packed;       // repacked weights (empty when `weight` is read in place)
   std::vector<float> bias;   // [out] as f32, or empty
   TensorView bias_view;      // `bias` as the float GEMM takes it (built once, at pack time)
   const WeightKernels* kernels = nullptr;
@@ -68,6 +69,10 @@ struct WeightKernels {
 
 // The kernels for `type` on `isa`, or nullptr when that ISA has none for it.
 const WeightKernels* weight_kernels(WeightType type, Isa isa);
+
+// f16/bf16 weights repacked into row groups (half_layout.h) on AVX2 and AVX-512; nullptr on the
+// portable ISA, which reads them as stored (half_pack.cpp).
+const WeightKernels* half_weight_kernels(Isa isa);
 
 // Repacks w for the active ISA (bias converted to f32); throws InvalidCheckpoint naming w.name
 // when no kernel reads its type.

@@ -118,12 +118,21 @@ Model::Impl::Impl(const Checkpoint& ckpt, const ModelPlacement& placement,
   for (Backend* b : layer_backends)
     if (!b) throw InvalidRequest("ModelPlacement.layers: a layer has no backend");
 
-  embed = io->prepare_linear(stored.embed_tokens);
+  // A backend that keeps its own copy of a weight (repacked, uploaded) never reads the mapping
+  // again: dropping its pages keeps resident memory at one copy of the model, not two.
+  auto prepare = [&ckpt](Backend& b, const LinearWeight& w) {
+    std::unique_ptr<BackendWeight> out = b.prepare_linear(w);
+    if (out->holds_copy)
+      for (const TensorView* t : {&w.weight, &w.scales, &w.zeros, &w.mins, &w.bias})
+        ckpt.release_pages(*t);
+    return out;
+  };
+  embed = prepare(*io, stored.embed_tokens);
   final_norm = io->prepare_vector(stored.final_norm, "model.norm");
   if (cfg.tie_word_embeddings) {
     lm_head = embed.get();
   } else {
-    lm_head_untied = io->prepare_linear(stored.lm_head);
+    lm_head_untied = prepare(*io, stored.lm_head);
     lm_head = lm_head_untied.get();
   }
   layers.resize(stored.layers.size());
@@ -134,13 +143,13 @@ Model::Impl::Impl(const Checkpoint& ckpt, const ModelPlacement& placement,
     const std::string p = "model.layers." + std::to_string(i) + ".";
     l.input_norm = b.prepare_vector(s.input_norm, p + "input_layernorm");
     l.post_attention_norm = b.prepare_vector(s.post_attention_norm, p + "post_attention_layernorm");
-    l.q = b.prepare_linear(s.q);
-    l.k = b.prepare_linear(s.k);
-    l.v = b.prepare_linear(s.v);
-    l.o = b.prepare_linear(s.o);
-    l.gate = b.prepare_linear(s.gate);
-    l.up = b.prepare_linear(s.up);
-    l.down = b.prepare_linear(s.down);
+    l.q = prepare(b, s.q);
+    l.k = prepare(b, s.k);
+    l.v = prepare(b, s.v);
+    l.o = prepare(b, s.o);
+    l.gate = prepare(b, s.gate);
+    l.up = prepare(b, s.up);
+    l.down = prepare(b, s.down);
   }
 
   const std::vector<float> inv_freq = model::rope_inv_freq(cfg);

@@ -56,8 +56,9 @@ class CpuBackend final : public Backend {
     out->type = w.type;
     out->rows = w.out;
     out->cols = w.in;
-    out->bytes = is_float_type(w.type) ? int64_t(w.weight.nbytes)
-                                       : int64_t(out->p.packed.size);
+    const bool repacked = out->p.packed.size > 0;
+    out->bytes = repacked ? int64_t(out->p.packed.size) : int64_t(w.weight.nbytes);
+    out->holds_copy = repacked;
     out->bytes += int64_t(out->p.bias.size() * sizeof(float));
     return out;
   }
@@ -98,7 +99,7 @@ class CpuBackend final : public Backend {
       if (tokens[t] < 0 || tokens[t] >= p.out)
         throw InvalidRequest("token id " + std::to_string(tokens[t]) +
                              " is outside the vocabulary [0, " + std::to_string(p.out) + ")");
-    if (is_float_type(p.type)) return cpu::embedding(tokens, T, p.weight, out);
+    if (p.packed.size == 0) return cpu::embedding(tokens, T, p.weight, out);
     for (int64_t t = 0; t < T; ++t) p.kernels->dequant_row(p, tokens[t], out + t * p.in);
   }
 
