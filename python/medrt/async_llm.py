@@ -61,10 +61,11 @@ class AsyncLLM(EngineFrontend):
     ) -> AsyncIterator[RequestOutput]:
         """Streams the completion of one prompt (text, token ids, or a prompt dict). With a
         semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.generate;
-        ``lora_request`` names its LoRA adapter (adapter mode; such requests bypass the cache)."""
+        ``lora_request`` names its LoRA adapter (adapter mode; the cache keeps each adapter's
+        answers apart)."""
         prepared = self._prepare(prompt, sampling_params, lora_request)
-        req = fcache.for_prompt(prompt, tenant, cache if lora_request is None else "bypass",
-                                patient_context)
+        req = fcache.for_prompt(prompt, tenant, cache, patient_context,
+                                fcache.adapter_hash(self, prepared.lora))
         async for out in fcache.stream_outputs(self._cache, self, prepared, req,
                                                self._stream(prepared, request_id, delta),
                                                request_id, delta):
@@ -91,7 +92,8 @@ class AsyncLLM(EngineFrontend):
 
         ``medical_template`` ("auto" or a category) works as in :meth:`medrt.LLM.chat`; with a
         semantic cache, ``tenant``/``cache``/``patient_context`` work as in LLM.chat.
-        ``lora_request`` names its LoRA adapter (adapter mode; such requests bypass the cache).
+        ``lora_request`` names its LoRA adapter (adapter mode; the cache keeps each adapter's
+        answers apart).
         """
         category = None
         if medical_template is not None:
@@ -102,11 +104,10 @@ class AsyncLLM(EngineFrontend):
         prompt = self._render_chat(messages, add_generation_prompt, chat_template,
                                    chat_template_kwargs, tools)
         prepared = self._prepare(prompt, sampling_params, lora_request)
-        req = fcache.for_conversation(messages, tenant,
-                                      cache if lora_request is None else "bypass",
-                                      patient_context,
+        req = fcache.for_conversation(messages, tenant, cache, patient_context,
                                       [add_generation_prompt, chat_template,
-                                       chat_template_kwargs, tools])
+                                       chat_template_kwargs, tools],
+                                      fcache.adapter_hash(self, prepared.lora))
         async for out in fcache.stream_outputs(self._cache, self, prepared, req,
                                                self._stream(prepared, request_id, delta),
                                                request_id, delta):

@@ -100,13 +100,11 @@ class LLM(EngineFrontend):
         batch = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(batch))
         loras = _lora_per_prompt(lora_request, len(batch))
-        # An adapter changes the answer: requests with one bypass the semantic cache.
-        reqs = [fcache.for_prompt(p, tenant, cache if lr is None else "bypass", patient_context)
-                for p, lr in zip(batch, loras)]
-        return fcache.run_batch(self._cache, self,
-                                [self._prepare(p, sp, lr)
-                                 for p, sp, lr in zip(batch, params, loras)], reqs,
-                                self._run_batch)
+        prepared = [self._prepare(p, sp, lr) for p, sp, lr in zip(batch, params, loras)]
+        reqs = [fcache.for_prompt(p, tenant, cache, patient_context,
+                                  fcache.adapter_hash(self, pr.lora))
+                for p, pr in zip(batch, prepared)]
+        return fcache.run_batch(self._cache, self, prepared, reqs, self._run_batch)
 
     def chat(
         self,
@@ -149,11 +147,10 @@ class LLM(EngineFrontend):
                                             chat_template_kwargs, tools), sp, lr)
             for c, sp, lr in zip(conversations, params, loras)]
         options = [add_generation_prompt, chat_template, chat_template_kwargs, tools]
-        # The medical template is in the system message, so it is part of the cache scope;
-        # an adapter changes the answer, so requests with one bypass the cache.
-        reqs = [fcache.for_conversation(c, tenant, cache if lr is None else "bypass",
-                                        patient_context, options)
-                for c, lr in zip(conversations, loras)]
+        # The medical template is in the system message, so it is part of the cache scope.
+        reqs = [fcache.for_conversation(c, tenant, cache, patient_context, options,
+                                        fcache.adapter_hash(self, pr.lora))
+                for c, pr in zip(conversations, prepared)]
         if not stream:
             outputs = fcache.run_batch(self._cache, self, prepared, reqs, self._run_batch)
             for out, category in zip(outputs, categories):

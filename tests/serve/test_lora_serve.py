@@ -4,9 +4,12 @@ adapter mode on the same weights; listed as models; permissions by name; fingerp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import medrt
@@ -151,3 +154,86 @@ def test_bad_lora_modules_are_refused_before_loading(tiny_llama: Path,
         with pytest.raises(ValueError, match=message):
             Server(ServeConfig(model=str(tiny_llama), served_model_name="tiny-llama",
                                lora_modules=(spec,)))
+
+
+# -- one adapter slot: a request for another adapter waits for it ------------------------------
+
+@contextlib.contextmanager
+def _holding(st: ServerThread, model: str) -> Iterator[Any]:
+    """A stream for `model` that keeps running until the test reads it to the end or cancels
+    it: with 20 logprobs per token it outgrows the HTTP/2 flow-control window of a client that
+    stops reading, so the servicer waits to write (as in test_lifecycle.py). Its own channel,
+    without BDP probing, keeps that window at its initial 64 KiB."""
+    with grpc.insecure_channel(st.grpc_target, options=[("grpc.http2.bdp_probe", 0)]) as ch:
+        yield medrt_pb2_grpc.MedrtStub(ch).GenerateStream(medrt_pb2.GenerateRequest(
+            model=model, prompt=PROMPT, sampling=medrt_pb2.SamplingParams(
+                max_tokens=1000, temperature=0, ignore_eos=True, logprobs=20)), timeout=120)
+
+
+def _pharmacy() -> medrt_pb2.GenerateRequest:
+    return medrt_pb2.GenerateRequest(model="pharmacy", prompt=PROMPT, sampling=medrt_pb2.
+                                     SamplingParams(max_tokens=4, temperature=0, ignore_eos=True,
+                                                    logprobs=5))
+
+
+def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def one_slot(start_server: Callable[..., ServerThread], adapters: dict[str, Path]
+             ) -> tuple[ServerThread, medrt_pb2_grpc.MedrtStub]:
+    st = start_server(max_loras=1, max_queued_requests=1, max_model_len=1024,
+                      lora_modules=tuple(f"{n}={p}" for n, p in adapters.items()))
+    with grpc.insecure_channel(st.grpc_target) as ch:
+        yield st, medrt_pb2_grpc.MedrtStub(ch)
+    st.stop()
+
+
+def test_a_request_waits_for_the_adapter_slot(one_slot, expected: dict[str, tuple]) -> None:
+    st, stub = one_slot
+    admission = st.server.core.admission
+    with _holding(st, "cardiology") as holder, ThreadPoolExecutor(1) as pool:
+        tokens = list(next(holder).token_ids)
+        waiting = pool.submit(stub.Generate, _pharmacy(), timeout=120)
+        _until(lambda: admission.num_waiting == 1, "the pharmacy request to queue")
+        assert admission.adapters == {"cardiology": 1} and not waiting.done()
+        last = None
+        for last in holder:  # cardiology runs to its end ...
+            tokens += last.token_ids
+        out = waiting.result(timeout=120)  # ... and then pharmacy takes the slot
+    assert last.finish_reason == "length" and len(tokens) == 1000
+    tops = [[t.logprob for t in lp.top] for lp in out.logprobs]
+    assert _same(out.token_ids, tops, expected["pharmacy"])
+    assert out.fingerprint.lora_name == "pharmacy"
+    _until(lambda: admission.num_running == 0 and not admission.adapters, "the slot to free")
+
+
+def test_a_slot_waiter_ends_at_its_deadline_or_when_its_client_leaves(
+        one_slot, expected: dict[str, tuple]) -> None:
+    st, stub = one_slot
+    admission = st.server.core.admission
+    with _holding(st, "cardiology") as holder:
+        next(holder)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Generate(_pharmacy(), timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _until(lambda: admission.num_waiting == 0, "the expired request to leave the queue")
+
+        leaving = stub.GenerateStream(_pharmacy(), timeout=120)
+        _until(lambda: admission.num_waiting == 1, "the pharmacy request to queue")
+        with pytest.raises(grpc.RpcError) as info:  # the queue limit still applies
+            stub.Generate(_pharmacy(), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        leaving.cancel()  # the client leaves while it waits: it took nothing, frees nothing
+        _until(lambda: admission.num_waiting == 0, "the cancelled request to leave the queue")
+        assert sum(admission.running.values()) == 1 and admission.adapters == {"cardiology": 1}
+        holder.cancel()  # the engine aborts it at its next step; then the slot is free
+    out = stub.Generate(_pharmacy(), timeout=60)
+    tops = [[t.logprob for t in lp.top] for lp in out.logprobs]
+    assert _same(out.token_ids, tops, expected["pharmacy"])
+    _until(lambda: admission.num_running == 0 and not admission.adapters, "the slot to free")

@@ -5,7 +5,8 @@ A request is looked up only when its question is plain text (a text prompt, or a
 conversation of one user message after an optional system message: a longer history
 changes the answer), it asks no logprobs, and the cache mode is "auto". The scope's
 template category is the medical classifier's category of the question plus a hash of what
-else shapes the prompt (generate vs chat, the system message, the chat template options).
+else shapes the prompt (generate vs chat, the system message, the chat template options, and
+the LoRA adapter the request runs with: its files' sha256, as the service scopes it).
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ def _shape_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def template_category(question: str, shape: Any) -> str:
+def template_category(question: str, shape: Any, adapter: str | None = None) -> str:
     """The scope's template category: the medical classifier's category of the question and a
-    hash of everything else that shapes the prompt (`shape`, any JSON-able value)."""
+    hash of everything else that shapes the prompt (`shape`, any JSON-able value) and of the
+    LoRA adapter that answers it (`adapter`, its sha256; None: the base model)."""
     from medrt.medical import classify
 
+    if adapter is not None:  # base-model scopes keep the hash they had before adapters
+        shape = [shape, {"lora_sha256": adapter}]
     return f"{classify(question)}:{_shape_hash(shape)}"
 
 
@@ -72,21 +76,25 @@ def conversation_question(messages: Sequence[Mapping[str, Any]]) -> tuple[str | 
     return question, [m.get("content") for m in system]
 
 
-def for_prompt(prompt: Any, tenant: str, mode: str, patient_context: bool) -> CacheRequest:
-    """The cache request of a generate() prompt (text, or a dict with text only)."""
+def for_prompt(prompt: Any, tenant: str, mode: str, patient_context: bool,
+               adapter: str | None = None) -> CacheRequest:
+    """The cache request of a generate() prompt (text, or a dict with text only); `adapter`
+    is the sha256 of the LoRA adapter it runs with (adapter_hash), None for the base."""
     text = prompt if isinstance(prompt, str) else None
     if isinstance(prompt, Mapping) and "prompt_token_ids" not in prompt:
         text = prompt.get("prompt") if isinstance(prompt.get("prompt"), str) else None
-    category = template_category(text, "generate") if text else ""
+    category = template_category(text, "generate", adapter) if text else ""
     return CacheRequest(text, category, check_tenant(tenant), check_mode(mode), patient_context)
 
 
 def for_conversation(messages: Sequence[Mapping[str, Any]], tenant: str, mode: str,
-                     patient_context: bool, options: Any) -> CacheRequest:
-    """The cache request of a chat() conversation; `options` are the rendering arguments."""
+                     patient_context: bool, options: Any,
+                     adapter: str | None = None) -> CacheRequest:
+    """The cache request of a chat() conversation; `options` are the rendering arguments and
+    `adapter` the sha256 of its LoRA adapter, as in for_prompt."""
     question, system = conversation_question(messages)
     shape = ["chat", system, options]
-    category = template_category(question, shape) if question else ""
+    category = template_category(question, shape, adapter) if question else ""
     return CacheRequest(question, category, check_tenant(tenant), check_mode(mode),
                         patient_context)
 
@@ -223,6 +231,16 @@ async def stream_outputs(fc: FrontendCache | None, frontend: Any, prepared: Any,
             last = RequestOutput(last.request_id, last.prompt, last.prompt_token_ids, [done],
                                  True, last.metrics)
         await asyncio.to_thread(fc.store, req, prepared.params, last)
+
+
+def adapter_hash(frontend: Any, lora: Any) -> str | None:
+    """The sha256 of the LoRA adapter a prepared request runs with (`PreparedRequest.lora`),
+    for its cache scope: an adapter changes the answer, so each adapter's answers, and the
+    base model's, are kept apart. None for the base, or when the frontend has no cache (the
+    hash reads the adapter's files)."""
+    if lora is None or getattr(frontend, "_cache", None) is None:
+        return None
+    return frontend._lora.sha256(lora)
 
 
 def model_fingerprint_of(frontend: Any) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medrt.errors import CapacityError, InvalidRequest
-from medrt.lora.adapter import LoraAdapter, base_linear_shapes, read_adapter
+from medrt.lora.adapter import LoraAdapter, adapter_sha256, base_linear_shapes, read_adapter
 from medrt.lora.merge import is_quantized, merge_into_dir
 from medrt.lora.moe import is_moe_dir, read_moe_adapter
 from medrt.lora.request import LoRARequest
@@ -62,6 +62,7 @@ class LoraManager:
         self._known: dict[str, LoRARequest] = {}
         self._loaded: OrderedDict[int, LoRARequest] = OrderedDict()  # LRU order, oldest first
         self._preload: list[LoRARequest] = []
+        self._sha256: dict[LoRARequest, str] = {}
         self._engine: Any = None
         self.enabled = enable_lora
         requests = [as_lora_request(x) for x in
@@ -149,15 +150,15 @@ class LoraManager:
         if request.lora_int_id in self._loaded:
             self._loaded.move_to_end(request.lora_int_id)
             return False
+        # A slot first, then the files: a caller that retries while every slot is busy does not
+        # read the adapter again at every try.
+        if len(self._loaded) >= self.max_loras:
+            self._evict_one()
         if is_moe_dir(request.lora_path):  # a LoRA-MoE adapter: routers and experts
             moe = read_moe_adapter(request.lora_path, self.base_shapes, self.max_lora_rank)
-            if len(self._loaded) >= self.max_loras:
-                self._evict_one()
             self._engine.add_lora_moe(request.lora_int_id, **moe.engine_args())
         else:
             adapter = self.read(request)
-            if len(self._loaded) >= self.max_loras:
-                self._evict_one()
             modules = [(m.name, m.a, m.b) for m in adapter.modules.values()]
             self._engine.add_lora(request.lora_int_id, modules, adapter.scale)
         self._loaded[request.lora_int_id] = request
@@ -184,6 +185,12 @@ class LoraManager:
         if self.default is None or request != self.default:
             self._known.pop(request.lora_name, None)
         return True
+
+    def sha256(self, request: LoRARequest) -> str:
+        """The sha256 of a resolved adapter's files (adapter_sha256), read once per adapter."""
+        if request not in self._sha256:
+            self._sha256[request] = adapter_sha256(request.lora_path)
+        return self._sha256[request]
 
     def list(self) -> list[int]:
         return list(self._loaded)

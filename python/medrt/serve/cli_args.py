@@ -47,7 +47,9 @@ def add_serve_parser(sub: Any) -> None:
                    help="peft LoRA adapters served by name: a request whose model is NAME runs "
                         "the base with that adapter (adapter mode, one batch for all)")
     p.add_argument("--max-loras", type=int, default=8,
-                   help="adapters held in engine slots at once (least recently used leave)")
+                   help="adapters held in engine slots at once (least recently used idle ones "
+                        "leave; with every slot busy, a request for another adapter waits "
+                        "in the queue)")
     p.add_argument("--max-lora-rank", type=int, default=64)
     p.add_argument("--semantic-cache", default=None, metavar="DIR",
                    help="answer repeated questions from a semantic cache kept in DIR "

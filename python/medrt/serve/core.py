@@ -34,6 +34,10 @@ from medrt.serve.request import ServeRequest, check_shape, params_in_effect, sam
 
 log = logging.getLogger("medrt.serve")
 
+# How often a request whose adapter slot the engine has not yet freed tries again (about a
+# decode step of a small model).
+_SLOT_RETRY_S = 0.01
+
 
 @dataclass(frozen=True)
 class CacheKey:
@@ -143,6 +147,10 @@ class RunningRequest:
         token_ids: list[int] = []
         try:
             lora = None if self.adapter is None else self.adapter.request
+            if lora is not None:
+                # Loaded here, so that nothing runs between the load and the engine request
+                # (which keeps the adapter in its slot): no other request can evict it.
+                await core.load_adapter(self)
             gen = core.llm.generate(self.prompt, self.params, self.engine_request_id, delta=True,
                                     lora_request=lora)
             async with contextlib.aclosing(gen):  # closing it aborts the engine request now
@@ -220,11 +228,14 @@ def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob]] | None
 
 class ServeCore:
     def __init__(self, model_name: str, *, max_running: int, max_queued: int,
-                 max_prompt_bytes: int = 1 << 20, default_tenant_limit: int = 0) -> None:
+                 max_prompt_bytes: int = 1 << 20, default_tenant_limit: int = 0,
+                 max_loras: int = 0) -> None:
         self.model_name = model_name
         self.llm: medrt.AsyncLLM | None = None
         self.weights: WeightsFingerprint | None = None
-        self.admission = Admission(max_running, max_queued)
+        # max_loras: the engine's LoRA adapter slots; a request whose adapter finds none free
+        # waits in the queue until one does (0: no adapters served).
+        self.admission = Admission(max_running, max_queued, max_loras)
         self.max_prompt_bytes = max_prompt_bytes
         self.default_tenant_limit = default_tenant_limit
         self.draining = False
@@ -316,13 +327,37 @@ class ServeCore:
                                       question, adapter, cached)
         limit = tenant.max_concurrency or self.default_tenant_limit
         # A request already queued when a drain begins still runs: it is in flight.
-        queue_time = await self.admission.acquire(tenant.name, limit)
+        acquire = self.admission.acquire(tenant.name, limit,
+                                         None if adapter is None else adapter.request.lora_name)
+        if deadline_s is None:
+            queue_time = await acquire
+        else:
+            try:
+                queue_time = await asyncio.wait_for(acquire, deadline_s - (time.monotonic()
+                                                                           - arrival))
+            except asyncio.TimeoutError:
+                raise ServeError("DEADLINE_EXCEEDED", "the deadline passed while the request "
+                                 "waited in the queue") from None
+            deadline_s -= time.monotonic() - arrival  # what is left for the completion
         self.metrics.queue_time.labels(tenant.name).observe(queue_time)
         self.metrics.prompt_tokens.labels(tenant.name).inc(len(prompt["prompt_token_ids"]))
         rr = RunningRequest(self, tenant, request_id, engine_id, prompt, params, category, fp,
                             arrival, queue_time, deadline_s, key, question, adapter)
         self._running[engine_id] = rr
         return rr
+
+    async def load_adapter(self, rr: RunningRequest) -> None:
+        """Loads the request's adapter into an engine slot. Admission counted a free slot, but
+        a request whose client went away is aborted by the engine at its next step, and until
+        then its adapter cannot leave its slot: retry until it has."""
+        while True:
+            if rr.deadline_hit or rr.aborted_by_client:  # the engine has no request to abort
+                raise rr._abort_error()
+            try:
+                self.llm.add_lora(rr.adapter.request)
+                return
+            except CapacityError:
+                await asyncio.sleep(_SLOT_RETRY_S)
 
     async def cache_call(self, what: str, key: CacheKey, *args: Any) -> Any:
         """A cache hook call on a worker thread. A cache that fails (a corrupt file, a bug) is
@@ -368,7 +403,8 @@ class ServeCore:
         if rr.cached_answer is not None or self._running.pop(rr.engine_request_id,
                                                              None) is not None:
             if rr.cached_answer is None:
-                self.admission.release(rr.tenant.name)
+                self.admission.release(rr.tenant.name, None if rr.adapter is None
+                                       else rr.adapter.request.lora_name)
             log.info("request done", extra={"tenant": rr.tenant.name,
                                             "request_id": rr.request_id, "outcome": outcome,
                                             "cached": rr.cached_answer is not None,

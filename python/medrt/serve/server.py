@@ -115,7 +115,8 @@ class Server:
         self.core = ServeCore(name, max_running=config.max_num_seqs,
                               max_queued=config.max_queued_requests,
                               max_prompt_bytes=config.max_prompt_bytes,
-                              default_tenant_limit=config.tenant_max_concurrency)
+                              default_tenant_limit=config.tenant_max_concurrency,
+                              max_loras=config.max_loras if self.lora_modules else 0)
         self.grpc = GrpcFrontend(self.core, self.authenticate)
         self.http = (HttpFrontend(self.core, self.authenticate, config.metrics_auth)
                      if config.http_port is not None else None)
