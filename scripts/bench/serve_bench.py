@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Load generator for `medrt serve`, after vLLM's benchmark_serving conventions.
 
-Each target gets the same requests: ``--num-prompts`` prompts of ``--input-len`` tokens, each
-generating exactly ``--output-len`` tokens (EOS ignored), sent either at a fixed concurrency
+Each target gets the same kind of requests: ``--num-prompts`` prompts of ``--input-len``
+tokens, cold (no prompt cache can help, see Prompts) unless ``--warm``, each generating exactly
+``--output-len`` tokens (EOS ignored), sent either at a fixed concurrency
 (``--concurrency 1,4,16,64``) or as Poisson arrivals (``--rates 1,2,4``, requests/s). Per
 request: time to first token (TTFT), inter-token latencies (ITL), time per output token
 (TPOT = (e2e - TTFT) / (tokens - 1)). Per run: p50/p99 of each, output tokens/s, requests/s.
@@ -61,18 +62,33 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
 
 
-def make_prompts(model: str, n: int, input_len: int, seed: int) -> list[str]:
-    from medrt.frontend import resolve_model_dir
-    from medrt.tokenizer import Tokenizer
+class Prompts:
+    """The benchmark's prompts: windows of ``--input-len`` tokens from a medical text.
 
-    tok = Tokenizer(resolve_model_dir(model))
-    ids = tok.encode(TEXT * (input_len // 8 + 8), add_special_tokens=False)
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(n):
-        start = rng.randrange(0, len(ids) - input_len)
-        prompts.append(tok.decode(ids[start:start + input_len - 1]))
-    return prompts
+    Cold (the default): every run (repetition x load shape x target) gets prompts that start
+    with their own tag, so no prompt shares a first block with an earlier one and neither
+    medrt's prefix cache nor llama-server's per-slot prompt cache can reuse earlier work; the
+    windows themselves are the same for every target of a repetition. Warm (``--warm``): the
+    same prompts everywhere, so after the first run most of every prompt is a cache hit."""
+
+    def __init__(self, model: str, n: int, input_len: int, warm: bool) -> None:
+        from medrt.frontend import resolve_model_dir
+        from medrt.tokenizer import Tokenizer
+
+        self.tok = Tokenizer(resolve_model_dir(model))
+        self.ids = self.tok.encode(TEXT * (input_len // 8 + 8), add_special_tokens=False)
+        self.n, self.input_len, self.warm = n, input_len, warm
+
+    def make(self, seed: int, tag: str) -> list[str]:
+        rng = random.Random(seed)
+        prompts = []
+        for i in range(self.n):
+            head = [] if self.warm else self.tok.encode(f"Case {tag}-{i}: ",
+                                                        add_special_tokens=False)
+            start = rng.randrange(0, len(self.ids) - self.input_len)
+            body = self.ids[start:start + self.input_len - 1 - len(head)]
+            prompts.append(self.tok.decode(head + body))
+        return prompts
 
 
 # -- clients -------------------------------------------------------------------------------
@@ -274,7 +290,7 @@ async def open_target(target: str, args: argparse.Namespace, stack: contextlib.A
     raise SystemExit(f"unknown target {target!r}")
 
 
-async def bench(args: argparse.Namespace, prompts: list[str],
+async def bench(args: argparse.Namespace, prompts: Prompts,
                 shapes: list[tuple[int | None, float | None]]) -> list[dict]:
     """Every target started at once, then each load shape run on every target in turn, the
     order rotating between repetitions, so that all targets see the same machine state (an
@@ -292,14 +308,15 @@ async def bench(args: argparse.Namespace, prompts: list[str],
             timeout=aiohttp.ClientTimeout(total=None),
             connector=aiohttp.TCPConnector(force_close=True, limit=0)))
         sends = {t: m(session) for t, m in makers.items()}
-        for send in sends.values():
-            await drive(send, prompts[:2], 1, None, 0)  # warm-up
+        for target, send in sends.items():
+            await drive(send, prompts.make(args.seed, f"warmup.{target}")[:2], 1, None, 0)
         names = list(sends)
         for rep in range(args.repeats):
-            for concurrency, rate in shapes:
+            for si, (concurrency, rate) in enumerate(shapes):
                 k = rep % len(names)
                 for target in names[k:] + names[:k]:
-                    samples, wall = await drive(sends[target], prompts, concurrency, rate,
+                    run = prompts.make(args.seed + rep, f"{rep}.{si}.{target}")
+                    samples, wall = await drive(sends[target], run, concurrency, rate,
                                                 args.seed + rep)
                     row = {"target": target, "concurrency": concurrency, "rate": rate,
                            "rep": rep, **summarize(samples, wall)}
@@ -398,6 +415,8 @@ def main() -> int:
     p.add_argument("--llama-server", default=None)
     p.add_argument("--gguf", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warm", action="store_true",
+                   help="the same prompts in every run (prefix-cache hits); default: cold")
     p.add_argument("--repeats", type=int, default=5,
                    help="repetitions of every shape on every target (medians are reported)")
     p.add_argument("--out", default=None, help="markdown table")
@@ -406,7 +425,7 @@ def main() -> int:
     args = p.parse_args()
     shapes = ([(int(c), None) for c in args.concurrency.split(",") if c]
               + [(None, float(r)) for r in args.rates.split(",") if r])
-    prompts = make_prompts(args.model, args.num_prompts, args.input_len, args.seed)
+    prompts = Prompts(args.model, args.num_prompts, args.input_len, args.warm)
     raw = asyncio.run(bench(args, prompts, shapes))
     rows = medians(raw)
     text = table(rows) + "\n" + ratios(rows)
