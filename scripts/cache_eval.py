@@ -125,37 +125,13 @@ def plot(rows: list[dict], point: dict, path: Path) -> None:
 
 
 def latency(emb: medrt.Embedder, sizes: list[int], a: float, t: float) -> list[dict]:
-    """Lookup p50/p99 (embedding included) with N entries in the memory tier. The stored
-    entries are random unit vectors (embedding 10^5 texts would take longer than the
-    measurement; the scan costs the same); the probes are real questions, embedded."""
-    rng = np.random.default_rng(0)
-    probes = [p["asked"] for p in load_pairs()][:200]
-    greedy = medrt.SamplingParams(temperature=0)
-    out = []
-    for n in sizes:
-        with tempfile.TemporaryDirectory() as d:
-            cache = medrt.SemanticCache(d, embedder=emb, a=a, threshold=t,
-                                        memory_entries=max(n, 1), memory_bytes=1 << 40)
-            for s in range(0, n, 50_000):
-                m = min(50_000, n - s)
-                v = rng.standard_normal((m, emb.dim)).astype(np.float32)
-                v /= np.linalg.norm(v, axis=1, keepdims=True)
-                cache.store_many([{"question": f"stored question {s + i}", "answer": "x",
-                                   "sampling": greedy} for i in range(m)], v)
-            for q in probes[:20]:
-                cache.lookup(q, sampling=greedy)
-            times = []
-            for q in probes:
-                t0 = time.perf_counter()
-                cache.lookup(q, sampling=greedy)
-                times.append(time.perf_counter() - t0)
-            cache.close()
-        ms = 1e3 * np.array(times)
-        out.append({"entries": n, "p50_ms": float(np.percentile(ms, 50)),
-                    "p99_ms": float(np.percentile(ms, 99)), "probes": len(ms)})
-        print(f"latency {n}: p50 {out[-1]['p50_ms']:.2f} ms, p99 {out[-1]['p99_ms']:.2f} ms",
-              flush=True)
-    return out
+    """Lookup p50/p99 (embedding included) with N entries in the memory tier: see
+    scripts/cache_latency.py, which also runs on its own."""
+    from cache_latency import measure, table
+
+    rows = measure(emb, sizes, a, t)
+    print(table(rows), flush=True)
+    return rows
 
 
 def embedder_speed(emb: medrt.Embedder) -> list[dict]:

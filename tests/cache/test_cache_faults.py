@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import medrt
@@ -99,12 +100,51 @@ def test_corrupt_index_file_is_rebuilt_from_sqlite(tmp_path: Path, embedder) -> 
                            "in adults?", sampling=GREEDY).hit
         assert hit is not None and hit.answer == "amoxicillin"
     # The rebuilt index was written back at close: no warning the next time.
-    with medrt.SemanticCache(tmp_path, embedder=embedder) as c:
-        import warnings
+    with medrt.SemanticCache(tmp_path, embedder=embedder) as c, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c.disk.search(index.stem, c.embed(q), 1)[0][1] > 0.999
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert c.disk.search(index.stem, c.embed(q), 1)[0][1] > 0.999
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "stale"])
+def test_ivf_scope_index_file_is_rebuilt_from_sqlite(tmp_path: Path, embedder, damage) -> None:
+    """A scope past ivf_min_entries persists an IVF index; a missing, truncated or stale one
+    (an older file than SQLite's record) is rebuilt from SQLite, as IVF again."""
+    import faiss
+    import numpy as np
+
+    kw = {"embedder": embedder, "threshold": 0.8, "ivf_min_entries": 200, "nprobe": 8,
+          "memory_entries": 10}  # the memory tier holds too little: lookups search the disk
+    q = "What is the first-line treatment of community-acquired pneumonia in adults?"
+    v = np.random.default_rng(0).standard_normal((300, embedder.dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    with medrt.SemanticCache(tmp_path, **kw) as c:
+        c.store_many([{"question": f"Stored question {i}?", "answer": str(i),
+                       "sampling": GREEDY} for i in range(300)], v)
+        c.store(q, "amoxicillin", sampling=GREEDY)
+    (index,) = (tmp_path / "index").glob("*.faiss")
+    assert hasattr(faiss.read_index(str(index)), "nlist")  # IVF on file
+    if damage == "missing":
+        index.unlink()
+    elif damage == "truncated":
+        index.write_bytes(index.read_bytes()[:100])
+    else:
+        old = index.read_bytes()
+        with medrt.SemanticCache(tmp_path, **kw) as c:
+            c.store("How is gout treated?", "colchicine", sampling=GREEDY)
+        index.write_bytes(old)  # one entry short of what SQLite records for the file
+    with medrt.SemanticCache(tmp_path, **kw) as c:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hit = c.lookup("What's the first-line treatment for community-acquired pneumonia "
+                           "in adults?", sampling=GREEDY).hit
+        assert hit is not None and hit.answer == "amoxicillin" and hit.tier == "disk"
+        named = [w for w in caught if index.name in str(w.message)]
+        assert len(named) == (0 if damage == "missing" else 1)
+        assert c.disk._indexes[index.stem].is_ivf
+    with medrt.SemanticCache(tmp_path, **kw) as c, warnings.catch_warnings():
+        warnings.simplefilter("error")  # written back at close: loads cleanly
+        assert c.disk.search(index.stem, c.embed(q), 1)[0][1] > 0.999
+        assert c.disk._indexes[index.stem].is_ivf
 
 
 def test_full_disk_turns_the_cache_off(tmp_path: Path, embedder) -> None:

@@ -156,7 +156,8 @@ def test_model_change_invalidates_everything(tmp_path: Path, embedder) -> None:
 
 def test_bad_settings_are_refused(tmp_path: Path, embedder) -> None:
     for kw, msg in [({"a": 1.5}, "a must be"), ({"threshold": 2}, "threshold"),
-                    ({"top_k": 0}, "positive"), ({"ttl_seconds": 0}, "ttl_seconds")]:
+                    ({"top_k": 0}, "positive"), ({"ttl_seconds": 0}, "ttl_seconds"),
+                    ({"ivf_min_entries": 0}, "positive"), ({"nprobe": 0}, "positive")]:
         with pytest.raises(InvalidRequest, match=msg):
             medrt.SemanticCache(tmp_path, embedder=embedder, **kw)
     with medrt.SemanticCache(tmp_path, embedder=embedder) as c, \

@@ -3,7 +3,8 @@
 Layout of a cache directory (docs/semantic-cache.md is the spec):
   cache.sqlite          entries, metadata (format version, embedder fingerprint, dim) and,
                         per scope, the entry count and largest id its index file covers
-  index/<scope>.faiss   the scope's IndexIDMap2(IndexFlatIP), written atomically
+  index/<scope>.faiss   the scope's index (flat, or IVF for a large scope: vector_index.py),
+                        written atomically
 
 SQLite is the truth. A write is acknowledged once its transaction commits (WAL, synchronous
 FULL), so a kill -9 at any moment loses nothing acknowledged. Index files are a cache of the
@@ -25,7 +26,7 @@ import numpy as np
 from medrt.cache.entry import Entry
 from medrt.cache.errors import CacheCorrupt, CacheDiskFull, CacheError
 from medrt.cache.text import words
-from medrt.cache.vector_index import VectorIndex
+from medrt.cache.vector_index import DEFAULT_SETTINGS, IndexSettings, VectorIndex
 
 FORMAT_VERSION = 1
 
@@ -56,8 +57,9 @@ def _is_full(e: BaseException) -> bool:
 
 class DiskTier:
     def __init__(self, path: Path, dim: int, embedder_fingerprint: str,
-                 ttl_seconds: float | None) -> None:
+                 ttl_seconds: float | None, index: IndexSettings = DEFAULT_SETTINGS) -> None:
         self.dir = Path(path)
+        self.index_settings = index
         self.db_path = self.dir / "cache.sqlite"
         self.index_dir = self.dir / "index"
         self.dim = dim
@@ -275,13 +277,13 @@ class DiskTier:
             try:
                 loaded = faiss.read_index(str(path))
                 if loaded.ntotal == count and loaded.d == self.dim:
-                    return VectorIndex.from_faiss(loaded, self.dim)
+                    return VectorIndex.from_faiss(loaded, self.dim, self.index_settings)
                 reason = "its vectors do not match the database"
             except RuntimeError as e:
                 reason = f"unreadable ({str(e).splitlines()[0][:120]})"
             warnings.warn(f"{path}: {reason}; rebuilding it from {self.db_path.name}",
                           RuntimeWarning, stacklevel=3)
-        idx = VectorIndex(self.dim)
+        idx = VectorIndex(self.dim, self.index_settings)
         self._dirty.add(scope)  # written back at the next checkpoint
         rows = self._db.execute("SELECT id, embedding FROM entries WHERE scope = ? ORDER BY id",
                                 (scope,)).fetchall()

@@ -12,13 +12,14 @@ from collections import OrderedDict
 import numpy as np
 
 from medrt.cache.entry import Entry
-from medrt.cache.vector_index import VectorIndex
+from medrt.cache.vector_index import DEFAULT_SETTINGS, IndexSettings, VectorIndex
 
 
 class MemoryTier:
     def __init__(self, dim: int, max_entries: int, max_bytes: int,
-                 ttl_seconds: float | None) -> None:
+                 ttl_seconds: float | None, index: IndexSettings = DEFAULT_SETTINGS) -> None:
         self.dim = dim
+        self.index_settings = index
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl = ttl_seconds
@@ -60,7 +61,7 @@ class MemoryTier:
         for scope, entries in new.items():
             idx = self._indexes.get(scope)
             if idx is None:
-                idx = self._indexes[scope] = VectorIndex(self.dim)
+                idx = self._indexes[scope] = VectorIndex(self.dim, self.index_settings)
             idx.add(np.array([e.id for e in entries]), np.stack([e.embedding for e in entries]))
         evicted: list[int] = []
         while len(self._lru) > self.max_entries or self.bytes > self.max_bytes:

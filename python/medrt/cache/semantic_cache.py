@@ -29,6 +29,7 @@ from medrt.cache.guard import Guard
 from medrt.cache.memory_tier import MemoryTier
 from medrt.cache.scope import Scope, is_deterministic
 from medrt.cache.text import combined_score, jaccard, text_hash, words
+from medrt.cache.vector_index import DEFAULT_IVF_MIN_ENTRIES, DEFAULT_NPROBE, IndexSettings
 from medrt.errors import InvalidRequest
 from medrt.medical.phi import has_phi
 
@@ -67,19 +68,23 @@ class SemanticCache:
     use) and ``a``/``threshold`` are the documented operating point. ``guard=False`` turns the
     number/negation/laterality/entity guard off (for measurement only). ``store_nondeterministic``
     also stores sampled answers without a seed. ``ttl_seconds`` expires entries in both tiers.
+    A scope of at least ``ivf_min_entries`` entries is searched through an IVF index that
+    scans ``nprobe`` of its lists (cache/vector_index.py).
     """
 
     def __init__(self, path: str | os.PathLike, *, embedder: Any = "all-minilm-l6-v2",
                  a: float = DEFAULT_A, threshold: float = DEFAULT_THRESHOLD, guard: bool = True,
                  top_k: int = 8, memory_entries: int = 10_000, memory_bytes: int = 256 << 20,
                  ttl_seconds: float | None = None, store_nondeterministic: bool = False,
-                 num_threads: int = 2) -> None:
+                 num_threads: int = 2, ivf_min_entries: int = DEFAULT_IVF_MIN_ENTRIES,
+                 nprobe: int = DEFAULT_NPROBE) -> None:
         if not 0.0 <= a <= 1.0:
             raise InvalidRequest(f"a must be in [0, 1], got {a}")
         if not -1.0 <= threshold <= 1.0:
             raise InvalidRequest(f"threshold must be in [-1, 1], got {threshold}")
-        if top_k < 1 or memory_entries < 1 or memory_bytes < 1:
-            raise InvalidRequest("top_k, memory_entries and memory_bytes must be positive")
+        if min(top_k, memory_entries, memory_bytes, ivf_min_entries, nprobe) < 1:
+            raise InvalidRequest("top_k, memory_entries, memory_bytes, ivf_min_entries and "
+                                 "nprobe must be positive")
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise InvalidRequest(f"ttl_seconds must be positive, got {ttl_seconds}")
         if isinstance(embedder, (str, os.PathLike)):
@@ -91,8 +96,9 @@ class SemanticCache:
         self.a, self.threshold, self.top_k = a, threshold, top_k
         self.guard = Guard.default() if guard else None
         self.store_nondeterministic = store_nondeterministic
-        self.memory = MemoryTier(embedder.dim, memory_entries, memory_bytes, ttl_seconds)
-        self.disk = DiskTier(self.path, embedder.dim, embedder.fingerprint, ttl_seconds)
+        index = IndexSettings(ivf_min_entries, nprobe)
+        self.memory = MemoryTier(embedder.dim, memory_entries, memory_bytes, ttl_seconds, index)
+        self.disk = DiskTier(self.path, embedder.dim, embedder.fingerprint, ttl_seconds, index)
         self.disabled_reason: str | None = None
         self._lock = threading.RLock()
         self._model: str | None = None
@@ -173,7 +179,9 @@ class SemanticCache:
     def _semantic(self, scope: str, question: str,
                   query: np.ndarray) -> tuple[CacheHit | None, str | None]:
         qwords = words(question)
-        qfeat = self.guard.features(question) if self.guard else None
+        # The guard's features of the question only once a candidate reaches the threshold:
+        # most lookups miss on score alone, and extracting them is most of the reranking.
+        qfeat = None
         refused: str | None = None
         seen: set[int] = set()
         for tier in ("memory", "disk"):
@@ -193,7 +201,8 @@ class SemanticCache:
                 seen.add(entry.id)
                 if score < self.threshold:
                     break
-                if qfeat is not None:
+                if self.guard is not None:
+                    qfeat = qfeat or self.guard.features(question)
                     verdict = self.guard.compare(qfeat, self.guard.features(entry.question))
                     if not verdict.ok:
                         refused = refused or verdict.reason
