@@ -30,6 +30,10 @@ class AsyncLLM(EngineFrontend):
     until it is known not to). With ``delta=True`` each yield holds only what is new since
     the previous one. Cancelling the consuming task, leaving the ``async for`` early or
     calling ``abort(request_id)`` aborts the request in the engine and frees its KV blocks.
+
+    A request whose LoRA adapter finds all ``max_loras`` slots held by adapters of running
+    requests waits for a slot, first come first served, without a bound (docs/adapters.md);
+    cancelling it while it waits leaves the queue having taken nothing.
     """
 
     def __init__(self, model: str | Path, *, cache: Any = None, **kwargs: Any) -> None:
@@ -132,7 +136,11 @@ class AsyncLLM(EngineFrontend):
         inbox: asyncio.Queue = asyncio.Queue()
         sink = _batched_sink(loop, inbox)
 
-        state = self._submit(prepared, sink, request_id)
+        # A request whose adapter finds every LoRA slot busy awaits one here, first come first
+        # served (lora/slots.py); the wait is not bounded.
+        state = await self._slots.start_async(
+            prepared.lora, lambda: self._submit(prepared, sink, request_id),
+            lambda s: self._abort(s, detach=True))
         self._running[state.request_id] = state
         try:
             while not state.engine_done:

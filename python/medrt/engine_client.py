@@ -8,7 +8,9 @@ thread never holds the GIL for long.
 
 A sink receives ``(monotonic time, output)`` items, or ``(time, exception)`` when the engine
 fails or is closed under the request. The engine's final output for a request (finished) is
-the last item its sink gets.
+the last item its sink gets. A request may also name an ``on_finished`` callback, called on
+this thread once the request has left the engine, even when its outputs were detached (the
+LoRA slots learn this way that an adapter may have become free).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class EngineClient:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self._sinks: dict[int, Sink | None] = {}
+        self._on_finished: dict[int, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._closing = False
@@ -44,8 +47,10 @@ class EngineClient:
                                         daemon=True)
         self._thread.start()
 
-    def add_request(self, prompt: Sequence[int], params: Any, sink: Sink) -> int:
-        """Queues a request in the engine; its outputs go to ``sink``. Returns the engine id."""
+    def add_request(self, prompt: Sequence[int], params: Any, sink: Sink,
+                    on_finished: Callable[[], None] | None = None) -> int:
+        """Queues a request in the engine; its outputs go to ``sink``, and ``on_finished`` is
+        called after its last. Returns the engine id."""
         with self._lock:
             if self._closing:
                 raise Cancelled("the engine is closed")
@@ -54,6 +59,8 @@ class EngineClient:
             # Registered under the lock, so the dispatcher cannot see an output before its sink.
             request_id = self.engine.add_request(list(prompt), params)
             self._sinks[request_id] = sink
+            if on_finished is not None:
+                self._on_finished[request_id] = on_finished
         return request_id
 
     def abort(self, request_id: int, detach: bool = False) -> None:
@@ -111,18 +118,22 @@ class EngineClient:
                 self._fail(e)
                 return
             now = time.monotonic()
-            deliveries = []
+            deliveries, finished = [], []
             with self._lock:
                 for out in outputs:
                     sink = self._sinks.get(out.request_id)
                     if out.finished:
                         self._sinks.pop(out.request_id, None)
+                        finished.append(self._on_finished.pop(out.request_id, None))
                     if sink is not None:
                         deliveries.append((sink, out))
                 if not self._sinks:
                     self._idle.notify_all()
             for sink, out in deliveries:
                 sink((now, out))
+            for hook in finished:
+                if hook is not None:
+                    hook()
         self._fail(Cancelled("the engine was closed while the request ran"))
 
     def _fail(self, error: BaseException) -> None:
@@ -130,8 +141,12 @@ class EngineClient:
             if not self._closing:
                 self._error = error
             sinks = [s for s in self._sinks.values() if s is not None]
+            hooks = list(self._on_finished.values())
             self._sinks.clear()
+            self._on_finished.clear()
             self._idle.notify_all()
         now = time.monotonic()
         for sink in sinks:
             sink((now, error))
+        for hook in hooks:
+            hook()

@@ -74,6 +74,7 @@ class EngineFrontend:
         from medrt import _core
         from medrt.device import select_device
         from medrt.lora.manager import LoraManager
+        from medrt.lora.slots import LoraSlots
 
         # "auto" | "cpu" | "cuda" (MEDRT_DEVICE overrides); enforce_eager and device_map only
         # matter on CUDA (docs/cuda.md).
@@ -126,12 +127,14 @@ class EngineFrontend:
         self._client = EngineClient(engine)
         self._finalizer = weakref.finalize(self, _close, self._client, self._lora)
         self._lora.attach(engine)
+        self._slots = LoraSlots(self._lora)  # requests whose adapter finds no slot wait here
         self._ids = itertools.count()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
         """Aborts running requests and stops the engine. Idempotent."""
+        self._slots.close()
         self._finalizer()
         self._client.close()  # when another thread is closing, waits until it is done
 
@@ -223,12 +226,17 @@ class EngineFrontend:
 
     def _submit(self, prepared: PreparedRequest, sink: Sink,
                 request_id: str | None = None) -> RequestState:
+        """Queues the request in the engine. A request with an adapter goes through the slots
+        (self._slots.start*), which load the adapter first."""
         state = RequestState(request_id if request_id is not None else str(next(self._ids)),
                              prepared.prompt, prepared.token_ids, prepared.params,
                              self.tokenizer)
+        on_finished = None
         if prepared.lora is not None:  # loaded now, so that eviction spares queued requests
             prepared.core_params.lora_id = self._lora.engine_id(prepared.lora)
-        state.engine_id = self._client.add_request(prepared.token_ids, prepared.core_params, sink)
+            on_finished = self._slots.released
+        state.engine_id = self._client.add_request(prepared.token_ids, prepared.core_params, sink,
+                                                   on_finished)
         return state
 
     def _abort(self, state: RequestState, detach: bool) -> None:

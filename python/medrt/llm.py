@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from medrt.embedder import EmbeddingRequestOutput
 
 
+# Put in a batch's inbox when a request with a LoRA adapter ended: its pending requests may
+# find a slot now.
+_SLOT_FREED = object()
+
+
 class LLM(EngineFrontend):
     """A model loaded into the engine, for offline and batch use.
 
@@ -94,7 +99,9 @@ class LLM(EngineFrontend):
         a dict with ``prompt`` or ``prompt_token_ids``. ``sampling_params`` is one
         SamplingParams for all prompts or a list with one per prompt. Every prompt is checked
         before any is queued. ``lora_request`` (adapter mode) is one LoRARequest for all
-        prompts or a list with one per prompt; None runs the base model.
+        prompts or a list with one per prompt; None runs the base model. More distinct
+        adapters than ``max_loras`` are fine: prompts whose adapter finds every slot busy run
+        as slots free up (docs/adapters.md).
         """
         self._require_decoder("generate")
         batch = _as_prompt_list(prompts)
@@ -172,26 +179,52 @@ class LLM(EngineFrontend):
                                  f"embed(), not {what}()")
 
     def _run_batch(self, prepared: list[PreparedRequest]) -> list[RequestOutput]:
+        # Requests whose adapter finds every LoRA slot busy stay pending, in prompt order, and
+        # are submitted as running requests end (lora/slots.py).
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         states: dict[int, RequestState] = {}
+        started: list[RequestState | None] = [None] * len(prepared)
+        pending = list(range(len(prepared)))
+
+        def wake() -> None:
+            inbox.put((0.0, _SLOT_FREED))
+
+        self._slots.listen(wake)
         try:
-            for p in prepared:
-                state = self._submit(p, inbox.put)
-                states[state.engine_id] = state
-            while not all(s.engine_done for s in states.values()):
-                self._apply_next(inbox, states)
+            self._submit_fitting(prepared, pending, started, states, inbox)
+            while pending or not all(s.engine_done for s in states.values()):
+                if self._apply_next(inbox, states) is _SLOT_FREED and pending:
+                    self._submit_fitting(prepared, pending, started, states, inbox)
         except Exception:
             # E.g. a later prompt does not fit the KV pool: the requests already queued are
             # aborted, and the error is raised once the engine has released them.
             self._abort_and_wait(inbox, states)
             raise
         finally:
+            self._slots.unlisten(wake)
             self._detach_unfinished(states)
-        return [s.output() for s in states.values()]
+        return [s.output() for s in started]  # type: ignore[union-attr]
+
+    def _submit_fitting(self, prepared: list[PreparedRequest], pending: list[int],
+                        started: list[RequestState | None], states: dict[int, RequestState],
+                        inbox: queue.SimpleQueue) -> None:
+        """Submits the pending requests that find their adapter's slot, in order; the others
+        stay pending. A batch ends, so later prompts may overtake one that waits."""
+        full = False  # once a load failed, only adapters already loaded can start this pass
+        for i in list(pending):
+            p = prepared[i]
+            if full and not self._slots.loaded(p.lora):
+                continue
+            state = self._slots.start(p.lora, lambda p=p: self._submit(p, inbox.put))
+            if state is None:
+                full = True
+                continue
+            pending.remove(i)
+            started[i] = states[state.engine_id] = state
 
     def _stream_text(self, prepared: PreparedRequest) -> Iterator[str]:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        state = self._submit(prepared, inbox.put)
+        state = self._slots.start_blocking(prepared.lora, lambda: self._submit(prepared, inbox.put))
         states = {state.engine_id: state}
         try:
             while not state.engine_done:
@@ -207,8 +240,11 @@ class LLM(EngineFrontend):
         finally:
             self._detach_unfinished(states)
 
-    def _apply_next(self, inbox: queue.SimpleQueue, states: dict[int, RequestState]) -> None:
+    def _apply_next(self, inbox: queue.SimpleQueue, states: dict[int, RequestState]) -> Any:
+        """Applies the next engine output; returns the item taken (_SLOT_FREED included)."""
         received, item = inbox.get()
+        if item is _SLOT_FREED:
+            return item
         if isinstance(item, BaseException):
             # The engine failed or was closed: the client has dropped every request.
             for state in states.values():
@@ -219,6 +255,7 @@ class LLM(EngineFrontend):
         if state.needs_abort:
             state.needs_abort = False
             self._abort(state, detach=False)
+        return item
 
     def _abort_and_wait(self, inbox: queue.SimpleQueue, states: dict[int, RequestState]) -> None:
         for state in states.values():
