@@ -13,7 +13,8 @@ in RAM). The formats, each into `--work-dir`:
 - `int4-g64` and `paper`: medrt-quant directories (docs/quantized-format.md) under the recipes
   of medrt_train: `int4-g64` is the built-in `int4` recipe (every linear int4, groups of 64),
   `paper` the built-in `paper` recipe (attention int8 per row, MLP nf4; embeddings and LM head
-  f16, norms f32). Codes are random; scales and zeros are drawn from those that
+  f16, norms f32); `paper-int8-io` the same with int8 embeddings and LM head (the CLI's
+  `--embeddings int8 --lm-head int8`; the paper's 64.7% cut quantizes those too). Codes are random; scales and zeros are drawn from those that
   round-to-nearest quantization (medrt_train.quant.types.fit_params) gives for groups of
   N(0, 0.02) weights, so every value lies where a quantized model's would. int8 codes are
   rounded normals (RTN codes of Gaussian weights), 4-bit codes uniform.
@@ -77,7 +78,7 @@ SHAPES: dict[str, dict] = {
            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
            "vocab_size": 152064, "max_window_layers": 28},
 }
-FORMATS = ("f16", "int4-g64", "paper", "gguf-q4_0")
+FORMATS = ("f16", "int4-g64", "paper", "paper-int8-io", "gguf-q4_0")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -326,7 +327,10 @@ def recipe_for(fmt: str):
     """The medrt_train recipe of a medrt-quant format name."""
     from medrt_train.quant.recipes import BUILTIN
 
-    return {"int4-g64": BUILTIN["int4"], "paper": BUILTIN["paper"]}[fmt]
+    # paper-int8-io: `medrt-train quantize --recipe paper --embeddings int8 --lm-head int8`, the
+    # paper's memory figure (5.25 of 14.9 GB) counts no f16 embedding or output projection.
+    return {"int4-g64": BUILTIN["int4"], "paper": BUILTIN["paper"],
+            "paper-int8-io": BUILTIN["paper"].with_overrides("int8", "int8")}[fmt]
 
 
 def _dtype_name(wt: WeightType) -> tuple[type, str]:
