@@ -11,6 +11,7 @@ void bind_model(pybind11::module_& m);       // bind_model.cpp: Model.forward fo
 void bind_engine(pybind11::module_& m);      // bind_engine.cpp: Engine, SamplingParams, outputs
 void bind_device(pybind11::module_& m);      // bind_device.cpp: cuda_status()
 void bind_encoder(pybind11::module_& m);     // bind_encoder.cpp: the sentence encoder
+void bind_arch(pybind11::module_& m);        // bind_arch.cpp: the architecture registry
 
 // The config as a Python dict (the keys BINDINGS.md lists); defined in bind_model.cpp, shared by
 // Model.config and Engine.model_config so both spell the fields alike.

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   medrt::bindings::bind_engine(m);
   medrt::bindings::bind_device(m);
   medrt::bindings::bind_encoder(m);
+  medrt::bindings::bind_arch(m);
 }

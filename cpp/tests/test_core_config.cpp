@@ -192,6 +192,39 @@ TEST(rejects_unsupported_values) {
   }
 }
 
+TEST(the_registry_tells_decoders_from_encoders) {
+  using medrt::ArchKind;
+  CHECK(medrt::find_arch("BertModel")->kind == ArchKind::Encoder);
+  CHECK(medrt::find_arch("LlamaForCausalLM")->kind == ArchKind::Decoder);
+  CHECK(medrt::find_arch_of("bert", "BertForMaskedLM")->arch == Arch::Bert);
+  CHECK(medrt::find_arch_of("", "Qwen2ForCausalLM")->arch == Arch::Qwen2);
+  CHECK(medrt::find_arch_of("gpt2", "GPT2LMHeadModel") == nullptr);
+  CHECK(medrt::supported_architectures() ==
+        "decoders: LlamaForCausalLM, Qwen2ForCausalLM; encoders: BertModel");
+  // An encoder given to the decoder's parser is named and sent to the embedder, whether
+  // its class is an entry (BertModel), its model_type is (BertForMaskedLM), or only the
+  // model_type is written.
+  const std::string to_embedder =
+      "is an encoder (an embedding model), not a decoder: load it with medrt.Embedder or "
+      "LLM(...).embed";
+  CHECK_THROWS(InvalidCheckpoint,
+               ModelConfig::from_json(with(kSmol, "architectures", R"(["BertModel"])"), "c"),
+               "c: field 'architectures': \"BertModel\" " + to_embedder);
+  CHECK_THROWS(InvalidCheckpoint,
+               ModelConfig::from_json(with(with(kSmol, "architectures", R"(["BertForMaskedLM"])"),
+                                           "model_type", "\"bert\""),
+                                      "c"),
+               "\"BertForMaskedLM\" " + to_embedder);
+  CHECK_THROWS(InvalidCheckpoint,
+               ModelConfig::from_json(with(without(kSmol, "architectures"), "model_type",
+                                           "\"bert\""),
+                                      "c"),
+               "\"BertModel\" " + to_embedder);
+  CHECK_THROWS(InvalidCheckpoint,
+               ModelConfig::from_json(with(kSmol, "architectures", R"(["GPT2LMHeadModel"])"), "c"),
+               "(medrt runs decoders: LlamaForCausalLM, Qwen2ForCausalLM; encoders: BertModel)");
+}
+
 TEST(reads_config_file) {
   auto dir = std::filesystem::temp_directory_path() /
              ("medrt_test_cfg_" + std::to_string(::getpid()));

@@ -1,5 +1,5 @@
-// The encoder ops (LayerNorm, GELU-erf, bidirectional attention over packed rows) against
-// double-precision references on every instruction set this CPU has.
+// The encoder ops (LayerNorm, GELU-erf, bidirectional attention over packed rows, mean
+// pooling) against double-precision references on every instruction set this CPU has.
 #include <cmath>
 #include <random>
 #include <vector>
@@ -145,4 +145,30 @@ TEST(encoder_attention_matches_reference_per_sequence) {
     }
   }
   cpu::set_isa(cpu::detected_isa());
+}
+
+TEST(mean_pool_l2_matches_reference_per_sequence) {
+  std::mt19937 rng(7);
+  const int64_t D = 19;
+  const std::vector<int64_t> offsets{0, 1, 6, 13};
+  const std::vector<float> x = random_vec(13 * D, rng, -2.0f, 2.0f);
+  std::vector<float> out(3 * D);
+  cpu::mean_pool_l2(x.data(), D, offsets.data(), 3, out.data());
+  for (int64_t s = 0; s < 3; ++s) {
+    std::vector<double> mean(size_t(D), 0.0);
+    for (int64_t t = offsets[size_t(s)]; t < offsets[size_t(s) + 1]; ++t)
+      for (int64_t d = 0; d < D; ++d) mean[size_t(d)] += x[size_t(t * D + d)];
+    double sq = 0;
+    for (double& m : mean) {
+      m /= double(offsets[size_t(s) + 1] - offsets[size_t(s)]);
+      sq += m * m;
+    }
+    for (int64_t d = 0; d < D; ++d)
+      CHECK_NEAR(out[size_t(s * D + d)], mean[size_t(d)] / std::sqrt(sq), 1e-6);
+  }
+  // A zero row stays zero (the norm is floored, not divided by).
+  const std::vector<float> zeros(size_t(D), 0.0f);
+  const std::vector<int64_t> one{0, 1};
+  cpu::mean_pool_l2(zeros.data(), D, one.data(), 1, out.data());
+  for (int64_t d = 0; d < D; ++d) CHECK(out[size_t(d)] == 0.0f);
 }

@@ -173,7 +173,19 @@ TEST(config_refuses_a_decoder_and_bad_fields) {
   CHECK_THROWS(InvalidCheckpoint,
                EncoderConfig::from_json(R"({"model_type": "llama",
                    "architectures": ["LlamaForCausalLM"]})", "x/config.json"),
-               "x/config.json: model_type 'llama' (LlamaForCausalLM) is not a BERT encoder");
+               "x/config.json: model_type 'llama' (LlamaForCausalLM) is a decoder, not a BERT "
+               "encoder; medrt.LLM generates with it, and an embedding model needs one of "
+               "BertModel");
+  // No entry at all: named, with what medrt runs.
+  CHECK_THROWS(InvalidCheckpoint,
+               EncoderConfig::from_json(R"({"model_type": "gpt2",
+                   "architectures": ["GPT2Model"]})", "x/config.json"),
+               "model_type 'gpt2' (GPT2Model) is not a BERT encoder; an embedding model needs "
+               "\"model_type\": \"bert\" (medrt runs decoders: LlamaForCausalLM");
+  // A BertForX class is found by its model_type.
+  std::string masked = kBertConfig;
+  masked.replace(masked.find("BertModel"), 9, "BertForMaskedLM");
+  CHECK(EncoderConfig::from_json(masked, "c").arch == medrt::Arch::Bert);
   CHECK_THROWS(InvalidCheckpoint,
                EncoderConfig::from_json(R"({"model_type": "bert", "hidden_size": 24})", "c"),
                "field 'num_hidden_layers': missing");

@@ -128,16 +128,26 @@ class EmbeddingRequestOutput:
 
 
 def is_encoder(model: str | os.PathLike) -> bool:
-    """True for a known encoder name or a directory whose config.json says BERT."""
+    """True for a known encoder name or a directory whose config.json names an encoder entry of
+    medrt's architecture registry (``_core.architectures()``, looked up as the C++ loaders do:
+    by model_type, else by architectures[0])."""
+    from medrt import _core
     from medrt.models.registry import KNOWN_ENCODERS
 
     if str(model) in KNOWN_ENCODERS:
         return True
     config = Path(model).expanduser() / "config.json"
     try:
-        return json.loads(config.read_text()).get("model_type") == "bert"
-    except (OSError, ValueError, AttributeError):
+        cfg = json.loads(config.read_text())
+        keys = {"model_type": cfg.get("model_type"), "name": (cfg.get("architectures") or [""])[0]}
+    except (OSError, ValueError, AttributeError, LookupError):
         return False
+    entries = _core.architectures()
+    for key, value in keys.items():
+        for entry in entries:
+            if entry[key] == value:
+                return entry["kind"] == "encoder"
+    return False
 
 
 def embed_outputs(embedder: Embedder, texts: Sequence[str] | str,

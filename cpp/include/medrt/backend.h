@@ -1,4 +1,5 @@
-// The backend interface: the op set the decoder is written over, on the backend's own memory.
+// The backend interface: the op set the decoder and the encoder are written over, on the
+// backend's own memory.
 // CpuBackend (backend/cpu/) implements it with the kernels of kernels.h; a CUDA backend
 // implements the same ops on device memory and one stream. The model calls nothing else, so
 // it is written once, and each layer can live on a different backend (layer-to-device
@@ -79,6 +80,30 @@ class Backend {
                         const cpu::PagedKV& cache) = 0;
   virtual void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
                                const cpu::AttentionBatch& batch, float scale, float* out) = 0;
+
+  // --- encoder ops (BERT, model/bert_encoder.cpp) -------------------------------------------
+  // Pure like the rest, so that a backend says for each op what it does: the CUDA backend
+  // answers them with an Error "not implemented on CUDA yet" (cuda_encoder_ops.cpp).
+  // Rows of several sequences are packed: sequence s owns token rows [offsets[s],
+  // offsets[s + 1]); offsets ([n_seqs + 1], offsets[0] = 0) is backend memory like any index.
+  //
+  // y[t, :] = (x[t, :] - mean) / sqrt(var + eps) * w + b (biased variance, as
+  // torch.nn.LayerNorm); w, b from prepare_vector; y may be x.
+  virtual void layernorm(const float* x, int64_t T, int64_t D, const BackendWeight& w,
+                         const BackendWeight& b, float eps, float* y) = 0;
+  // x[i] = 0.5 x (1 + erf(x / sqrt 2)) in place (the exact GELU BERT trains with).
+  virtual void gelu(float* x, int64_t n) = 0;
+  // Bidirectional attention: each query row attends to every key row of its own sequence.
+  // q, k, v: rows of `stride` floats, head h at columns [h*head_dim, (h+1)*head_dim) (views
+  // into one fused [T, 3H] buffer, say); out: [T, n_heads * head_dim] dense.
+  virtual void encoder_attention(const float* q, const float* k, const float* v,
+                                 int64_t stride, int64_t n_heads, int64_t head_dim,
+                                 const int64_t* offsets, int64_t n_seqs, float scale,
+                                 float* out) = 0;
+  // out[s, :] = mean of x's rows of sequence s (in token order), divided by its L2 norm
+  // (floored at 1e-12): sentence-transformers' Pooling(mean) + Normalize. x: [T, D].
+  virtual void mean_pool_l2(const float* x, int64_t D, const int64_t* offsets, int64_t n_seqs,
+                            float* out) = 0;
 };
 
 // The CPU backend over `pool` (which must outlive it), kernels for the ISA chosen at run time.

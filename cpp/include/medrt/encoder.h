@@ -9,9 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "medrt/arch.h"
+
 namespace medrt {
 
 struct EncoderConfig {
+  Arch arch = Arch::Bert;  // its registry entry (arch.h), of kind ArchKind::Encoder
   std::string model_type;  // "bert"
   int hidden_size = 0;
   int num_layers = 0;
@@ -23,7 +26,8 @@ struct EncoderConfig {
   float layer_norm_eps = 1e-12f;
 
   // Parses config.json text; throws InvalidCheckpoint naming `source` and the field, and for
-  // a model that is not a BERT encoder (a decoder's config.json, say).
+  // a model whose registry entry is not an encoder (a decoder's config.json names what it
+  // is) or that has no entry.
   static EncoderConfig from_json(const std::string& json_text, const std::string& source);
 };
 

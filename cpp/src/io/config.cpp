@@ -199,6 +199,11 @@ ModelConfig ModelConfig::from_json(const std::string& json_text, const std::stri
   ModelConfig c;
   c.architecture = architecture_of(f);
   const ArchSpec* spec = find_arch(c.architecture);
+  // An encoder (a BertForX class names no entry, its model_type does) belongs to the embedder.
+  const ArchSpec* family = spec ? spec : find_arch_by_model_type(f.string("model_type", ""));
+  if (family && family->kind == ArchKind::Encoder)
+    f.fail("architectures", "\"" + c.architecture + "\" is an encoder (an embedding model), "
+                            "not a decoder: load it with medrt.Embedder or LLM(...).embed");
   if (!spec)
     f.fail("architectures", "unsupported architecture \"" + c.architecture + "\" (medrt runs " +
                                 supported_architectures() + ")");

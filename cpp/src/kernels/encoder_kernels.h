@@ -4,9 +4,9 @@
 // (norm_gelu_{portable,avx2}.cpp, encoder_attention_{portable,avx2}.cpp), chosen at run time
 // like every other op; encoder_dispatch.cpp checks arguments once.
 //
-// These are not (yet) Backend ops: the encoder (model/bert_encoder.cpp) calls them directly on
-// the CPU. Rows never interact except inside one sequence's attention, so an embedding does
-// not depend on what else is in the batch.
+// CpuBackend's encoder ops (backend.h) are these; the encoder (model/bert_encoder.cpp) reaches
+// them through the Backend. Rows never interact except inside one sequence's attention (and
+// pooling), so an embedding does not depend on what else is in the batch.
 #pragma once
 #include <cstdint>
 
@@ -36,6 +36,12 @@ struct PackedRows {
 void encoder_attention(const float* q, const float* k, const float* v, int64_t stride,
                        int64_t n_heads, int64_t head_dim, const PackedRows& rows, float scale,
                        float* out, ThreadPool& pool);
+
+// out[s, :] = mean over the rows [offsets[s], offsets[s + 1]) of x [., D], in token order,
+// then divided by its L2 norm (summed in double, floored at 1e-12). Portable only: it is one
+// pass over the last hidden states, not worth an ISA path.
+void mean_pool_l2(const float* x, int64_t D, const int64_t* offsets, int64_t n_seqs,
+                  float* out);
 
 #define MEDRT_ENCODER_KERNEL_DECLS                                                              \
   void layernorm(const float* x, int64_t T, int64_t D, const float* w, const float* b,        \

@@ -1,9 +1,11 @@
 // config.json -> EncoderConfig. Kept apart from the decoder's ModelConfig: a BERT directory
-// has none of the decoder's fields, and a decoder directory must be refused here by name.
+// has none of the decoder's fields. The family comes from the architecture registry (arch.h),
+// so a decoder directory is refused here by its entry's kind, and named.
 #include <climits>
 #include <string>
 
 #include "io/json.h"
+#include "medrt/arch.h"
 #include "medrt/encoder.h"
 #include "medrt/error.h"
 
@@ -46,16 +48,27 @@ EncoderConfig EncoderConfig::from_json(const std::string& json_text, const std::
   if (root.type != json::Type::Object) throw InvalidCheckpoint(source + ": expected an object");
   EncoderConfig c;
   c.model_type = string_field(root, "model_type");
-  if (c.model_type != "bert") {
-    std::string arch;
-    if (const json::Value* a = root.find("architectures");
-        a && a->type == json::Type::Array && !a->array.empty() &&
-        a->array[0].type == json::Type::String)
-      arch = " (" + a->array[0].string + ")";
-    throw InvalidCheckpoint(source + ": model_type '" + c.model_type + "'" + arch +
+  std::string hf_name;
+  if (const json::Value* a = root.find("architectures");
+      a && a->type == json::Type::Array && !a->array.empty() &&
+      a->array[0].type == json::Type::String)
+    hf_name = a->array[0].string;
+  // The registry entry (model_type first: BertForX classes are BERT by their model_type).
+  const ArchSpec* spec = find_arch_of(c.model_type, hf_name);
+  if (!spec || spec->kind != ArchKind::Encoder) {
+    const std::string got = "model_type '" + c.model_type + "'" +
+                            (hf_name.empty() ? "" : " (" + hf_name + ")");
+    if (spec)  // a decoder: say what it is and where it runs
+      throw InvalidCheckpoint(source + ": " + got + " is a " + arch_kind_name(spec->kind) +
+                              ", not a BERT encoder; medrt.LLM generates with it, and an "
+                              "embedding model needs one of " +
+                              architectures_of_kind(ArchKind::Encoder));
+    throw InvalidCheckpoint(source + ": " + got +
                             " is not a BERT encoder; an embedding model needs "
-                            "\"model_type\": \"bert\"");
+                            "\"model_type\": \"bert\" (medrt runs " +
+                            supported_architectures() + ")");
   }
+  c.arch = spec->arch;
   const std::string act = string_field(root, "hidden_act");
   if (!act.empty() && act != "gelu")
     fail(source, "hidden_act", "'" + act + "' is not supported (only 'gelu', the erf form)");

@@ -6,54 +6,32 @@
 // to know where a row ends.
 #include "model/bert_encoder.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
-#include "io/read_file.h"
-#include "kernels/encoder_kernels.h"
 #include "medrt/error.h"
-#include "medrt/kernels.h"
 #include "medrt/linear.h"
 
-namespace medrt {
-
-std::unique_ptr<Encoder> Encoder::open(const std::string& dir, int n_threads) {
-  return std::make_unique<model::BertEncoder>(dir, n_threads);
-}
-
-std::vector<float> Encoder::embed(const std::vector<std::vector<int32_t>>& rows) {
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> offsets{0};
-  for (const auto& r : rows) {
-    tokens.insert(tokens.end(), r.begin(), r.end());
-    offsets.push_back(int64_t(tokens.size()));
-  }
-  std::vector<float> out(rows.size() * size_t(dim()));
-  embed(tokens.data(), offsets.data(), int64_t(rows.size()), out.data());
-  return out;
-}
-
-namespace model {
+namespace medrt::model {
 namespace fs = std::filesystem;
 
-BertEncoder::BertEncoder(const std::string& dir, int n_threads)
-    : pool_(ThreadPool::resolve_num_threads(n_threads)) {
-  if (!fs::is_directory(dir))
-    throw InvalidCheckpoint(dir + ": not a directory (expected a BERT model directory)");
-  const std::string config_path = (fs::path(dir) / "config.json").string();
-  config_ = EncoderConfig::from_json(io::read_text_file(config_path), config_path);
+BertEncoder::BertEncoder(const std::string& dir, EncoderConfig config, int n_threads,
+                         Backend* backend)
+    : backend_(backend), config_(std::move(config)) {
+  if (!backend_) {
+    pool_ = std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(n_threads));
+    own_backend_ = make_cpu_backend(*pool_);
+    backend_ = own_backend_.get();
+  }
   const std::string weights = (fs::path(dir) / "model.safetensors").string();
   if (!fs::is_regular_file(weights))
     throw InvalidCheckpoint(weights + ": missing (an encoder's weights are one model.safetensors)");
   file_ = SafetensorsFile::open(weights);
   if (file_->tensors().count("bert.embeddings.word_embeddings.weight")) prefix_ = "bert.";
 
-  const int64_t H = config_.hidden_size;
-  word_emb_ = tensor("embeddings.word_embeddings.weight", {config_.vocab_size, H});
-  pos_emb_ = tensor("embeddings.position_embeddings.weight", {config_.max_position_embeddings, H});
-  type_emb_ = tensor("embeddings.token_type_embeddings.weight", {config_.type_vocab_size, H});
+  word_emb_ = table("embeddings.word_embeddings.weight", config_.vocab_size);
+  pos_emb_ = table("embeddings.position_embeddings.weight", config_.max_position_embeddings);
+  type_emb_ = table("embeddings.token_type_embeddings.weight", config_.type_vocab_size);
   emb_norm_ = norm("embeddings.LayerNorm");
   layers_.resize(size_t(config_.num_layers));
   for (int i = 0; i < config_.num_layers; ++i) load_layer(i, layers_[size_t(i)]);
@@ -79,18 +57,6 @@ const TensorView& BertEncoder::tensor(const std::string& name,
 
 namespace {
 
-std::vector<float> to_f32(const TensorView& t) {
-  std::vector<float> v(size_t(t.numel()));
-  const auto* h = static_cast<const uint16_t*>(t.data);
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (t.dtype == DType::F32)
-      v[i] = static_cast<const float*>(t.data)[i];
-    else
-      v[i] = t.dtype == DType::F16 ? f16_to_f32(h[i]) : bf16_to_f32(h[i]);
-  }
-  return v;
-}
-
 TensorView view_of(const std::vector<uint8_t>& bytes, DType dtype, std::vector<int64_t> shape) {
   TensorView t;
   t.dtype = dtype;
@@ -102,15 +68,23 @@ TensorView view_of(const std::vector<uint8_t>& bytes, DType dtype, std::vector<i
 
 }  // namespace
 
-BertEncoder::Norm BertEncoder::norm(const std::string& prefix) const {
-  const int64_t H = config_.hidden_size;
-  return Norm{to_f32(tensor(prefix + ".weight", {H})), to_f32(tensor(prefix + ".bias", {H}))};
+// An embedding table is a linear weight without bias ([rows, H]), read by Backend::embedding.
+BertEncoder::Weight BertEncoder::table(const std::string& name, int64_t rows) const {
+  return backend_->prepare_linear(
+      float_linear(prefix_ + name, tensor(name, {rows, config_.hidden_size})));
 }
 
-cpu::PackedLinear BertEncoder::linear(const std::string& prefix, int64_t out, int64_t in) const {
+BertEncoder::Norm BertEncoder::norm(const std::string& prefix) const {
+  const int64_t H = config_.hidden_size;
+  return Norm{backend_->prepare_vector(tensor(prefix + ".weight", {H}), prefix_ + prefix),
+              backend_->prepare_vector(tensor(prefix + ".bias", {H}), prefix_ + prefix)};
+}
+
+BertEncoder::Weight BertEncoder::linear(const std::string& prefix, int64_t out,
+                                        int64_t in) const {
   const TensorView& w = tensor(prefix + ".weight", {out, in});
   const TensorView& b = tensor(prefix + ".bias", {out});
-  return cpu::pack_linear(float_linear(prefix_ + prefix, w, &b));
+  return backend_->prepare_linear(float_linear(prefix_ + prefix, w, &b));
 }
 
 void BertEncoder::load_layer(int i, Layer& layer) {
@@ -134,7 +108,8 @@ void BertEncoder::load_layer(int i, Layer& layer) {
   }
   const TensorView qkv_w = view_of(layer.qkv_weight, wdt, {3 * H, H});
   const TensorView qkv_b = view_of(layer.qkv_bias, bdt, {3 * H});
-  layer.qkv = cpu::pack_linear(float_linear(prefix_ + p + "attention.self.qkv", qkv_w, &qkv_b));
+  layer.qkv =
+      backend_->prepare_linear(float_linear(prefix_ + p + "attention.self.qkv", qkv_w, &qkv_b));
   layer.attn_out = linear(p + "attention.output.dense", H, H);
   layer.attn_norm = norm(p + "attention.output.LayerNorm");
   layer.ffn_in = linear(p + "intermediate.dense", I, H);
@@ -160,50 +135,49 @@ void BertEncoder::embed(const int32_t* tokens, const int64_t* offsets, int64_t n
   const int64_t H = config_.hidden_size, I = config_.intermediate_size;
   const int64_t n_heads = config_.num_heads, head_dim = H / n_heads;
   const float eps = config_.layer_norm_eps;
+  Backend& b = *backend_;
 
-  std::vector<float> x(size_t(T * H)), tmp(size_t(T * H)), ctx(size_t(T * H));
-  std::vector<float> qkv(size_t(T * 3 * H)), ffn(size_t(T * I));
-  cpu::embedding(tokens, T, word_emb_, x.data());
-  cpu::embedding(positions.data(), T, pos_emb_, tmp.data());
-  cpu::add_inplace(x.data(), tmp.data(), T * H);
+  // The call's buffers in backend memory (ops take nothing else): the index arrays copied in,
+  // the activations, and the pooled embeddings copied back out.
   const int32_t type0 = 0;
-  std::vector<float> type_row(static_cast<size_t>(H));
-  cpu::embedding(&type0, 1, type_emb_, type_row.data());
-  for (int64_t t = 0; t < T; ++t) cpu::add_inplace(x.data() + t * H, type_row.data(), H);
-  cpu::layernorm(x.data(), T, H, emb_norm_.w.data(), emb_norm_.b.data(), eps, x.data());
+  DeviceBuffer d_tokens(b, size_t(T) * sizeof(int32_t)), d_pos(b, size_t(T) * sizeof(int32_t));
+  DeviceBuffer d_offsets(b, size_t(n_rows + 1) * sizeof(int64_t)), d_type(b, sizeof(int32_t));
+  b.to_device(d_tokens.get(), tokens, d_tokens.bytes());
+  b.to_device(d_pos.get(), positions.data(), d_pos.bytes());
+  b.to_device(d_offsets.get(), offsets, d_offsets.bytes());
+  b.to_device(d_type.get(), &type0, d_type.bytes());
+  const auto floats = [&](int64_t n) { return DeviceBuffer(b, size_t(n) * sizeof(float)); };
+  DeviceBuffer xb = floats(T * H), tmpb = floats(T * H), ctxb = floats(T * H);
+  DeviceBuffer qkvb = floats(T * 3 * H), ffnb = floats(T * I), typeb = floats(H);
+  DeviceBuffer pooled = floats(n_rows * H);
+  float *x = xb.get<float>(), *tmp = tmpb.get<float>(), *ctx = ctxb.get<float>();
+  float *qkv = qkvb.get<float>(), *ffn = ffnb.get<float>(), *type_row = typeb.get<float>();
 
-  const cpu::PackedRows rows{n_rows, offsets};
+  b.embedding(*word_emb_, d_tokens.get<int32_t>(), T, x);
+  b.embedding(*pos_emb_, d_pos.get<int32_t>(), T, tmp);
+  b.add(x, tmp, T * H);
+  b.embedding(*type_emb_, d_type.get<int32_t>(), 1, type_row);
+  for (int64_t t = 0; t < T; ++t) b.add(x + t * H, type_row, H);
+  b.layernorm(x, T, H, *emb_norm_.w, *emb_norm_.b, eps, x);
+
+  const int64_t* offs = d_offsets.get<int64_t>();
   const float scale = 1.0f / std::sqrt(float(head_dim));
   for (const Layer& L : layers_) {
-    cpu::linear(L.qkv, x.data(), T, qkv.data(), pool_);
-    cpu::encoder_attention(qkv.data(), qkv.data() + H, qkv.data() + 2 * H, 3 * H, n_heads,
-                           head_dim, rows, scale, ctx.data(), pool_);
-    cpu::linear(L.attn_out, ctx.data(), T, tmp.data(), pool_);
-    cpu::add_inplace(x.data(), tmp.data(), T * H);
-    cpu::layernorm(x.data(), T, H, L.attn_norm.w.data(), L.attn_norm.b.data(), eps, x.data());
-    cpu::linear(L.ffn_in, x.data(), T, ffn.data(), pool_);
-    cpu::gelu_erf(ffn.data(), T * I);
-    cpu::linear(L.ffn_out, ffn.data(), T, tmp.data(), pool_);
-    cpu::add_inplace(x.data(), tmp.data(), T * H);
-    cpu::layernorm(x.data(), T, H, L.ffn_norm.w.data(), L.ffn_norm.b.data(), eps, x.data());
+    b.linear(*L.qkv, x, T, qkv);
+    b.encoder_attention(qkv, qkv + H, qkv + 2 * H, 3 * H, n_heads, head_dim, offs, n_rows,
+                        scale, ctx);
+    b.linear(*L.attn_out, ctx, T, tmp);
+    b.add(x, tmp, T * H);
+    b.layernorm(x, T, H, *L.attn_norm.w, *L.attn_norm.b, eps, x);
+    b.linear(*L.ffn_in, x, T, ffn);
+    b.gelu(ffn, T * I);
+    b.linear(*L.ffn_out, ffn, T, tmp);
+    b.add(x, tmp, T * H);
+    b.layernorm(x, T, H, *L.ffn_norm.w, *L.ffn_norm.b, eps, x);
   }
 
-  // Mean over each row's tokens (in token order), then divide by the L2 norm.
-  for (int64_t r = 0; r < n_rows; ++r) {
-    float* o = out + r * H;
-    std::fill(o, o + H, 0.0f);
-    for (int64_t t = offsets[r]; t < offsets[r + 1]; ++t)
-      for (int64_t d = 0; d < H; ++d) o[d] += x[size_t(t * H + d)];
-    const float inv_n = 1.0f / float(offsets[r + 1] - offsets[r]);
-    double sq = 0.0;
-    for (int64_t d = 0; d < H; ++d) {
-      o[d] *= inv_n;
-      sq += double(o[d]) * o[d];
-    }
-    const float inv_norm = 1.0f / std::fmax(float(std::sqrt(sq)), 1e-12f);
-    for (int64_t d = 0; d < H; ++d) o[d] *= inv_norm;
-  }
+  b.mean_pool_l2(x, H, offs, n_rows, pooled.get<float>());
+  b.to_host(out, pooled.get(), pooled.bytes());
 }
 
-}  // namespace model
-}  // namespace medrt
+}  // namespace medrt::model

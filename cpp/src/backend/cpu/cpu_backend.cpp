@@ -1,4 +1,5 @@
-// CpuBackend: the Backend interface over the CPU kernels (kernels.h, weight_kernels.h). Memory
+// CpuBackend: the Backend interface over the CPU kernels (kernels.h, weight_kernels.h,
+// encoder_kernels.h). Memory
 // is host memory, ops run synchronously on the calling thread and the shared thread pool, and
 // weights are repacked once at load by the weight type's table entry.
 #include <cstdlib>
@@ -6,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/encoder_kernels.h"
 #include "kernels/weight_kernels.h"
 #include "medrt/backend.h"
 #include "medrt/error.h"
@@ -137,6 +139,25 @@ class CpuBackend final : public Backend {
   void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
                        const cpu::AttentionBatch& batch, float scale, float* out) override {
     cpu::paged_attention(q, n_heads, cache, batch, scale, out, pool_);
+  }
+
+  void layernorm(const float* x, int64_t T, int64_t D, const BackendWeight& w,
+                 const BackendWeight& b, float eps, float* y) override {
+    cpu::layernorm(x, T, D, as_vector(w).v.data(), as_vector(b).v.data(), eps, y);
+  }
+
+  void gelu(float* x, int64_t n) override { cpu::gelu_erf(x, n); }
+
+  void encoder_attention(const float* q, const float* k, const float* v, int64_t stride,
+                         int64_t n_heads, int64_t head_dim, const int64_t* offsets,
+                         int64_t n_seqs, float scale, float* out) override {
+    cpu::encoder_attention(q, k, v, stride, n_heads, head_dim, cpu::PackedRows{n_seqs, offsets},
+                           scale, out, pool_);
+  }
+
+  void mean_pool_l2(const float* x, int64_t D, const int64_t* offsets, int64_t n_seqs,
+                    float* out) override {
+    cpu::mean_pool_l2(x, D, offsets, n_seqs, out);
   }
 
  private:

@@ -55,6 +55,17 @@ class CudaBackend : public Backend {
   void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
                        const cpu::AttentionBatch& batch, float scale, float* out) override;
 
+  // The encoder ops throw "not implemented on CUDA yet" (cuda_encoder_ops.cpp): the encoder
+  // runs on the CPU backend until they have kernels.
+  void layernorm(const float* x, int64_t T, int64_t D, const BackendWeight& w,
+                 const BackendWeight& b, float eps, float* y) override;
+  void gelu(float* x, int64_t n) override;
+  void encoder_attention(const float* q, const float* k, const float* v, int64_t stride,
+                         int64_t n_heads, int64_t head_dim, const int64_t* offsets,
+                         int64_t n_seqs, float scale, float* out) override;
+  void mean_pool_l2(const float* x, int64_t D, const int64_t* offsets, int64_t n_seqs,
+                    float* out) override;
+
  private:
   void make_current() const;
   int device_ = 0;
