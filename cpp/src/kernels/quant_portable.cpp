@@ -44,13 +44,16 @@ void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int6
     for (int lr = 0; lr < nvalid; ++lr) {
       float acc = 0.0f;
       for (int64_t g = 0; g < L.ngroups; ++g) {
-        const uint8_t* gh = rg + g * L.group_bytes + lr * 2;
+        const int64_t per_unit = kUnitHeader / L.group_header;  // quant_layout.h
+        const uint8_t* unit = rg + (g / per_unit) * L.unit_bytes;
+        const uint8_t* gh = unit + (g % per_unit) * L.group_header + lr * 2;
+        const uint8_t* codes = unit + kUnitHeader + (g % per_unit) * L.gb * L.block_bytes;
         const float s = L.kind == Kind::Int8Row ? 0.0f : f16_at(gh);
         const float zm =
             L.kind == Kind::Int4Zero || L.kind == Kind::Int4Min ? f16_at(gh + kRows * 2) : 0.0f;
         for (int64_t j = 0; j < L.gb; ++j) {
           const int64_t b = g * L.gb + j;
-          const uint8_t* blk = rg + g * L.group_bytes + L.group_header + j * L.block_bytes;
+          const uint8_t* blk = codes + j * L.block_bytes;
           const float fi = float(block_dot(L, blk, lr, xq + b * kBlock));
           const ActBlock& ab = xb[b];
           switch (L.kind) {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
 import resource
 import time
@@ -32,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL with question/category")
     p.add_argument("--pubmedqa", type=int, default=0,
                    help="also train on the first N PubMedQA dev entries (question + conclusion)")
+    p.add_argument("--test", type=int, default=0,
+                   help="report perplexity on the first N PubMedQA test entries (question + "
+                        "conclusion) before and after training; never trained on")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--experts", type=int, default=5)
     p.add_argument("--top-k", type=int, default=2)
@@ -68,6 +72,32 @@ def load_records(path: Path, pubmedqa: int = 0) -> list[dict]:
             records.append({"text": q.question + " " + q.long_answer,
                             "category": classify(q.question)})
     return records
+
+
+def test_records(n: int) -> list[dict]:
+    """The first n PubMedQA `test` entries in the training records' form (question +
+    conclusion), for perplexity only."""
+    from ..data.pubmedqa import load_split
+
+    return [{"text": q.question + " " + q.long_answer, "category": classify(q.question)}
+            for q in load_split("test")[:n]]
+
+
+@torch.no_grad()
+def perplexity(model: MoeModel, tokenizer, records: list[dict], max_len: int,
+               batch: int = 16) -> float:
+    """exp of the mean next-token loss over every predicted token of the records (the LM
+    loss alone: no router or balance term)."""
+    model.eval()
+    nll = tokens = 0.0
+    for i in range(0, len(records), batch):
+        b = _batch(tokenizer, records[i:i + batch], model.config, max_len)
+        out = model(**b)
+        n = float((b["labels"][:, 1:] != -100).sum())
+        nll += float(out.lm_loss) * n
+        tokens += n
+    model.train()
+    return math.exp(nll / tokens)
 
 
 def _batch(tokenizer, records: list[dict], config: MoeConfig, max_len: int) -> dict:
@@ -124,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
     random.Random(args.seed).shuffle(records)
     held_out, train_set = records[::5], [r for i, r in enumerate(records) if i % 5]
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr)
+    test = test_records(args.test) if args.test else []
     history = [{"step": 0, **evaluate(model, tokenizer, held_out, args.max_len)}]
+    if test:
+        history[0]["test_perplexity"] = perplexity(model, tokenizer, test, args.max_len)
     log.info("before training: %s", history[0])
     rng = random.Random(args.seed + 1)
     start = time.time()
@@ -141,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
                    "max_rss_mib": round(_rss_mib(), 1), "seconds": round(time.time() - start, 1)}
             log.info("%s", row)
             history.append(row)
-    final = {"step": args.steps, **evaluate(model, tokenizer, held_out, args.max_len)}
+    final = {"step": args.steps, **evaluate(model, tokenizer, held_out, args.max_len),
+             "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
+    if test:
+        final["test_perplexity"] = perplexity(model, tokenizer, test, args.max_len)
     history.append(final)
     log.info("after training: %s", final)
     save_moe(model, args.out, str(args.model))
