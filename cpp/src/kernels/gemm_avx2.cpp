@@ -163,9 +163,12 @@ void convert_panel(const Elem<D>* W, int64_t K, int64_t n0, int64_t n1, int64_t 
   }
 }
 
-template <DType D>
-void linear_large_m(const float* x, int64_t M, int64_t K, const Elem<D>* W, int64_t N,
-                    const float* bias, float* y, int64_t n0, int64_t n1) {
+// Rows [n0, n1) of y for M >= kPackedMinM: convert(nb, ne, kb, kl, panel, ld) writes rows
+// [nb, ne), inputs [kb, kb + kl) of W as f32 rows of stride ld (whatever W's layout), and every
+// row of x reuses that panel.
+template <class ConvertPanel>
+void large_m(const float* x, int64_t M, int64_t K, int64_t N, const float* bias, float* y,
+             int64_t n0, int64_t n1, const ConvertPanel& convert) {
   const int64_t kc = dot_block(K);
   // Aligned to 64 bytes so that no panel load splits a cache line.
   thread_local std::vector<float> panel_buf;
@@ -178,7 +181,7 @@ void linear_large_m(const float* x, int64_t M, int64_t K, const Elem<D>* W, int6
     for (int64_t kb = 0; kb < K; kb += kc) {
       const int64_t kl = std::min(kc, K - kb);
       const bool last = kb + kl == K;
-      convert_panel<D>(W, K, nb, nb + nc, kb, kl, panel, kc);
+      convert(nb, nb + nc, kb, kl, panel, kc);
       for (int64_t mb = 0; mb < M; mb += kMc) {
         const int64_t mc = std::min(kMc, M - mb);
         for (int64_t jg = 0; jg < nc; jg += kNr) {
@@ -206,7 +209,10 @@ void linear_typed(const float* x, int64_t M, int64_t K, const void* Wdata, int64
     }, 8);
   } else {
     pool.parallel_for(N, [&](int, int64_t n0, int64_t n1) {
-      linear_large_m<D>(x, M, K, W, N, bias, y, n0, n1);
+      large_m(x, M, K, N, bias, y, n0, n1,
+              [&](int64_t nb, int64_t ne, int64_t kb, int64_t kl, float* panel, int64_t ld) {
+                convert_panel<D>(W, K, nb, ne, kb, kl, panel, ld);
+              });
     }, kNr);
   }
 }
@@ -282,48 +288,19 @@ void convert_group_panel(const uint16_t* W, int64_t K, int64_t n0, int64_t n1, i
 }
 
 template <DType D>
-void grouped_large_m(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
-                     const float* bias, float* y, int64_t n0, int64_t n1) {
-  static_assert(kNc % kR == 0, "a panel holds whole row groups");
-  const int64_t kc = dot_block(K);
-  thread_local std::vector<float> panel_buf;
-  panel_buf.resize(size_t(kNc * kc + 16));
-  const auto misalign = (reinterpret_cast<uintptr_t>(panel_buf.data()) / sizeof(float)) % 16;
-  float* const panel = panel_buf.data() + (16 - misalign) % 16;
-  const auto run = tile_fn<PanelRows>;
-  for (int64_t nb = n0; nb < n1; nb += kNc) {
-    const int64_t nc = std::min(kNc, n1 - nb);
-    for (int64_t kb = 0; kb < K; kb += kc) {
-      const int64_t kl = std::min(kc, K - kb);
-      const bool last = kb + kl == K;
-      convert_group_panel<D>(W, K, nb, nb + nc, kb, kl, panel, kc);
-      for (int64_t mb = 0; mb < M; mb += kMc) {
-        const int64_t mc = std::min(kMc, M - mb);
-        for (int64_t jg = 0; jg < nc; jg += kNr) {
-          const int nr = int(std::min<int64_t>(kNr, nc - jg));
-          const PanelRows rows{panel + jg * kc, kc};
-          const float* b = bias && last ? bias + nb + jg : nullptr;
-          for (int64_t mt = 0; mt < mc; mt += kMr) {
-            const int mr = int(std::min<int64_t>(kMr, mc - mt));
-            run(mr, nr)(x + (mb + mt) * K + kb, K, rows, kl / 8 * 8, int(kl % 8),
-                        y + (mb + mt) * N + nb + jg, N, kb == 0, b);
-          }
-        }
-      }
-    }
-  }
-}
-
-template <DType D>
 void grouped_typed(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
                    const float* bias, float* y, ThreadPool& pool) {
+  static_assert(kNc % kR == 0, "a prefill panel holds whole row groups");
   if (M < kPackedMinM) {
     pool.parallel_for(N, [&](int, int64_t n0, int64_t n1) {
       grouped_small_m<D>(x, M, K, W, N, bias, y, n0, n1);
     }, kR);
   } else {
     pool.parallel_for(N, [&](int, int64_t n0, int64_t n1) {
-      grouped_large_m<D>(x, M, K, W, N, bias, y, n0, n1);
+      large_m(x, M, K, N, bias, y, n0, n1,
+              [&](int64_t nb, int64_t ne, int64_t kb, int64_t kl, float* panel, int64_t ld) {
+                convert_group_panel<D>(W, K, nb, ne, kb, kl, panel, ld);
+              });
     }, kR);
   }
 }
