@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "bindings.h"
@@ -15,11 +16,20 @@ namespace py = pybind11;
 namespace medrt::bindings {
 namespace {
 
+std::optional<DType> parse_dtype(const std::string& name) {
+  if (name == "auto") return std::nullopt;
+  if (auto d = dtype_from_name(name)) return d;
+  throw InvalidRequest("encoder weight dtype '" + name + "': expected auto, F32, F16 or BF16");
+}
+
 class PyEncoder {
  public:
-  PyEncoder(const std::string& dir, int num_threads) : enc_(Encoder::open(dir, num_threads)) {}
+  // weight_dtype: "auto" or a safetensors float name ("F32", "F16", "BF16").
+  PyEncoder(const std::string& dir, int num_threads, const std::string& weight_dtype)
+      : enc_(Encoder::open(dir, EncoderOptions{num_threads, parse_dtype(weight_dtype)})) {}
 
   int dim() const { return enc_->dim(); }
+  std::string weight_dtype() const { return dtype_name(enc_->weight_dtype()); }
   int max_tokens() const { return enc_->config().max_position_embeddings; }
 
   py::array_t<float> embed(
@@ -55,9 +65,12 @@ class PyEncoder {
 
 void bind_encoder(py::module_& m) {
   py::class_<PyEncoder>(m, "Encoder", "A BERT sentence encoder: packed token rows -> embeddings.")
-      .def(py::init<const std::string&, int>(), py::arg("model_dir"), py::arg("num_threads") = 0,
+      .def(py::init<const std::string&, int, const std::string&>(), py::arg("model_dir"),
+           py::arg("num_threads") = 0, py::arg("weight_dtype") = "auto",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("dim", &PyEncoder::dim)
+      .def_property_readonly("weight_dtype", &PyEncoder::weight_dtype,
+                             "The type the linear weights are held in: F32, F16 or BF16.")
       .def_property_readonly("max_tokens", &PyEncoder::max_tokens)
       .def("embed", &PyEncoder::embed, py::arg("tokens"), py::arg("offsets"),
            "L2-normalised mean-pooled embeddings [len(offsets) - 1, dim] of the rows "

@@ -77,6 +77,23 @@ struct Bert {
     }
   }
 
+  // The same model with every linear weight (not the tables, norms or biases) rounded to
+  // `to`, as the encoder holds them with EncoderOptions::weight_dtype = to.
+  Bert rounded(DType to) const {
+    Bert r = *this;
+    for (auto& [name, v] : r.w) {
+      const bool linear = name.find("encoder.layer.") == 0 && name.size() > 12 &&
+                          name.compare(name.size() - 12, 12, "dense.weight") == 0;
+      const bool qkv = name.find("attention.self.") != std::string::npos &&
+                       name.compare(name.size() - 7, 7, ".weight") == 0;
+      if (!linear && !qkv) continue;
+      for (float& x : v)
+        x = to == DType::F16 ? f16_to_f32(f32_to_f16(x))
+            : to == DType::BF16 ? bf16_to_f32(f32_to_bf16(x)) : x;
+    }
+    return r;
+  }
+
   Mat linear(const Mat& x, int64_t T, const std::string& name, int64_t out, int64_t in) const {
     const auto& W = w.at(name + ".weight");
     const auto& b = w.at(name + ".bias");
@@ -204,21 +221,43 @@ TEST(embeddings_match_the_reference_on_every_isa) {
   write_bert(dir.path, bert);
   const std::vector<std::vector<int32_t>> rows{{1, 7, 3, 9, 2}, {4}, {5, 6, 7, 8, 9, 10, 11, 12,
                                                                        13, 14, 15, 16, 17}};
-  for (cpu::Isa isa : isas()) {
-    cpu::set_isa(isa);
-    auto enc = Encoder::open(dir.path.string(), 2);
-    CHECK(enc->dim() == kHidden);
-    const std::vector<float> got = enc->embed(rows);
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const auto ref = bert.embed(rows[r]);
-      for (int i = 0; i < kHidden; ++i)
-        CHECK_NEAR(got[r * kHidden + size_t(i)], ref[size_t(i)], 2e-5);
-      // A row alone is bit-identical to the same row in a batch.
-      const std::vector<float> alone = enc->embed({rows[r]});
-      for (int i = 0; i < kHidden; ++i) CHECK(alone[size_t(i)] == got[r * kHidden + size_t(i)]);
+  for (cpu::Isa isa : isas())
+    for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+      cpu::set_isa(isa);
+      auto enc = Encoder::open(dir.path.string(), EncoderOptions{2, dt});
+      CHECK(enc->dim() == kHidden);
+      CHECK(enc->weight_dtype() == dt);
+      const Bert held = bert.rounded(dt);
+      const std::vector<float> got = enc->embed(rows);
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const auto ref = held.embed(rows[r]);
+        for (int i = 0; i < kHidden; ++i)
+          CHECK_NEAR(got[r * kHidden + size_t(i)], ref[size_t(i)], 2e-5);
+        // A row alone is bit-identical to the same row in a batch.
+        const std::vector<float> alone = enc->embed({rows[r]});
+        for (int i = 0; i < kHidden; ++i) CHECK(alone[size_t(i)] == got[r * kHidden + size_t(i)]);
+      }
     }
-  }
   cpu::set_isa(cpu::detected_isa());
+}
+
+TEST(weights_are_held_as_f16_by_default_for_an_f32_checkpoint) {
+  TempDir dir("bert_auto");
+  Bert bert;
+  write_bert(dir.path, bert);
+  auto enc = Encoder::open(dir.path.string(), 1);
+  CHECK(enc->weight_dtype() == DType::F16);
+  const std::vector<int32_t> row{1, 7, 3, 9, 2};
+  const std::vector<float> got = enc->embed({row});
+  const auto held = bert.rounded(DType::F16).embed(row), stored = bert.embed(row);
+  double off = 0;
+  for (int i = 0; i < kHidden; ++i) {
+    CHECK_NEAR(got[size_t(i)], held[size_t(i)], 2e-5);
+    off = std::max(off, std::abs(held[size_t(i)] - stored[size_t(i)]));
+  }
+  CHECK(off > 2e-5);  // the rounding is visible: the reference above is not the f32 one
+  CHECK_THROWS(InvalidRequest, Encoder::open(dir.path.string(), EncoderOptions{1, DType::I8}),
+               "encoder weight dtype I8: expected F32, F16 or BF16");
 }
 
 TEST(bad_rows_and_missing_tensors_are_named) {

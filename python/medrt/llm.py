@@ -59,7 +59,8 @@ class LLM(EngineFrontend):
 
         self._embedder = None
         if is_encoder(model):  # an embedding model: embed() only (as vLLM's task="embed")
-            self._embedder = Embedder(model, num_threads=kwargs.get("num_threads", 0))
+            self._embedder = Embedder(model, num_threads=kwargs.get("num_threads", 0),
+                                      dtype=kwargs.get("dtype", "auto"))
             self.model_dir = self._embedder.model_dir
             self._ids = itertools.count()
             self._cache = None

@@ -21,15 +21,42 @@ def reference(encoder_dir: Path):
     return st.SentenceTransformer(str(encoder_dir), device="cpu")
 
 
-def test_matches_sentence_transformers_on_pubmedqa(embedder, reference) -> None:
-    texts = pubmedqa_sentences(50)
-    # Mixed lengths in one batch: rows are packed, so each must come out as if alone.
-    got = embedder.embed(texts)
-    want = reference.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-    assert got.shape == (50, 384) and got.dtype == np.float32
+@pytest.fixture(scope="module")
+def pubmedqa_reference(reference) -> tuple[list[str], np.ndarray]:
+    texts = pubmedqa_sentences(200)
+    return texts, reference.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def assert_parity(got: np.ndarray, texts: list[str], want: np.ndarray) -> None:
+    assert got.shape == (len(texts), 384) and got.dtype == np.float32
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= 0.99999, (cos.min(), texts[int(cos.argmin())])
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_matches_sentence_transformers_on_pubmedqa(embedder, pubmedqa_reference) -> None:
+    # The default: float16 weights for this float32 checkpoint (dtype="auto").
+    assert embedder.dtype == "float16"
+    texts, want = pubmedqa_reference
+    # Mixed lengths in one batch: rows are packed, so each must come out as if alone.
+    assert_parity(embedder.embed(texts), texts, want)
+
+
+def test_float32_weights_match_too(encoder_dir: Path, embedder, pubmedqa_reference) -> None:
+    f32 = medrt.Embedder(encoder_dir, num_threads=2, dtype="float32")
+    assert f32.dtype == "float32" and f32.fingerprint != embedder.fingerprint
+    texts, want = pubmedqa_reference
+    got = f32.embed(texts)
+    assert_parity(got, texts, want)
+    # float16 weights are not float32 ones: the two differ, by less than the parity bound.
+    half = embedder.embed(texts)
+    assert not np.array_equal(got, half)
+    assert float((got * half).sum(1).min()) >= 0.99999
+
+
+def test_bad_dtype_is_named(encoder_dir: Path) -> None:
+    with pytest.raises(InvalidRequest, match="dtype 'int8'"):
+        medrt.Embedder(encoder_dir, dtype="int8")
 
 
 def test_row_does_not_depend_on_batch(embedder) -> None:

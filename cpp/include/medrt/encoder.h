@@ -6,10 +6,12 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "medrt/arch.h"
+#include "medrt/dtype.h"
 
 namespace medrt {
 
@@ -31,17 +33,33 @@ struct EncoderConfig {
   static EncoderConfig from_json(const std::string& json_text, const std::string& source);
 };
 
+struct EncoderOptions {
+  // Through ThreadPool::resolve_num_threads (0: the physical cores this process may use; more
+  // than the usable CPUs is refused with InvalidRequest).
+  int n_threads = 0;
+  // The type the linear weights are held in (F32, F16 or BF16), converted at load; the
+  // embedding tables, norms and biases stay as stored and activations are f32 throughout.
+  // nullopt is "auto", as vLLM's dtype="auto": an F32 checkpoint runs with F16 weights (half
+  // the bytes per forward and within 1e-6 cosine of F32 on all-MiniLM-L6-v2, docs/semantic-
+  // cache.md), an F16 or BF16 one as stored.
+  std::optional<DType> weight_dtype;
+};
+
 class Encoder {
  public:
   // Loads <dir>/config.json and <dir>/model.safetensors; throws InvalidCheckpoint naming the
-  // file (and tensor) that is missing or malformed. n_threads goes through
-  // ThreadPool::resolve_num_threads (0: the physical cores this process may use; more than
-  // the usable CPUs is refused with InvalidRequest).
-  static std::unique_ptr<Encoder> open(const std::string& dir, int n_threads = 0);
+  // file (and tensor) that is missing or malformed, InvalidRequest for a weight_dtype that is
+  // not a float type.
+  static std::unique_ptr<Encoder> open(const std::string& dir, const EncoderOptions& options);
+  static std::unique_ptr<Encoder> open(const std::string& dir, int n_threads = 0) {
+    return open(dir, EncoderOptions{n_threads, std::nullopt});
+  }
   virtual ~Encoder() = default;
 
   virtual const EncoderConfig& config() const = 0;
   int dim() const { return config().hidden_size; }
+  // The type the linear weights are held in (EncoderOptions::weight_dtype, "auto" resolved).
+  virtual DType weight_dtype() const = 0;
 
   // Embeds n_rows rows given packed: row r is tokens[offsets[r], offsets[r + 1]) (token type
   // 0, positions from 0). out: [n_rows, dim()]. A row's embedding does not depend on the other

@@ -7,6 +7,7 @@
 #include "model/bert_encoder.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "medrt/error.h"
@@ -15,11 +16,15 @@
 namespace medrt::model {
 namespace fs = std::filesystem;
 
-BertEncoder::BertEncoder(const std::string& dir, EncoderConfig config, int n_threads,
-                         Backend* backend)
+BertEncoder::BertEncoder(const std::string& dir, EncoderConfig config,
+                         const EncoderOptions& options, Backend* backend)
     : backend_(backend), config_(std::move(config)) {
+  if (options.weight_dtype && *options.weight_dtype != DType::F32 &&
+      *options.weight_dtype != DType::F16 && *options.weight_dtype != DType::BF16)
+    throw InvalidRequest(std::string("encoder weight dtype ") +
+                         dtype_name(*options.weight_dtype) + ": expected F32, F16 or BF16");
   if (!backend_) {
-    pool_ = std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(n_threads));
+    pool_ = std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(options.n_threads));
     own_backend_ = make_cpu_backend(*pool_);
     backend_ = own_backend_.get();
   }
@@ -28,6 +33,10 @@ BertEncoder::BertEncoder(const std::string& dir, EncoderConfig config, int n_thr
     throw InvalidCheckpoint(weights + ": missing (an encoder's weights are one model.safetensors)");
   file_ = SafetensorsFile::open(weights);
   if (file_->tensors().count("bert.embeddings.word_embeddings.weight")) prefix_ = "bert.";
+  // "auto": the stored type of the first projection (checked with the others below).
+  const auto first = file_->tensors().find(prefix_ + "encoder.layer.0.attention.self.query.weight");
+  const DType stored = first == file_->tensors().end() ? DType::F32 : first->second.dtype;
+  weight_dtype_ = options.weight_dtype.value_or(stored == DType::F32 ? DType::F16 : stored);
 
   word_emb_ = table("embeddings.word_embeddings.weight", config_.vocab_size);
   pos_emb_ = table("embeddings.position_embeddings.weight", config_.max_position_embeddings);
@@ -66,6 +75,36 @@ TensorView view_of(const std::vector<uint8_t>& bytes, DType dtype, std::vector<i
   return t;
 }
 
+float element(const TensorView& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
+    default: return static_cast<const float*>(t.data)[i];
+  }
+}
+
+// Appends t's elements as `to` (round to nearest even) to out.
+void append_as(const TensorView& t, DType to, std::vector<uint8_t>& out) {
+  const int64_t n = t.numel();
+  if (t.dtype == to) {
+    const auto* p = static_cast<const uint8_t*>(t.data);
+    out.insert(out.end(), p, p + t.nbytes);
+    return;
+  }
+  const size_t at = out.size();
+  out.resize(at + size_t(n) * dtype_size(to));
+  uint8_t* dst = out.data() + at;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = element(t, i);
+    if (to == DType::F32) {
+      std::memcpy(dst + 4 * i, &v, 4);
+    } else {
+      const uint16_t h = to == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+      std::memcpy(dst + 2 * i, &h, 2);
+    }
+  }
+}
+
 }  // namespace
 
 // An embedding table is a linear weight without bias ([rows, H]), read by Backend::embedding.
@@ -80,36 +119,41 @@ BertEncoder::Norm BertEncoder::norm(const std::string& prefix) const {
               backend_->prepare_vector(tensor(prefix + ".bias", {H}), prefix_ + prefix)};
 }
 
-BertEncoder::Weight BertEncoder::linear(const std::string& prefix, int64_t out,
-                                        int64_t in) const {
-  const TensorView& w = tensor(prefix + ".weight", {out, in});
-  const TensorView& b = tensor(prefix + ".bias", {out});
-  return backend_->prepare_linear(float_linear(prefix_ + prefix, w, &b));
+BertEncoder::Weight BertEncoder::linear(const std::string& prefix, int64_t out, int64_t in) {
+  return prepare(prefix, tensor(prefix + ".weight", {out, in}), tensor(prefix + ".bias", {out}));
+}
+
+// A linear weight in weight_dtype_ (bias as stored). The converted bytes live in made_ unless
+// the backend copied them.
+BertEncoder::Weight BertEncoder::prepare(const std::string& name, const TensorView& weight,
+                                         const TensorView& bias) {
+  if (weight.dtype == weight_dtype_)
+    return backend_->prepare_linear(float_linear(prefix_ + name, weight, &bias));
+  std::vector<uint8_t> bytes;
+  append_as(weight, weight_dtype_, bytes);
+  Weight w = backend_->prepare_linear(
+      float_linear(prefix_ + name, view_of(bytes, weight_dtype_, weight.shape), &bias));
+  if (!w->holds_copy) made_.push_back(std::move(bytes));  // the heap block does not move
+  return w;
 }
 
 void BertEncoder::load_layer(int i, Layer& layer) {
   const int64_t H = config_.hidden_size, I = config_.intermediate_size;
   const std::string p = "encoder.layer." + std::to_string(i) + ".";
-  // Fused QKV: the three [H, H] weights (and biases) one after another, in their stored dtype.
+  // Fused QKV: the three [H, H] weights (and biases) one after another, weights in
+  // weight_dtype_, biases in the query bias's stored dtype.
   const std::string names[3] = {p + "attention.self.query", p + "attention.self.key",
                                 p + "attention.self.value"};
-  const DType wdt = tensor(names[0] + ".weight", {H, H}).dtype;
   const DType bdt = tensor(names[0] + ".bias", {H}).dtype;
+  std::vector<uint8_t> weight, bias;
   for (const std::string& n : names) {
-    const TensorView& w = tensor(n + ".weight", {H, H});
-    const TensorView& b = tensor(n + ".bias", {H});
-    if (w.dtype != wdt || b.dtype != bdt)
-      throw InvalidCheckpoint(file_->path() + ": '" + prefix_ + n +
-                              "' differs in dtype from the layer's query projection");
-    layer.qkv_weight.insert(layer.qkv_weight.end(), static_cast<const uint8_t*>(w.data),
-                            static_cast<const uint8_t*>(w.data) + w.nbytes);
-    layer.qkv_bias.insert(layer.qkv_bias.end(), static_cast<const uint8_t*>(b.data),
-                          static_cast<const uint8_t*>(b.data) + b.nbytes);
+    append_as(tensor(n + ".weight", {H, H}), weight_dtype_, weight);
+    append_as(tensor(n + ".bias", {H}), bdt, bias);
   }
-  const TensorView qkv_w = view_of(layer.qkv_weight, wdt, {3 * H, H});
-  const TensorView qkv_b = view_of(layer.qkv_bias, bdt, {3 * H});
-  layer.qkv =
-      backend_->prepare_linear(float_linear(prefix_ + p + "attention.self.qkv", qkv_w, &qkv_b));
+  const TensorView qkv_b = view_of(bias, bdt, {3 * H});
+  layer.qkv = prepare(p + "attention.self.qkv", view_of(weight, weight_dtype_, {3 * H, H}), qkv_b);
+  made_.push_back(std::move(bias));  // the bias is read at every call on the portable backend
+  if (!layer.qkv->holds_copy) made_.push_back(std::move(weight));
   layer.attn_out = linear(p + "attention.output.dense", H, H);
   layer.attn_norm = norm(p + "attention.output.LayerNorm");
   layer.ffn_in = linear(p + "intermediate.dense", I, H);

@@ -10,14 +10,15 @@
 
 namespace medrt {
 
-std::unique_ptr<Encoder> Encoder::open(const std::string& dir, int n_threads) {
+std::unique_ptr<Encoder> Encoder::open(const std::string& dir, const EncoderOptions& options) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir))
     throw InvalidCheckpoint(dir + ": not a directory (expected a BERT model directory)");
   const std::string config_path = (fs::path(dir) / "config.json").string();
   EncoderConfig config = EncoderConfig::from_json(io::read_text_file(config_path), config_path);
   switch (config.arch) {
-    case Arch::Bert: return std::make_unique<model::BertEncoder>(dir, std::move(config), n_threads);
+    case Arch::Bert:
+      return std::make_unique<model::BertEncoder>(dir, std::move(config), options);
     case Arch::Llama:
     case Arch::Qwen2: break;  // decoders: from_json has refused them
   }
