@@ -205,3 +205,27 @@ def test_drain_grace_over_aborts_with_unavailable(start_server: Callable[..., Se
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "grace period" in info.value.details()
     st.call(st.server.wait_stopped())
+
+
+def test_step_token_budget_reaches_the_engine(start_server: Callable[..., ServerThread]) -> None:
+    """--max-num-batched-tokens / ServeConfig.max_num_batched_tokens bounds one engine step:
+    a prompt of n tokens under a budget of 8 is prefilled in at least n / 8 steps."""
+    import argparse
+
+    from medrt.serve.cli_args import add_serve_parser
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="cmd"))
+    assert parser.parse_args(["serve", "--max-num-batched-tokens", "8"]).max_num_batched_tokens == 8
+    assert parser.parse_args(["serve"]).max_num_batched_tokens == 2048
+
+    small = start_server(max_num_batched_tokens=8)
+    with grpc.insecure_channel(small.grpc_target) as ch:
+        stub = medrt_pb2_grpc.MedrtStub(ch)
+        prompt = "The patient was admitted with chest pain and shortness of breath. " * 3
+        n = stub.Tokenize(medrt_pb2.TokenizeRequest(prompt=prompt), timeout=60).count
+        assert n > 24
+        steps = small.stats()["steps"]
+        stub.Generate(medrt_pb2.GenerateRequest(prompt=prompt, sampling=medrt_pb2.SamplingParams(
+            max_tokens=1, temperature=0.0)), timeout=60)
+        assert small.stats()["steps"] - steps >= -(-n // 8)

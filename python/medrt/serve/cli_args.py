@@ -32,6 +32,9 @@ def add_serve_parser(sub: Any) -> None:
                    help="KV pool budget in bytes (default 512 MiB)")
     p.add_argument("--max-num-seqs", type=int, default=64,
                    help="requests the engine runs at once")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="token budget of one engine step (prompt chunks + decodes); smaller "
+                        "bounds how long a prefill delays the running streams' next token")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-queued-requests", type=int, default=256,
                    help="requests that may wait; beyond this RESOURCE_EXHAUSTED (HTTP 429)")
@@ -82,7 +85,8 @@ def run_serve(args: argparse.Namespace) -> int:
         api_keys=args.api_keys, metrics_auth=args.metrics_auth, tls_cert=args.tls_cert,
         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, num_threads=args.threads,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes, max_num_seqs=args.max_num_seqs,
-        max_model_len=args.max_model_len, max_queued_requests=args.max_queued_requests,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        max_queued_requests=args.max_queued_requests,
         tenant_max_concurrency=args.tenant_max_concurrency,
         max_prompt_bytes=args.max_prompt_bytes, drain_grace_s=args.drain_grace_s,
         seed=args.seed, semantic_cache=args.semantic_cache,

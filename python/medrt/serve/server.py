@@ -47,6 +47,7 @@ class ServeConfig:
     kv_cache_memory_bytes: int | None = None
     num_kv_blocks: int | None = None
     max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
     max_queued_requests: int = 256
     tenant_max_concurrency: int = 0
@@ -196,7 +197,8 @@ class Server:
             llm = await asyncio.to_thread(
                 medrt.AsyncLLM, c.model, num_threads=c.num_threads,
                 kv_cache_memory_bytes=c.kv_cache_memory_bytes, num_kv_blocks=c.num_kv_blocks,
-                max_num_seqs=c.max_num_seqs, max_model_len=c.max_model_len, seed=c.seed,
+                max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
+                max_model_len=c.max_model_len, seed=c.seed,
                 enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
                 max_lora_rank=c.max_lora_rank)
             weights = await asyncio.to_thread(weights_fingerprint, llm.model_dir)
