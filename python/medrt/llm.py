@@ -51,6 +51,10 @@ class LLM(EngineFrontend):
     ``cache`` ("auto" looks up and stores, "bypass" neither, "refresh" regenerates and
     stores) and ``patient_context`` (never cached); an answer from the cache has
     ``RequestOutput.cache`` set.
+
+    An encoder directory or name (all-MiniLM-L6-v2) gives an embedding model: ``embed()``
+    only, with ``num_threads`` and ``dtype`` (the linear weights' type, "auto" by default:
+    see :class:`medrt.Embedder`).
     """
 
     def __init__(self, model: str | Path, *, cache: SemanticCache | None = None,

@@ -121,6 +121,10 @@ def test_llm_embed_with_an_encoder_model(encoder_dir: Path, embedder, tiny_llama
         assert len(llm.embed("one text")) == 1
         with pytest.raises(InvalidRequest, match="encoder.*use embed"):
             llm.generate("hello")
+    with medrt.LLM(encoder_dir, num_threads=2, dtype="float32") as llm:
+        f32 = medrt.Embedder(encoder_dir, num_threads=2, dtype="float32")
+        np.testing.assert_array_equal(np.array(llm.embed(texts)[0].outputs.embedding,
+                                               dtype=np.float32), f32.embed(texts)[0])
     with medrt.LLM(tiny_llama, num_threads=1) as llm, \
             pytest.raises(InvalidRequest, match="decoder; embed"):
         llm.embed(["x"])
