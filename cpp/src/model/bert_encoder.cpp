@@ -127,10 +127,14 @@ BertEncoder::Weight BertEncoder::linear(const std::string& prefix, int64_t out, 
 // the backend copied them.
 BertEncoder::Weight BertEncoder::prepare(const std::string& name, const TensorView& weight,
                                          const TensorView& bias) {
-  if (weight.dtype == weight_dtype_)
-    return backend_->prepare_linear(float_linear(prefix_ + name, weight, &bias));
+  if (weight.dtype == weight_dtype_) {
+    Weight w = backend_->prepare_linear(float_linear(prefix_ + name, weight, &bias));
+    if (w->holds_copy) file_->release_pages(weight);
+    return w;
+  }
   std::vector<uint8_t> bytes;
   append_as(weight, weight_dtype_, bytes);
+  file_->release_pages(weight);  // converted: the mapped pages would only add resident memory
   Weight w = backend_->prepare_linear(
       float_linear(prefix_ + name, view_of(bytes, weight_dtype_, weight.shape), &bias));
   if (!w->holds_copy) made_.push_back(std::move(bytes));  // the heap block does not move
@@ -147,7 +151,9 @@ void BertEncoder::load_layer(int i, Layer& layer) {
   const DType bdt = tensor(names[0] + ".bias", {H}).dtype;
   std::vector<uint8_t> weight, bias;
   for (const std::string& n : names) {
-    append_as(tensor(n + ".weight", {H, H}), weight_dtype_, weight);
+    const TensorView& w = tensor(n + ".weight", {H, H});
+    append_as(w, weight_dtype_, weight);
+    file_->release_pages(w);
     append_as(tensor(n + ".bias", {H}), bdt, bias);
   }
   const TensorView qkv_b = view_of(bias, bdt, {3 * H});
