@@ -54,7 +54,7 @@ def _prepare(args: argparse.Namespace, qtype: str) -> tuple[Path, Path]:
 
 def _medrt(args: argparse.Namespace, mdir: Path, env: dict) -> dict[str, float]:
     out = _run([str(args.medrt_bench), "-m", str(mdir), "-t", str(args.threads), "-p",
-                str(args.p), "-n", str(args.n), "-r", "1", "--batched", str(args.batched),
+                str(args.p), "-n", str(args.n), "-r", "1", "--batched", str(args.batched or ""),
                 "--batched-prompt", "128", "--batched-gen", "128", "--bandwidth-mib", "0",
                 "--json"], env)
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
