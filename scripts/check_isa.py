@@ -25,25 +25,54 @@ ISA_NAMESPACE = re.compile(r"::avx(2|512[a-z0-9]*)::")
 # VEX/EVEX-only mnemonics start with "v"; AVX-512 mask-register ops with "k".
 VEX = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+|k(mov|and|or|xor|not|shift|unpck|add|test|ortest)"
                  r"[a-z]*)\b")
-FUNC = re.compile(r"^[0-9a-f]+ <(.+)>:$")
+FUNC = re.compile(r"^([0-9a-f]+) <(.+)>:$")
+ADDR = re.compile(r"^\s*([0-9a-f]+):")
 
 
-def violations(binary: str) -> dict[str, str]:
+def symbol_sizes(binary: str) -> dict[int, int]:
+    """Start address -> size of every defined symbol (the dynamic ones of a stripped binary)."""
+    sizes: dict[int, int] = {}
+    for dynamic in ([], ["-D"]):
+        out = subprocess.run(["nm", "-S", "--defined-only", *dynamic, binary],
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 4:
+                sizes.setdefault(int(parts[0], 16), int(parts[1], 16))
+        if sizes and not dynamic:
+            break
+    return sizes
+
+
+def violations(binary: str) -> tuple[dict[str, str], int]:
+    """Functions outside the ISA namespaces with a VEX/EVEX instruction, and the number of
+    such instructions in code no symbol covers. objdump names code by the nearest symbol
+    (as "<f+0x40>" or "<f-0xe0>" when none starts there, or under f's label past its end); in
+    a stripped binary such code is often an internal function of an ISA file, so it is counted
+    apart instead of charged to (or excused by) the symbol it is named after."""
     out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", binary],
                          capture_output=True, text=True, check=True).stdout
+    sizes = symbol_sizes(binary)
     bad: dict[str, str] = {}
-    func = ""
+    unattributed = 0
+    func, end = "", None
     for line in out.splitlines():
         m = FUNC.match(line)
         if m:
-            func = m.group(1)
+            start, func = int(m.group(1), 16), m.group(2)
+            # A label no symbol starts at ("<f-0xe0>", "<f+0x40>") names unnamed code.
+            end = start + sizes.get(start, 0) if sizes else None
+            continue
+        v = VEX.match(line)
+        if not v:
+            continue
+        if end is not None and int(ADDR.match(line).group(1), 16) >= end:
+            unattributed += 1
             continue
         if func in bad or ISA_NAMESPACE.search(func):
             continue
-        v = VEX.match(line)
-        if v:
-            bad[func] = line.strip()
-    return bad
+        bad[func] = line.strip()
+    return bad, unattributed
 
 
 def exported_outside_isa(obj: str) -> dict[str, str]:
@@ -63,7 +92,15 @@ def main(binaries: list[str]) -> int:
     failed = False
     for b in binaries:
         isa_object = re.search(r"_avx(2|512[a-z0-9]*)\.cpp\.o$", b) is not None
-        bad = exported_outside_isa(b) if isa_object else violations(b)
+        unattributed = 0
+        if isa_object:
+            bad = exported_outside_isa(b)
+        else:
+            bad, unattributed = violations(b)
+        if unattributed:
+            print(f"{b}: note: {unattributed} VEX/EVEX instruction(s) in code no symbol covers "
+                  "(a stripped binary names only its exported functions): not checked; "
+                  "check an unstripped build")
         for func, insn in sorted(bad.items()):
             print(f"{b}: {func}: {insn}")
         failed |= bool(bad)
