@@ -34,7 +34,7 @@ def symbol_sizes(binary: str) -> dict[int, int]:
     sizes: dict[int, int] = {}
     for dynamic in ([], ["-D"]):
         out = subprocess.run(["nm", "-S", "--defined-only", *dynamic, binary],
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, check=False).stdout
         for line in out.splitlines():
             parts = line.split()
             if len(parts) >= 4:
