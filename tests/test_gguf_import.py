@@ -258,8 +258,10 @@ def test_tokenizer_and_chat_template_survive(hf_models: dict[str, Path], tmp_pat
 
 
 def _edited_gguf(src: Path, path: Path, arch: str | None = None,
-                 extra_tensor: str | None = None, ints: dict[str, int] | None = None) -> Path:
-    """A GGUF with a different architecture name, an extra tensor or integer fields replaced."""
+                 extra_tensor: str | None = None, ints: dict[str, int] | None = None,
+                 extra_merges: list[str] | None = None) -> Path:
+    """A GGUF with a different architecture name, an extra tensor, integer fields replaced or
+    merges appended."""
     reader = gguf.GGUFReader(write_gguf(src, path.with_suffix(".orig.gguf")))
     w = gguf.GGUFWriter(str(path), arch or "llama")
     for f in reader.fields.values():
@@ -271,6 +273,8 @@ def _edited_gguf(src: Path, path: Path, arch: str | None = None,
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         if ints and name in ints:
             value = ints.pop(name)
+        if extra_merges and name == "tokenizer.ggml.merges":
+            value = list(value) + extra_merges
         w.add_key_value(name, value, vtype, sub_type=sub)
     for name, value in (ints or {}).items():
         w.add_uint32(name, value)
@@ -300,6 +304,17 @@ def test_special_token_id_past_the_vocabulary(hf_models: dict[str, Path], tmp_pa
     vocab = json.loads((hf_models["llama"] / "config.json").read_text())["vocab_size"]
     path = _edited_gguf(hf_models["llama"], tmp_path / "t.gguf", ints={key: vocab + 7})
     with pytest.raises(InvalidCheckpoint, match=f"{vocab + 7} is outside the vocabulary"):
+        import_gguf(path, tmp_path / "out")
+
+
+def test_merge_of_a_token_outside_the_vocabulary(hf_models: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    # tokenizers raises a bare Exception for it (found by fuzz_gguf_import): it must leave
+    # the importer as an InvalidCheckpoint naming the file.
+    path = _edited_gguf(hf_models["llama"], tmp_path / "m.gguf",
+                        extra_merges=["\u0120zzqq \u0120xxyy"])
+    with pytest.raises(InvalidCheckpoint, match=r"m\.gguf: the tokenizer failed while building "
+                                                r"it from the GGUF's vocabulary"):
         import_gguf(path, tmp_path / "out")
 
 

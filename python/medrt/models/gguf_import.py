@@ -27,6 +27,7 @@ from safetensors import TensorSpec, serialize_file
 from tqdm import tqdm
 
 from medrt.errors import InvalidCheckpoint
+from medrt.hf_tokenizer import panics_as_invalid
 from medrt.models.gguf_blocks import GROUP, KEPT, split_blocks
 from medrt.models.gguf_metadata import check_tensor_data, read_metadata
 from medrt.models.gguf_tokenizer import eos_token_ids, write_tokenizer_files
@@ -383,7 +384,10 @@ def import_gguf(
                         gguf_path.name, ", ".join(f"{n} {k}" for k, n in sorted(lost.items())),
                         dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_tokenizer_files(meta, out_dir, cfg["max_position_embeddings"])
+    # tokenizers raises a bare Exception for a vocabulary it cannot build (a merge naming a
+    # token the vocabulary lacks): an InvalidCheckpoint naming the GGUF, like any bad field.
+    with panics_as_invalid(gguf_path, "building it from the GGUF's vocabulary"):
+        write_tokenizer_files(meta, out_dir, cfg["max_position_embeddings"])
 
     plan = _plan_shards(reader, dtype, keep)
     n_shards = plan[-1] + 1 if plan else 1
