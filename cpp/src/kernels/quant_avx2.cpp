@@ -60,10 +60,8 @@ void tile(const Layout& L, const uint8_t* rg, int h0, const Act& a, int64_t m, f
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)));
 
   for (int64_t g = 0; g < L.ngroups; ++g) {
-    const int64_t per_unit = kUnitHeader / L.group_header;  // quant_layout.h
-    const uint8_t* unit = rg + (g / per_unit) * L.unit_bytes;
-    const uint8_t* gh = unit + (g % per_unit) * L.group_header;
-    const uint8_t* codes = unit + kUnitHeader + (g % per_unit) * L.gb * L.block_bytes + h0 * 32;
+    const uint8_t* gh = group_header_at(rg, L, g);
+    const uint8_t* codes = group_codes_at(rg, L, g) + h0 * 32;
     __m256 s[NH], zm[NH];
     for (int r = 0; r < NH; ++r) {
       s[r] = zm[r] = _mm256_setzero_ps();

@@ -56,10 +56,8 @@ void tile(const Layout& L, const uint8_t* rg, const Act& a, int64_t m, float* y,
   const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<__m128i*>(biased)));
 
   for (int64_t g = 0; g < L.ngroups; ++g) {
-    const int64_t per_unit = kUnitHeader / L.group_header;  // quant_layout.h
-    const uint8_t* unit = rg + (g / per_unit) * L.unit_bytes;
-    const uint8_t* gh = unit + (g % per_unit) * L.group_header;
-    const uint8_t* codes = unit + kUnitHeader + (g % per_unit) * L.gb * L.block_bytes;
+    const uint8_t* gh = group_header_at(rg, L, g);
+    const uint8_t* codes = group_codes_at(rg, L, g);
     __m512 s = _mm512_setzero_ps(), zm = _mm512_setzero_ps();
     if constexpr (K != Kind::Int8Row) s = f16x16(gh);
     if constexpr (K == Kind::Int4Zero || K == Kind::Int4Min) zm = f16x16(gh + kRows * 2);

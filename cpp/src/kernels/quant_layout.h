@@ -15,8 +15,7 @@
 // on large layers; with all headers first and all blocks after, the two streams made every
 // type slower on machines whose prefetchers want one stream.)
 //   [hdr g0][hdr g1][blocks of g0][blocks of g1][hdr g2][hdr g3][blocks of g2][blocks of g3]...
-// Group g's header: rg + (g / P) * unit_bytes + (g % P) * group_header; code block b of group
-// g = b / gb: rg + (g / P) * unit_bytes + 64 + ((g % P) * gb + b % gb) * block_bytes.
+// group_header_at / group_codes_at below compute where group g's header and first block lie.
 // Group header (Layout::group_header bytes):
 //   Int8Row    16 x f32 scale (one group: the whole row)               64 bytes
 //   Int8Group  16 x f16 scale                (GGUF Q8_0, groups of 32)  32 bytes
@@ -60,18 +59,31 @@ enum class Kind : uint32_t { Int8Row, Int8Group, Nf4, Int4Zero, Int4Min };
 
 struct Layout {
   Kind kind;
-  uint32_t pad_;
+  uint32_t per_unit;       // P: groups per unit, 64 / group_header
   int64_t nb;              // 32-input blocks per row (in rounded up to 32)
   int64_t gb;              // blocks per scale group (nb for Int8Row)
   int64_t ngroups;         // nb / gb
   int64_t group_header;    // bytes of a group's scales (and zeros or mins)
   int64_t block_bytes;     // one code block of 16 rows: 512 (int8) or 256 (4-bit)
-  int64_t unit_bytes;      // 64 + P * gb * block_bytes, P = 64 / group_header groups a unit
+  int64_t unit_bytes;      // 64 + P * gb * block_bytes
   int64_t rowgroup_bytes;  // ceil(ngroups / P) * 64 + ngroups * gb * block_bytes
 };
 inline constexpr int64_t kHeaderBytes = 64;
 inline constexpr int64_t kUnitHeader = 64;  // the headers of a unit of groups (above)
 static_assert(sizeof(Layout) <= kHeaderBytes);
+
+// Group g's header and its first code block (the group's blocks follow one another) in the row
+// group at rg. `static`: every kernel file gets its own copy, so no ISA file emits a weak
+// symbol that portable code could end up calling (isa_prelude.h).
+template <class Byte>
+static inline Byte* group_header_at(Byte* rg, const Layout& L, int64_t g) {
+  return rg + (g / L.per_unit) * L.unit_bytes + (g % L.per_unit) * L.group_header;
+}
+template <class Byte>
+static inline Byte* group_codes_at(Byte* rg, const Layout& L, int64_t g) {
+  return rg + (g / L.per_unit) * L.unit_bytes + kUnitHeader +
+         (g % L.per_unit) * L.gb * L.block_bytes;
+}
 
 // One quantized activation block: scale d, sum of its codes (as f32 and int32; exact), and
 // d * sum (the Int4Min term).

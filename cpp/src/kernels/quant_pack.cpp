@@ -61,7 +61,8 @@ Layout make_layout(Kind kind, int64_t in, int64_t group_size) {
   const bool two = kind == Kind::Int4Zero || kind == Kind::Int4Min;
   L.group_header = kind == Kind::Int8Row ? kRows * 4 : two ? 2 * kRows * 2 : kRows * 2;
   L.block_bytes = kind == Kind::Int8Row || kind == Kind::Int8Group ? 8 * 64 : 4 * 64;
-  const int64_t per_unit = kUnitHeader / L.group_header;  // quant_layout.h: P
+  L.per_unit = uint32_t(kUnitHeader / L.group_header);
+  const int64_t per_unit = L.per_unit;
   L.unit_bytes = kUnitHeader + per_unit * L.gb * L.block_bytes;
   L.rowgroup_bytes = (std::max<int64_t>(L.ngroups, 1) + per_unit - 1) / per_unit * kUnitHeader +
                      L.ngroups * L.gb * L.block_bytes;
@@ -75,26 +76,17 @@ void check_groups(const LinearWeight& w) {
                   " must be a positive multiple of 32 that divides in = " + std::to_string(w.in));
 }
 
-// Group g's header in a row group.
-template <class Byte>
-Byte* header_at(Byte* rg, const Layout& L, int64_t g) {
-  const int64_t per_unit = kUnitHeader / L.group_header;
-  return rg + (g / per_unit) * L.unit_bytes + (g % per_unit) * L.group_header;
-}
-
 // Code block b of a row group.
 template <class Byte>
 Byte* block_at(Byte* rg, const Layout& L, int64_t b) {
-  const int64_t g = b / L.gb, per_unit = kUnitHeader / L.group_header;
-  return rg + (g / per_unit) * L.unit_bytes + kUnitHeader +
-         ((g % per_unit) * L.gb + b % L.gb) * L.block_bytes;
+  return group_codes_at(rg, L, b / L.gb) + (b % L.gb) * L.block_bytes;
 }
 
 // A [out, groups] f16 tensor's entry for row r, group g into the scale section.
 void put_f16(uint8_t* sec, const Layout& L, int64_t g, int64_t off, int64_t lr,
              const TensorView& t, int64_t r) {
   const auto* src = static_cast<const uint16_t*>(t.data) + r * L.ngroups + g;
-  std::memcpy(header_at(sec, L, g) + off + lr * 2, src, 2);
+  std::memcpy(group_header_at(sec, L, g) + off + lr * 2, src, 2);
 }
 
 void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
@@ -195,7 +187,7 @@ void quant_dequant_row(const PackedLinear& p, int64_t r, float* out) {
   const int64_t lr = r % kRows;
   auto f16_at = [&](int64_t g, int64_t off) {
     uint16_t h;
-    std::memcpy(&h, header_at(rg, L, g) + off + lr * 2, 2);
+    std::memcpy(&h, group_header_at(rg, L, g) + off + lr * 2, 2);
     return f16_to_f32(h);
   };
   for (int64_t i = 0; i < p.in; ++i) {

@@ -44,10 +44,8 @@ void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int6
     for (int lr = 0; lr < nvalid; ++lr) {
       float acc = 0.0f;
       for (int64_t g = 0; g < L.ngroups; ++g) {
-        const int64_t per_unit = kUnitHeader / L.group_header;  // quant_layout.h
-        const uint8_t* unit = rg + (g / per_unit) * L.unit_bytes;
-        const uint8_t* gh = unit + (g % per_unit) * L.group_header + lr * 2;
-        const uint8_t* codes = unit + kUnitHeader + (g % per_unit) * L.gb * L.block_bytes;
+        const uint8_t* gh = group_header_at(rg, L, g) + lr * 2;
+        const uint8_t* codes = group_codes_at(rg, L, g);
         const float s = L.kind == Kind::Int8Row ? 0.0f : f16_at(gh);
         const float zm =
             L.kind == Kind::Int4Zero || L.kind == Kind::Int4Min ? f16_at(gh + kRows * 2) : 0.0f;
