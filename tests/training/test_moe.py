@@ -158,11 +158,18 @@ def test_cli_trains_and_reports(tiny_pair, tmp_path) -> None:
     from medrt_train.cli import main
 
     out = tmp_path / "moe_run"
+    from medrt_train.data.pubmedqa import DEFAULT_PATH
+
+    test = ["--test", "4"] if DEFAULT_PATH.is_file() else []
     rc = main(["moe", "--model", str(tiny_pair["student"]), "--out", str(out), "--steps", "6",
-               "--batch", "4", "--experts", "5", "--lora-r", "2", "--queue-size", "4"])
+               "--batch", "4", "--experts", "5", "--lora-r", "2", "--queue-size", "4", *test])
     assert rc == 0
     log = json.loads((out / "train_log.json").read_text())
     assert log[0]["step"] == 0 and log[-1]["step"] == 6
     assert 0.0 <= log[-1]["routing_accuracy"] <= 1.0 and log[-1]["labelled"] == 60
+    # Perplexity is exp of the token-weighted loss: at least 1, and finite.
+    assert 1.0 <= log[-1]["perplexity"] < float("inf")
+    if test:  # PubMedQA test perplexity before and after, never trained on
+        assert all(1.0 <= log[i]["test_perplexity"] < float("inf") for i in (0, -1))
     assert (out / "moe_model.safetensors").is_file()
     assert (out / "experts" / "expert_4" / "adapter_config.json").is_file()

@@ -83,23 +83,6 @@ def test_records(n: int) -> list[dict]:
             for q in load_split("test")[:n]]
 
 
-@torch.no_grad()
-def perplexity(model: MoeModel, tokenizer, records: list[dict], max_len: int,
-               batch: int = 16) -> float:
-    """exp of the mean next-token loss over every predicted token of the records (the LM
-    loss alone: no router or balance term)."""
-    model.eval()
-    nll = tokens = 0.0
-    for i in range(0, len(records), batch):
-        b = _batch(tokenizer, records[i:i + batch], model.config, max_len)
-        out = model(**b)
-        n = float((b["labels"][:, 1:] != -100).sum())
-        nll += float(out.lm_loss) * n
-        tokens += n
-    model.train()
-    return math.exp(nll / tokens)
-
-
 def _batch(tokenizer, records: list[dict], config: MoeConfig, max_len: int) -> dict:
     enc = tokenizer([r["text"] for r in records], return_tensors="pt", padding=True,
                     truncation=True, max_length=max_len)
@@ -112,21 +95,27 @@ def _batch(tokenizer, records: list[dict], config: MoeConfig, max_len: int) -> d
 @torch.no_grad()
 def evaluate(model: MoeModel, tokenizer, records: list[dict], max_len: int,
              batch: int = 16) -> dict[str, float]:
-    """Held-out routing accuracy over the records with a category, and the mean LM loss."""
+    """Held-out routing accuracy over the records with a category, the mean LM loss of the
+    batches, and the perplexity: exp of the mean next-token loss over every predicted token
+    (the LM loss alone, no router or balance term)."""
     model.eval()
     right = total = 0
     losses = []
+    nll = tokens = 0.0
     for i in range(0, len(records), batch):
         b = _batch(tokenizer, records[i:i + batch], model.config, max_len)
         out = model(**b)
         losses.append(float(out.lm_loss))
+        n = float((b["labels"][:, 1:] != -100).sum())
+        nll += float(out.lm_loss) * n
+        tokens += n
         routed = out.seq_probs.argmax(-1)
         keep = b["targets"] >= 0
         right += int((routed[keep] == b["targets"][keep]).sum())
         total += int(keep.sum())
     model.train()
     return {"routing_accuracy": right / max(total, 1), "lm_loss": sum(losses) / len(losses),
-            "labelled": total}
+            "perplexity": math.exp(nll / max(tokens, 1.0)), "labelled": total}
 
 
 def _rss_mib() -> float:
@@ -157,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     test = test_records(args.test) if args.test else []
     history = [{"step": 0, **evaluate(model, tokenizer, held_out, args.max_len)}]
     if test:
-        history[0]["test_perplexity"] = perplexity(model, tokenizer, test, args.max_len)
+        history[0]["test_perplexity"] = evaluate(model, tokenizer, test, args.max_len)["perplexity"]
     log.info("before training: %s", history[0])
     rng = random.Random(args.seed + 1)
     start = time.time()
@@ -177,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     final = {"step": args.steps, **evaluate(model, tokenizer, held_out, args.max_len),
              "trainable_parameters": sum(p.numel() for p in model.trainable_parameters())}
     if test:
-        final["test_perplexity"] = perplexity(model, tokenizer, test, args.max_len)
+        final["test_perplexity"] = evaluate(model, tokenizer, test, args.max_len)["perplexity"]
     history.append(final)
     log.info("after training: %s", final)
     save_moe(model, args.out, str(args.model))
