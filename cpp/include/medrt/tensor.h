@@ -22,6 +22,9 @@ struct TensorView {
   }
   int64_t dim(int i) const { return shape.at(size_t(i)); }
   std::string shape_str() const;  // "[576, 1536]"
+  // Element i (row-major) as f32, for a tensor of dtype F32, F16 or BF16 (0 for other dtypes:
+  // callers check the dtype first). Reads unaligned data too.
+  float f32_at(int64_t i) const;
 };
 
 }  // namespace medrt

@@ -79,6 +79,21 @@ uint16_t f32_to_f16(float f) {
   return sign | uint16_t((rounded - 0x38000000u) >> 13);
 }
 
+float TensorView::f32_at(int64_t i) const {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint16_t h;
+  switch (dtype) {
+    case DType::F32: {
+      float f;
+      std::memcpy(&f, p + 4 * i, 4);
+      return f;
+    }
+    case DType::F16: std::memcpy(&h, p + 2 * i, 2); return f16_to_f32(h);
+    case DType::BF16: std::memcpy(&h, p + 2 * i, 2); return bf16_to_f32(h);
+    default: return 0.0f;
+  }
+}
+
 std::string TensorView::shape_str() const {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) {

@@ -75,14 +75,6 @@ TensorView view_of(const std::vector<uint8_t>& bytes, DType dtype, std::vector<i
   return t;
 }
 
-float element(const TensorView& t, int64_t i) {
-  switch (t.dtype) {
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(t.data)[i]);
-    default: return static_cast<const float*>(t.data)[i];
-  }
-}
-
 // Appends t's elements as `to` (round to nearest even) to out.
 void append_as(const TensorView& t, DType to, std::vector<uint8_t>& out) {
   const int64_t n = t.numel();
@@ -95,7 +87,7 @@ void append_as(const TensorView& t, DType to, std::vector<uint8_t>& out) {
   out.resize(at + size_t(n) * dtype_size(to));
   uint8_t* dst = out.data() + at;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = element(t, i);
+    const float v = t.f32_at(i);
     if (to == DType::F32) {
       std::memcpy(dst + 4 * i, &v, 4);
     } else {

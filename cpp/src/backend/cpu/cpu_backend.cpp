@@ -70,19 +70,10 @@ class CpuBackend final : public Backend {
     auto out = std::make_unique<CpuVector>();
     const int64_t n = t.numel();
     out->v.resize(size_t(n));
-    const auto* h = static_cast<const uint16_t*>(t.data);
-    switch (t.dtype) {
-      case DType::F32: std::memcpy(out->v.data(), t.data, size_t(n) * sizeof(float)); break;
-      case DType::F16:
-        for (int64_t i = 0; i < n; ++i) out->v[size_t(i)] = f16_to_f32(h[i]);
-        break;
-      case DType::BF16:
-        for (int64_t i = 0; i < n; ++i) out->v[size_t(i)] = bf16_to_f32(h[i]);
-        break;
-      default:
-        throw InvalidCheckpoint("'" + name + "' is " + dtype_name(t.dtype) +
-                                "; expected F32, F16 or BF16");
-    }
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      throw InvalidCheckpoint("'" + name + "' is " + dtype_name(t.dtype) +
+                              "; expected F32, F16 or BF16");
+    for (int64_t i = 0; i < n; ++i) out->v[size_t(i)] = t.f32_at(i);
     out->view.dtype = DType::F32;
     out->view.shape = {n};
     out->view.data = out->v.data();

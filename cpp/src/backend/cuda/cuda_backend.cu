@@ -20,28 +20,6 @@ std::string size_str(size_t bytes) {
   return std::to_string(bytes) + " bytes (" + std::to_string(bytes >> 20) + " MiB)";
 }
 
-float scalar_f32(const TensorView& t, int64_t i) {
-  const auto* p = static_cast<const uint8_t*>(t.data);
-  switch (t.dtype) {
-    case DType::F32: {
-      float f;
-      std::memcpy(&f, p + 4 * i, 4);
-      return f;
-    }
-    case DType::F16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return f16_to_f32(h);
-    }
-    case DType::BF16: {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      return bf16_to_f32(h);
-    }
-    default: return 0.0f;
-  }
-}
-
 bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16; }
 
 void need(bool ok, const std::string& name, const std::string& what) {
@@ -55,7 +33,7 @@ std::vector<float> host_f32(const TensorView& t, int64_t n, const std::string& n
        std::string(what) + " must be a float tensor of " + std::to_string(n) + " elements, got " +
            dtype_name(t.dtype) + " " + t.shape_str());
   std::vector<float> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[size_t(i)] = scalar_f32(t, i);
+  for (int64_t i = 0; i < n; ++i) out[size_t(i)] = t.f32_at(i);
   return out;
 }
 
@@ -69,7 +47,7 @@ std::vector<uint16_t> host_f16(const TensorView& t, int64_t n, const std::string
   if (t.dtype == DType::F16) {
     std::memcpy(out.data(), t.data, size_t(n) * 2);
   } else {
-    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = f32_to_f16(scalar_f32(t, i));
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = f32_to_f16(t.f32_at(i));
   }
   return out;
 }
