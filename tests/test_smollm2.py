@@ -128,18 +128,23 @@ def test_logits_match_transformers_from_gguf(smollm2: tuple[Path, Path],
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
-@pytest.fixture(scope="session")
-def engine_4bit(smollm2: tuple[Path, Path]) -> Any:
+def _load_4bit(activation_precision: str) -> Any:
     """The default 4-bit pull loaded by the engine (its Q4_1 and Q8_0 blocks as they are)."""
     from medrt import _core
     from medrt.errors import InvalidCheckpoint
 
     try:
-        return _core.Model(str(pull(NAME, progress=False)))
+        return _core.Model(str(pull(NAME, progress=False)),
+                           activation_precision=activation_precision)
     except InvalidCheckpoint as e:
         if "no CPU kernel reads weight type" in str(e):
             pytest.skip(f"this build has no quantized CPU kernels yet: {e}")
         raise
+
+
+@pytest.fixture(scope="session")
+def engine_4bit(smollm2: tuple[Path, Path]) -> Any:
+    return _load_4bit("int8")
 
 
 def _pubmedqa_documents(tok: Any, n_tokens: int) -> list[list[int]]:
@@ -159,24 +164,17 @@ def _pubmedqa_documents(tok: Any, n_tokens: int) -> list[list[int]]:
     return docs
 
 
-def test_4_bit_model_matches_transformers_reading_the_gguf(engine_4bit: Any,
-                                                           reference: tuple[Any, Any]) -> None:
-    """The engine at the GGUF's own precision (int8 activation blocks against 4-bit weights)
-    against transformers on the same weights dequantized to f32, over 2,000 tokens of PubMedQA
-    `test` text: mean KL(transformers || medrt) at most 0.01 nats a token (the issue's target;
-    measured 0.0042 on 2,264 tokens). Top-1 agreement: the issue asks for 99%; measured 96.0%,
-    every disagreement at a near-tie (the reference's two best tokens within 0.05 in
-    probability), so asserted as 95% overall and 100% where the reference is decided. The
-    int8 activation blocks cost this, in llama.cpp too: its Q4_1 against its own F32 copy of the
-    same weights agrees on 96.7% of PubMedQA test tokens (KLD 0.0028; docs/benchmarks.md,
-    run 6), and an f32 LM head in medrt only moves 96.0% to 96.8%."""
+def _agreement(engine: Any, reference: tuple[Any, Any]) -> dict[str, float]:
+    """The engine's next-token distributions against transformers' over 2,000 tokens of
+    PubMedQA `test` text: mean KL(transformers || medrt) in nats a token, top-1 agreement
+    overall and where the reference is decided (its two best tokens more than 0.05 apart in
+    probability)."""
     model, tok = reference
     kl, agree, n, decided, decided_agree = 0.0, 0, 0, 0, 0
     for ids in _pubmedqa_documents(tok, 2000):
         with torch.no_grad():
             want = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
-        got = torch.log_softmax(torch.from_numpy(engine_4bit.prefill_logits(ids))[:-1].double(),
-                                -1)
+        got = torch.log_softmax(torch.from_numpy(engine.prefill_logits(ids))[:-1].double(), -1)
         kl += float((want.exp() * (want - got)).sum())
         same = want.argmax(-1) == got.argmax(-1)
         top2 = want.exp().topk(2, -1).values
@@ -186,9 +184,34 @@ def test_4_bit_model_matches_transformers_reading_the_gguf(engine_4bit: Any,
         decided_agree += int(same[clear].sum())
         n += len(ids) - 1
     assert n >= 2000 and decided > n / 2
-    assert kl / n <= 0.01, f"mean KL {kl / n:.5f} nats/token over {n} tokens"
-    assert agree / n >= 0.95, f"top-1 agreement {agree / n:.4f} over {n} tokens"
-    assert decided_agree == decided, f"top-1 differs at {decided - decided_agree} clear tokens"
+    return {"n": n, "kl": kl / n, "top1": agree / n, "decided_misses": decided - decided_agree}
+
+
+def test_4_bit_model_matches_transformers_reading_the_gguf(engine_4bit: Any,
+                                                           reference: tuple[Any, Any]) -> None:
+    """The engine at the GGUF's own precision with the default int8 activation blocks against
+    transformers on the same weights dequantized to f32: mean KL at most 0.01 nats a token
+    (the issue's target; measured 0.0042 on 2,264 tokens). Top-1 agreement measured 96.0%,
+    every disagreement at a near-tie, so asserted as 95% overall and 100% where the reference
+    is decided. The int8 blocks cost this, in llama.cpp too: its Q4_1 against its own F32 copy
+    of the same weights agrees on 96.7% of PubMedQA test tokens (KLD 0.0028; docs/benchmarks.md,
+    run 6). The issue's 99% is met with activation_precision="int8x2" (next test)."""
+    a = _agreement(engine_4bit, reference)
+    assert a["kl"] <= 0.01, f"mean KL {a['kl']:.5f} nats/token over {a['n']} tokens"
+    assert a["top1"] >= 0.95, f"top-1 agreement {a['top1']:.4f} over {a['n']} tokens"
+    assert a["decided_misses"] == 0, f"top-1 differs at {a['decided_misses']} clear tokens"
+
+
+def test_4_bit_model_with_int8x2_activations_meets_99_percent_top_1(
+        smollm2: tuple[Path, Path], reference: tuple[Any, Any]) -> None:
+    """Two int8 terms per activation (the code and its rounding residual's, about 15 bits):
+    the same 4-bit weights then give transformers' f32 distribution almost exactly; the
+    issue's targets, KL at most 0.01 and top-1 at least 99%, both hold."""
+    a = _agreement(_load_4bit("int8x2"), reference)
+    print(f"int8x2: {a}")
+    assert a["kl"] <= 0.01, f"mean KL {a['kl']:.5f} nats/token over {a['n']} tokens"
+    assert a["top1"] >= 0.99, f"top-1 agreement {a['top1']:.4f} over {a['n']} tokens"
+    assert a["decided_misses"] == 0, f"top-1 differs at {a['decided_misses']} clear tokens"
 
 
 def test_4_bit_model_chats(engine_4bit: Any, reference: tuple[Any, Any]) -> None:

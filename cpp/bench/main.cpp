@@ -44,12 +44,13 @@ struct Args {
   int bandwidth_mib = 1024;
   bool json = false;
   uint64_t seed = 1234;
+  medrt::ActPrecision act = medrt::ActPrecision::Int8;
 };
 
 const char* kUsage =
     "usage: medrt-bench -m MODEL_DIR [-t THREADS] [-p 512] [-n 128] [--batched 1,4,16,64]\n"
     "                   [--batched-prompt 128] [--batched-gen 128] [-r 5]\n"
-    "                   [--bandwidth-mib 1024] [--seed N] [--json]\n"
+    "                   [--bandwidth-mib 1024] [--seed N] [--activations int8|int8x2] [--json]\n"
     "  -p 0, -n 0, --batched '' or --bandwidth-mib 0 skip that measurement.\n"
     "  --json prints one JSON object per row instead of the markdown table.\n";
 
@@ -89,6 +90,13 @@ Args parse_args(int argc, char** argv) {
     else if (f == "--batched-gen") a.batched_gen = parse_int(f, v, 1);
     else if (f == "--bandwidth-mib") a.bandwidth_mib = parse_int(f, v, 0);
     else if (f == "--seed") a.seed = uint64_t(parse_int(f, v, 0));
+    else if (f == "--activations") {
+      try {
+        a.act = medrt::parse_act_precision(v);
+      } catch (const medrt::Error& e) {
+        usage_error(std::string("--activations: ") + e.what());
+      }
+    }
     else if (f == "--batched") {
       a.batched.clear();
       std::stringstream ss(v);
@@ -214,6 +222,7 @@ int main(int argc, char** argv) {
     medrt::EngineConfig cfg;
     cfg.model_dir = a.model_dir;
     cfg.num_threads = a.threads;
+    cfg.activation_precision = a.act;
     cfg.enable_prefix_caching = false;  // every repetition computes its prompt in full
     cfg.max_num_seqs = std::max(cfg.max_num_seqs, max_batch);
     // A pool that holds every sequence of the largest run at once: preemption would measure

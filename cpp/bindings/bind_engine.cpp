@@ -66,7 +66,7 @@ void bind_config(py::module_& m) {
               kw,
               {"model_dir", "block_size", "kv_cache_bytes", "num_blocks", "max_num_seqs",
                "max_num_batched_tokens", "max_model_len", "enable_prefix_caching", "num_threads",
-               "seed"},
+               "seed", "activation_precision"},
               "EngineConfig");
         }))
       .def_readwrite("model_dir", &EngineConfig::model_dir)
@@ -78,7 +78,13 @@ void bind_config(py::module_& m) {
       .def_readwrite("max_model_len", &EngineConfig::max_model_len)
       .def_readwrite("enable_prefix_caching", &EngineConfig::enable_prefix_caching)
       .def_readwrite("num_threads", &EngineConfig::num_threads)
-      .def_readwrite("seed", &EngineConfig::seed);
+      .def_readwrite("seed", &EngineConfig::seed)
+      .def_property(
+          "activation_precision",
+          [](const EngineConfig& c) { return std::string(act_precision_name(c.activation_precision)); },
+          [](EngineConfig& c, const std::string& name) {
+            c.activation_precision = parse_act_precision(name);
+          });
 }
 
 void bind_sampling_params(py::module_& m) {

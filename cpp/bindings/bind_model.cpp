@@ -87,9 +87,9 @@ int32_t argmax(const float* row, int64_t n) {
 
 class PyModel {
  public:
-  PyModel(const std::string& dir, int num_threads)
+  PyModel(const std::string& dir, int num_threads, const std::string& activation_precision)
       : pool_(std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(num_threads))),
-        model_(Model::load(dir, *pool_)) {}
+        model_(Model::load(dir, *pool_, parse_act_precision(activation_precision))) {}
 
   const ModelConfig& config() const { return model_->config(); }
 
@@ -153,7 +153,8 @@ class PyModel {
 void bind_model(py::module_& m) {
   py::class_<PyModel>(m, "Model",
                       "The decoder alone (no engine): logits and greedy tokens for parity tests.")
-      .def(py::init<const std::string&, int>(), py::arg("model_dir"), py::arg("num_threads") = 0,
+      .def(py::init<const std::string&, int, const std::string&>(), py::arg("model_dir"),
+           py::arg("num_threads") = 0, py::arg("activation_precision") = "int8",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("config",
                              [](const PyModel& self) { return model_config_dict(self.config()); })

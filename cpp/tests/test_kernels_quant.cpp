@@ -450,3 +450,101 @@ TEST(numpy_reference_weights_from_medrt_train) {
   }
   cpu::set_isa(cpu::detected_isa());
 }
+
+// ActPrecision::Int8x2: each input row as two int8 rows, its codes and its rounding residual's.
+TEST(split_activations_are_within_half_a_residual_step) {
+  std::mt19937 rng(13);
+  ThreadPool pool(2);
+  const int64_t M = 3, K = 100, nb = 4, width = nb * 32;
+  const auto x = random_x(M, K, rng);
+  q::ActBuffer one, two;
+  q::quantize_act(x.data(), M, K, one, pool);
+  q::quantize_act_split(x.data(), M, K, two, pool);
+  CHECK(two.blocks.size() == size_t(2 * M * nb) && two.codes.size() == size_t(2 * M * width));
+  for (int64_t m = 0; m < M; ++m) {
+    // Row 2m is quantize_act's row m, bit for bit.
+    CHECK(std::memcmp(two.codes.data() + 2 * m * width, one.codes.data() + m * width,
+                      size_t(width)) == 0);
+    for (int64_t b = 0; b < nb; ++b) {
+      const q::ActBlock& hi = two.blocks[size_t(2 * m * nb + b)];
+      const q::ActBlock& lo = two.blocks[size_t((2 * m + 1) * nb + b)];
+      CHECK(hi.d == one.blocks[size_t(m * nb + b)].d);
+      // The residual is at most half a first step, so its step is 127 times finer or more.
+      CHECK(lo.d <= hi.d * 0.5f / 127.0f * (1 + 1e-5f));
+      for (int64_t j = 0; j < 32; ++j) {
+        const int64_t i = b * 32 + j;
+        const double xv = i < K ? x[size_t(m * K + i)] : 0.0;
+        const double x2 = double(hi.d) * two.codes[size_t(2 * m * width + i)] +
+                          double(lo.d) * two.codes[size_t((2 * m + 1) * width + i)];
+        CHECK(std::fabs(xv - x2) <= lo.d * 0.5 * (1 + 1e-5) + 1e-7 * std::fabs(xv));
+      }
+    }
+  }
+}
+
+TEST(int8x2_activations_match_the_f32_input_on_every_isa) {
+  std::mt19937 rng(17);
+  ThreadPool pool2(2), pool1(1), pool3(3);
+  for (const Spec& s : specs()) {
+    Built w = build(s, rng);
+    for (int64_t M : {1, 5, 37}) {
+      const auto x = random_x(M, s.in, rng);
+      q::ActBuffer act;
+      q::quantize_act_split(x.data(), M, s.in, act, pool2);
+      const int64_t nb = (s.in + 31) / 32;
+      std::vector<float> y_portable;
+      double worst_x2 = 0, worst_x1 = 0;  // largest error against the format weight x f32 input
+      for (cpu::Isa isa : isas()) {
+        cpu::set_isa(isa);
+        const cpu::PackedLinear p = cpu::pack_linear(w.lw, ActPrecision::Int8x2);
+        const auto y = run(p, x, M, pool2);
+        // Decode and prefill and a row alone give the same bits.
+        std::vector<float> dec(y.size()), pre(y.size());
+        p.kernels->decode(p, x.data(), M, dec.data(), pool1);
+        p.kernels->prefill(p, x.data(), M, pre.data(), pool3);
+        CHECK(same_bits(dec.data(), y.data(), y.size()) && same_bits(pre.data(), y.data(), y.size()));
+        const std::vector<float> last(x.end() - s.in, x.end());
+        CHECK(same_bits(run(p, last, 1, pool1).data(), y.data() + (M - 1) * s.out, size_t(s.out)));
+        if (isa != cpu::Isa::Portable) {
+          if (!same_bits(y.data(), y_portable.data(), y.size())) {
+            std::fprintf(stderr, "  %s M=%ld: %s int8x2 differs from portable\n", s.name,
+                         long(M), p.kernels->name);
+            CHECK(false);
+          }
+          continue;
+        }
+        y_portable = y;
+        const auto y1 = run(cpu::pack_linear(w.lw), x, M, pool2);  // one int8 term
+        int bad = 0;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = 0; r < s.out; ++r) {
+            double ref = s.bias ? w.bias[size_t(r)] : 0.0, bound = 0, mag = 0;
+            for (int64_t i = 0; i < s.in; ++i) {
+              const size_t k = size_t(r * s.in + i);
+              const double xv = x[size_t(m * s.in + i)];
+              const double d2 = act.blocks[size_t((2 * m + 1) * nb + i / 32)].d;
+              ref += w.wdeq[k] * xv;
+              bound += std::fabs(w.wkern[k]) * d2 * 0.5 * (1 + 1e-5);
+              bound += std::fabs(w.wkern[k] - w.wdeq[k]) * std::fabs(xv);  // nf4's table
+              mag += w.wmag[k] * std::fabs(xv);
+            }
+            const double yv = y[size_t(m * s.out + r)];
+            const double tol = bound + 2e-5 * mag + 1e-6;
+            worst_x2 = std::fmax(worst_x2, std::fabs(yv - ref));
+            worst_x1 = std::fmax(worst_x1, std::fabs(double(y1[size_t(m * s.out + r)]) - ref));
+            if (std::fabs(yv - ref) > tol && bad++ < 3)
+              std::fprintf(stderr, "  %s M=%ld y[%ld,%ld]=%.9g format %.9g (tol %.3g)\n",
+                           s.name, long(M), long(m), long(r), yv, ref, tol);
+          }
+        CHECK(bad == 0);
+        // Without nf4's int8 table the second term cuts the error at least tenfold.
+        if (s.type != WeightType::Nf4 && !(worst_x2 * 10 < worst_x1)) {
+          std::fprintf(stderr, "  %s M=%ld: int8x2 error %.3g, int8 %.3g\n", s.name, long(M),
+                       worst_x2, worst_x1);
+          CHECK(false);
+        }
+      }
+    }
+  }
+  cpu::set_isa(cpu::detected_isa());
+}

@@ -30,6 +30,10 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_thread_count, default=0,
                    help="CPU threads (0: one per physical core; at most the CPUs this process "
                         "may use)")
+    p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
+                   help="how the kernels of quantized weights read activations: int8 blocks "
+                        "(default, fastest) or two int8 terms per value (the f32 reference's "
+                        "tokens)")
 
 
 def _thread_count(text: str) -> int:
@@ -92,7 +96,8 @@ def _sampling(args: argparse.Namespace) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     from medrt import LLM
 
-    return LLM(args.model, num_threads=args.threads)
+    return LLM(args.model, num_threads=args.threads,
+               activation_precision=args.activation_precision)
 
 
 def _human(n: int) -> str:

@@ -70,6 +70,7 @@ class EngineFrontend:
         device: str = "auto",
         enforce_eager: bool = False,
         device_map: str | None = None,
+        activation_precision: str = "int8",
     ) -> None:
         from medrt import _core
         from medrt.device import select_device
@@ -98,10 +99,13 @@ class EngineFrontend:
         config.enable_prefix_caching = enable_prefix_caching
         config.num_threads = num_threads
         config.seed = seed
+        config.activation_precision = activation_precision  # InvalidRequest names a bad one
+        self.activation_precision = activation_precision
 
         def probe_engine() -> Any:  # deployment="auto" measures decode costs on a small engine
             probe = _core.EngineConfig()
             probe.model_dir, probe.num_blocks, probe.num_threads = str(model_dir), 64, num_threads
+            probe.activation_precision = activation_precision
             return _core.Engine(probe)
 
         # LoRA: merged mode hands the engine a merged copy of the model; adapter mode (lora=
@@ -150,11 +154,13 @@ class EngineFrontend:
     def model_info(self) -> dict[str, Any]:
         """The model directory and its weights: ``weight_types`` (type -> number of modules,
         e.g. {"int4-g32-mins": 210, "f32": 61, "int8-g32": 1}), ``weight_bytes`` (as stored),
-        ``f16_bytes`` (the same weights in f16) and ``memory_cut`` (1 - weight_bytes /
-        f16_bytes: 0.64 is 64% less memory than f16)."""
+        ``f16_bytes`` (the same weights in f16), ``memory_cut`` (1 - weight_bytes /
+        f16_bytes: 0.64 is 64% less memory than f16) and ``activation_precision`` (how the
+        quantized weights' kernels read activations: "int8" or "int8x2")."""
         from medrt.models.weight_info import weight_summary
 
-        return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict()}
+        return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict(),
+                "activation_precision": self.activation_precision}
 
     # -- LoRA adapters (adapter mode) ------------------------------------------------------
 

@@ -42,6 +42,10 @@ class LLM(EngineFrontend):
     the CPU), "cpu" or "cuda"; ``MEDRT_DEVICE`` overrides it and ``medrt info`` says what is
     chosen and why. ``enforce_eager`` turns CUDA graphs off; ``device_map="auto"`` splits the
     layers between GPU and CPU when they do not fit (docs/cuda.md).
+    ``activation_precision`` says how the CPU kernels of quantized weights read activations:
+    "int8" (default: int8 blocks of 32, as llama.cpp) or "int8x2" (each value as two int8
+    terms, about 15 bits: the distribution of the f32 reference on the same weights, for
+    scoring, at about 0.6x the prompt speed; docs/quantization.md).
 
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call

@@ -56,7 +56,7 @@ def _medrt(args: argparse.Namespace, mdir: Path, env: dict) -> dict[str, float]:
     out = _run([str(args.medrt_bench), "-m", str(mdir), "-t", str(args.threads), "-p",
                 str(args.p), "-n", str(args.n), "-r", "1", "--batched", str(args.batched or ""),
                 "--batched-prompt", "128", "--batched-gen", "128", "--bandwidth-mib", "0",
-                "--json"], env)
+                "--activations", args.activations, "--json"], env)
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {r["test"]: r["tokens_per_s"] for r in rows if "test" in r}
 
@@ -92,11 +92,15 @@ def main() -> int:
     p.add_argument("--batched", type=int, default=16)
     p.add_argument("-r", "--reps", type=int, default=5)
     p.add_argument("--isa", default="", help="MEDRT_ISA for medrt (avx2 to cap it)")
+    p.add_argument("--activations", default="int8", choices=("int8", "int8x2"),
+                   help="medrt-bench --activations: how medrt's quantized kernels read "
+                        "activations")
     args = p.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **({"MEDRT_ISA": args.isa} if args.isa else {}))
     print(f"CPU: {_cpu_model()}; threads {args.threads}; medrt ISA "
-          f"{args.isa or 'best available'}; {args.reps} alternating repetitions, medians\n")
+          f"{args.isa or 'best available'}; {args.activations} activations; {args.reps} "
+          "alternating repetitions, medians\n")
     print("| type | test | medrt t/s | llama.cpp t/s | medrt / llama.cpp |")
     print("|---|---|---:|---:|---:|")
     for qtype in args.types.split(","):

@@ -140,13 +140,20 @@ def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
     dequantizing transformers loader within the activation quantization's error."""
     src, data = _quantized_tiny_model_and_data(tmp_path)
     rows = {}
-    for engine in ("transformers", "medrt"):
-        out = tmp_path / f"{engine}.json"
+    for name, args in (("transformers", ["--engine", "transformers"]),
+                       ("medrt", ["--engine", "medrt"]),
+                       ("int8x2", ["--engine", "medrt", "--activation-precision", "int8x2"])):
+        out = tmp_path / f"{name}.json"
         assert main(["eval", f"paper={tmp_path / 'q'}", "--reference", str(src),
-                     "--data", str(data), "--json", str(out), "--engine", engine]) == 0
-        rows[engine] = json.loads(out.read_text())[0]
-    hf, rt = rows["transformers"], rows["medrt"]
+                     "--data", str(data), "--json", str(out), *args]) == 0
+        rows[name] = json.loads(out.read_text())[0]
+    hf, rt, x2 = rows["transformers"], rows["medrt"], rows["int8x2"]
     assert rt["engine"] == "medrt" and hf["engine"] == "transformers"
+    assert rt["activation_precision"] == "int8" and x2["activation_precision"] == "int8x2"
+    # Two int8 terms per activation leave only nf4's int8 table between the kernels and the
+    # dequantized weights: closer to transformers than int8 blocks.
+    assert abs(x2["perplexity"] / hf["perplexity"] - 1) < abs(rt["perplexity"] / hf["perplexity"]
+                                                              - 1)
     assert rt["tokens"] == hf["tokens"]
     assert rt["perplexity"] == pytest.approx(hf["perplexity"], rel=5e-3)
     assert rt["reference_perplexity"] == pytest.approx(hf["reference_perplexity"], rel=1e-4)

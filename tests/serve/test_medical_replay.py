@@ -119,7 +119,7 @@ def test_fingerprint_names_the_weights(stub: medrt_pb2_grpc.MedrtStub, tiny_llam
     assert fp.weights_sha256 == hashlib.sha256(
         f"model.safetensors {digest}\n".encode()).hexdigest()
     assert list(fp.weight_types) == ["F32"] and fp.medrt_version == medrt.__version__
-    assert fp.model == "tiny-llama"
+    assert fp.model == "tiny-llama" and fp.activation_precision == "int8"
     cache = json.loads((tiny_llama / ".medrt-weights.json").read_text())
     assert cache["model.safetensors"]["sha256"] == digest
 

@@ -140,14 +140,16 @@ def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question], log=No
     return results
 
 
-def load_model(model_dir: Path, engine: str = "transformers"):
+def load_model(model_dir: Path, engine: str = "transformers",
+               activation_precision: str = "int8"):
     """A model to score: through transformers (a plain Hugging Face directory, or a medrt
     quantized one dequantized to f32), or through medrt's own decoder (engine="medrt": every
-    weight type at its own precision, as the runtime serves it)."""
+    weight type at its own precision, as the runtime serves it, its quantized kernels reading
+    activations at `activation_precision`)."""
     if engine == "medrt":
         from medrt_train.engine_model import MedrtCausalLM
 
-        return MedrtCausalLM(model_dir)
+        return MedrtCausalLM(model_dir, activation_precision=activation_precision)
     from transformers import AutoModelForCausalLM
 
     from medrt_train.quant.loader import is_quantized_dir, load_dequantized
@@ -170,17 +172,20 @@ def describe_dir(model_dir: Path) -> dict:
 
 def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts: int,
              questions: int, max_len: int, split: str = "test", log=None,
-             engine: str = "transformers") -> list[dict]:
+             engine: str = "transformers", activation_precision: str = "int8") -> list[dict]:
     """One row per model, with every figure of the table, on PubMedQA `split`; every model
     (the reference too) is scored through `engine` ("transformers" or "medrt")."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
     entries = load_split(split, data)
-    ref_model = load_model(reference, engine) if reference is not None else None
+    def load(path: Path):
+        return load_model(path, engine, activation_precision)
+
+    ref_model = load(reference) if reference is not None else None
     # The reference listed as a row too (for its accuracy) is the same object, scored once.
     loaded = {name: ref_model if reference is not None and Path(path).resolve() ==
-              Path(reference).resolve() else load_model(path, engine)
+              Path(reference).resolve() else load(path)
               for name, path in models.items()}
     ppl = score_texts(loaded, ref_model, tokenizer, [q.text() for q in entries[:texts]], max_len,
                       log) \
@@ -190,6 +195,7 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
     rows = []
     for name, path in models.items():
         row = {"model": name, "path": str(path), "split": split, "engine": engine,
+               **({"activation_precision": activation_precision} if engine == "medrt" else {}),
                **describe_dir(path),
                **ppl[name]}
         if name in acc:
@@ -240,6 +246,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("transformers", "medrt"), default="transformers",
                    help="score through transformers (quantized weights dequantized to f32) or "
                         "through medrt's C++ decoder (the runtime's own kernels)")
+    p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
+                   help="--engine medrt: how its quantized kernels read activations (int8 as "
+                        "served by default; int8x2 about 15 bits)")
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
 
@@ -253,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
         rows = evaluate(models, args.reference, args.data, args.texts, args.questions,
                         args.max_len, args.split,
                         log=lambda line: print(f"medrt-train eval: {line}", file=sys.stderr,
-                                               flush=True), engine=args.engine)
+                                               flush=True), engine=args.engine,
+                        activation_precision=args.activation_precision)
     except (ValueError, FileNotFoundError) as exc:
         print(f"medrt-train eval: {exc}", file=sys.stderr)
         return 2

@@ -106,8 +106,10 @@ class Backend {
                             float* out) = 0;
 };
 
-// The CPU backend over `pool` (which must outlive it), kernels for the ISA chosen at run time.
-std::unique_ptr<Backend> make_cpu_backend(ThreadPool& pool);
+// The CPU backend over `pool` (which must outlive it), kernels for the ISA chosen at run time;
+// `act`: how the kernels of quantized weights read activations (linear.h).
+std::unique_ptr<Backend> make_cpu_backend(ThreadPool& pool,
+                                          ActPrecision act = ActPrecision::Int8);
 
 // Backend memory owned for its lifetime (persistent buffers keep their address).
 class DeviceBuffer {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "medrt/config.h"
+#include "medrt/linear.h"
 #include "medrt/lora.h"
 #include "medrt/sampling.h"
 
@@ -25,6 +26,9 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   int num_threads = 0;  // 0: physical cores within the usable CPUs; more than usable: InvalidRequest
   uint64_t seed = 0;                     // seeds requests that carry no seed of their own
+  // How the CPU kernels of quantized weights read activations (linear.h): Int8x2 for scoring
+  // and for matching a float reference token for token, at more integer work per token.
+  ActPrecision activation_precision = ActPrecision::Int8;
 };
 
 // Error: a step failed (out of memory, a kernel error) and ended every request it held.

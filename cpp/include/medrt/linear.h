@@ -30,6 +30,19 @@ enum class WeightType : uint8_t { F32, F16, BF16, Int8, Nf4, Int4 };
 const char* weight_type_name(WeightType t);  // "f32", "f16", "bf16", "int8", "nf4", "int4"
 bool is_float_type(WeightType t);             // F32, F16, BF16: used as stored
 
+// How the CPU kernels of quantized weights (int8, nf4, int4) read their input rows, which
+// they quantize once per call into blocks of 32 (docs/quantization.md, "Activation
+// precision"). Float weights always read f32 activations.
+//   Int8    one int8 code per input and an f32 scale per block, as llama.cpp's Q8 blocks:
+//           the fastest, about 8 bits of precision per block;
+//   Int8x2  two int8 terms per input: the code and the code of its rounding residual (x =
+//           d1 q1 + d2 q2 up to amax / 127^2 / 2 per block), about 15 bits; the integer work
+//           doubles. For scoring and for matching a float reference token for token.
+enum class ActPrecision : uint8_t { Int8, Int8x2 };
+const char* act_precision_name(ActPrecision p);  // "int8", "int8x2"
+// The precision named `name`; throws InvalidRequest naming the value and the choices.
+ActPrecision parse_act_precision(const std::string& name);
+
 struct LinearWeight {
   std::string name;            // module name ("model.layers.3.mlp.down_proj"), for errors
   WeightType type = WeightType::F32;

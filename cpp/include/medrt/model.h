@@ -53,8 +53,10 @@ struct WeightSummary {
 class Model {
  public:
   // Opens and validates the checkpoint (every module the architecture needs, with the shape the
-  // config implies) and prepares the weights on a CPU backend over `pool` that the model owns.
-  static std::unique_ptr<Model> load(const std::string& dir, ThreadPool& pool);
+  // config implies) and prepares the weights on a CPU backend over `pool` that the model owns
+  // (`act`: how its quantized weights read activations, linear.h).
+  static std::unique_ptr<Model> load(const std::string& dir, ThreadPool& pool,
+                                     ActPrecision act = ActPrecision::Int8);
   // The same on the given backends.
   static std::unique_ptr<Model> load(const std::string& dir, const ModelPlacement& placement);
 

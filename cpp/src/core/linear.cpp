@@ -20,6 +20,16 @@ bool is_float_type(WeightType t) {
   return t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16;
 }
 
+const char* act_precision_name(ActPrecision p) {
+  return p == ActPrecision::Int8x2 ? "int8x2" : "int8";
+}
+
+ActPrecision parse_act_precision(const std::string& name) {
+  if (name == "int8") return ActPrecision::Int8;
+  if (name == "int8x2") return ActPrecision::Int8x2;
+  throw InvalidRequest("activation precision '" + name + "' is not one of: int8, int8x2");
+}
+
 int64_t LinearWeight::bytes() const {
   return int64_t(weight.nbytes + scales.nbytes + zeros.nbytes + mins.nbytes + bias.nbytes);
 }

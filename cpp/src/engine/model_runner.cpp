@@ -22,7 +22,7 @@ int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
 }  // namespace
 
 ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
-    : cfg_(config), cpu_(make_cpu_backend(pool)),
+    : cfg_(config), cpu_(make_cpu_backend(pool, cfg_.activation_precision)),
       model_(Model::load(cfg_.model_dir, ModelPlacement{cpu_.get(), {}})),
       loras_(model_->config(), pool) {
   model_->set_loras(&loras_);

@@ -34,4 +34,9 @@ struct ActBuffer {
 // rows are split over the pool when there are many.
 void quantize_act(const float* x, int64_t M, int64_t K, ActBuffer& out, ThreadPool& pool);
 
+// ActPrecision::Int8x2: 2M quantized rows, row 2m the codes of x's row m as quantize_act gives
+// them, row 2m+1 the codes of its rounding residual r = x - d * q (per block, in f32), so that
+// a kernel's results for the two rows sum to x's row within amax / 127^2 / 2 per input.
+void quantize_act_split(const float* x, int64_t M, int64_t K, ActBuffer& out, ThreadPool& pool);
+
 }  // namespace medrt::cpu::quant

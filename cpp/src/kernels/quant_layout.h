@@ -36,6 +36,8 @@
 // Activations (ActFormat::Q8Block32): each row of x is cut into blocks of 32 (zero-padded) and
 // quantized once per linear call: d = amax / 127, a = round_half_even(x * (127 / amax)) in
 // [-127, 127] (all zero when amax = 0). Row-local, so a row's codes never depend on the batch.
+// ActPrecision::Int8x2 (quant_kernels.h quantize_act_split) makes two such rows of each input
+// row, its codes and those of its residual x - d * a; the kernels see them as two rows.
 //
 // Arithmetic, identical in every ISA so that all paths give bit-identical results: per output
 // row and activation block b, isum = sum_i w_i * a_i over the 32 inputs in exact int32 (w_i the

@@ -10,7 +10,11 @@
 // Every output element is computed by the same operations in the same order whichever path,
 // tile, chunk or thread it falls in (quant_layout.h), so decode and prefill rows are
 // bit-identical and a row never depends on the batch.
+// With ActPrecision::Int8x2 each input row becomes two activation rows (its codes and its
+// rounding residual's, quantize_act_split); the kernels run them as any other rows and
+// finish() adds each pair, then the bias.
 #include <algorithm>
+#include <vector>
 
 #include "kernels/quant_kernels.h"
 
@@ -25,11 +29,18 @@ ActBuffer& act_scratch() {
   return buf;
 }
 
+// ActPrecision::Int8x2: the kernels' rows for the two terms of every input row, summed after.
+std::vector<float>& terms_scratch() {
+  thread_local std::vector<float> buf;
+  return buf;
+}
+
 struct Call {
   const Layout& L;
   const uint8_t* base;
   Act a;
-  float* y;
+  int64_t rows;  // activation rows: M, or 2M with two terms per input row
+  float* y;      // [rows, out]
   const float* bias;
   int64_t out;
 
@@ -44,29 +55,57 @@ struct Call {
 Call prepare(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
   const Layout& L = layout_of(w);
   ActBuffer& act = act_scratch();
+  const uint8_t* base = w.packed.get() + kHeaderBytes;
+  const float* bias = w.bias.empty() ? nullptr : w.bias.data();
+  if (w.act == ActPrecision::Int8x2) {
+    quantize_act_split(x, M, w.in, act, pool);
+    std::vector<float>& terms = terms_scratch();
+    terms.resize(size_t(2 * M * w.out));
+    return {L, base, act.view(L.nb), 2 * M, terms.data(), nullptr, w.out};  // bias: in finish
+  }
   quantize_act(x, M, w.in, act, pool);
-  return {L,      w.packed.get() + kHeaderBytes, act.view(L.nb), y,
-          w.bias.empty() ? nullptr : w.bias.data(), w.out};
+  return {L, base, act.view(L.nb), M, y, bias, w.out};
+}
+
+// Int8x2: y[m] = (terms[2m] + terms[2m + 1]) + bias, in that order for every path.
+void finish(const PackedLinear& w, const Call& c, int64_t M, float* y, ThreadPool& pool) {
+  if (c.y == y) return;
+  const int64_t N = w.out;
+  const float* bias = w.bias.empty() ? nullptr : w.bias.data();
+  auto rows = [&](int, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* hi = c.y + 2 * m * N;
+      const float* lo = hi + N;
+      float* out = y + m * N;
+      for (int64_t n = 0; n < N; ++n) out[n] = bias ? (hi[n] + lo[n]) + bias[n] : hi[n] + lo[n];
+    }
+  };
+  if (M * N >= (int64_t(1) << 16))
+    pool.parallel_for(M, rows);
+  else
+    rows(0, 0, M);
 }
 
 template <RowGroupFn Fn>
 void decode(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
   const Call c = prepare(w, x, M, y, pool);
   const int64_t nrg = (w.out + kRows - 1) / kRows;
-  pool.parallel_for(nrg, [&](int, int64_t g0, int64_t g1) { c.rowgroups(Fn, g0, g1, 0, M); });
+  pool.parallel_for(nrg, [&](int, int64_t g0, int64_t g1) { c.rowgroups(Fn, g0, g1, 0, c.rows); });
+  finish(w, c, M, y, pool);
 }
 
 template <RowGroupFn Fn>
 void prefill(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
   const Call c = prepare(w, x, M, y, pool);
   const int64_t nrg = (w.out + kRows - 1) / kRows;
-  const int64_t chunks = (M + kChunkRows - 1) / kChunkRows;
+  const int64_t chunks = (c.rows + kChunkRows - 1) / kChunkRows;
   pool.parallel_for(chunks * nrg, [&](int, int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t m0 = (u / nrg) * kChunkRows;
-      c.rowgroups(Fn, u % nrg, u % nrg + 1, m0, std::min(M, m0 + kChunkRows));
+      c.rowgroups(Fn, u % nrg, u % nrg + 1, m0, std::min(c.rows, m0 + kChunkRows));
     }
   });
+  finish(w, c, M, y, pool);
 }
 
 template <RowGroupFn Fn>

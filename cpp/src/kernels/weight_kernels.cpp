@@ -71,9 +71,10 @@ const WeightKernels* weight_kernels(WeightType type, Isa isa) {
   return nullptr;
 }
 
-PackedLinear pack_linear(const LinearWeight& w) {
+PackedLinear pack_linear(const LinearWeight& w, ActPrecision act) {
   PackedLinear p;
   p.type = w.type;
+  p.act = act;
   p.out = w.out;
   p.in = w.in;
   p.group_size = w.group_size;

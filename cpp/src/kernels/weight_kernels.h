@@ -48,6 +48,7 @@ struct PackedLinear {
   AlignedBytes packed;       // repacked weights (empty when `weight` is read in place)
   std::vector<float> bias;   // [out] as f32, or empty
   TensorView bias_view;      // `bias` as the float GEMM takes it (built once, at pack time)
+  ActPrecision act = ActPrecision::Int8;  // ActFormat::Q8Block32 kernels: one or two terms
   const WeightKernels* kernels = nullptr;
 };
 
@@ -75,8 +76,9 @@ const WeightKernels* weight_kernels(WeightType type, Isa isa);
 const WeightKernels* half_weight_kernels(Isa isa);
 
 // Repacks w for the active ISA (bias converted to f32); throws InvalidCheckpoint naming w.name
-// when no kernel reads its type.
-PackedLinear pack_linear(const LinearWeight& w);
+// when no kernel reads its type. `act`: how a quantized type's kernels read activations (float
+// types ignore it).
+PackedLinear pack_linear(const LinearWeight& w, ActPrecision act = ActPrecision::Int8);
 
 // y = x @ W^T + bias through the table entry of w.
 void linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool);

@@ -321,8 +321,8 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
   }
 }
 
-std::unique_ptr<Model> Model::load(const std::string& dir, ThreadPool& pool) {
-  std::unique_ptr<Backend> cpu = make_cpu_backend(pool);
+std::unique_ptr<Model> Model::load(const std::string& dir, ThreadPool& pool, ActPrecision act) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend(pool, act);
   ModelPlacement placement{cpu.get(), {}};
   std::unique_ptr<Model> m(new Model());
   m->ckpt_ = Checkpoint::open(dir);

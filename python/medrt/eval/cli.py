@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction, default_model: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: physical cores)")
     p.add_argument("--window", type=int, default=16,
                    help="loglik: questions in flight (each context is computed once)")
+    p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
+                   help="how the kernels of quantized weights read activations (medrt.LLM)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
                    help="paired agreement and McNemar's test of two --output reports")
@@ -65,7 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          temperature=args.temperature, seed=args.seed)
     result = evaluate(resolve_model_dir(args.model), questions, task=args.task, mode=args.mode,
                       split=split, generate=cfg, num_threads=args.threads, window=args.window,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      engine_args={"activation_precision": args.activation_precision})
     text = report.markdown(result)
     print(text, end="")
     if args.output:

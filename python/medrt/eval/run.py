@@ -66,16 +66,16 @@ def evaluate(model: str | Path, questions: Sequence[Question], *, task: str, mod
         raise InvalidRequest(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     cfg = generate or GenerateConfig()
 
-    async def main() -> tuple[list[dict[str, Any]], Path, dict[str, int]]:
+    async def main() -> tuple[list[dict[str, Any]], Path, dict[str, int], str]:
         llm = AsyncLLM(str(model), num_threads=num_threads, seed=seed, **(engine_args or {}))
         try:
             records = await _score(llm, questions, mode, cfg, window, progress)
-            return records, llm.model_dir, llm.stats()
+            return records, llm.model_dir, llm.stats(), llm.activation_precision
         finally:
             llm.close()
 
     start = time.monotonic()
-    records, model_dir, stats = asyncio.run(main())
+    records, model_dir, stats, activation_precision = asyncio.run(main())
     seconds = time.monotonic() - start
     run = {"task": task, "mode": mode, "split": split, "questions": len(records),
            "seconds": seconds, "questions_per_second": len(records) / seconds if seconds else 0.0,
@@ -84,5 +84,7 @@ def evaluate(model: str | Path, questions: Sequence[Question], *, task: str, mod
     if mode == "generate":
         run["generate"] = asdict(cfg)
     return {"version": REPORT_VERSION, "run": run,
-            "fingerprint": fingerprint(Path(model_dir), cfg.seed if mode == "generate" else seed),
+            "fingerprint": {**fingerprint(Path(model_dir),
+                                          cfg.seed if mode == "generate" else seed),
+                            "activation_precision": activation_precision},
             "metrics": metrics(records, mode), "questions": records}

@@ -464,7 +464,8 @@ class ServeCore:
                 "medrt_version": medrt.__version__, "seed": params.seed,
                 "sampling": params_in_effect(params), "medical_template": template,
                 "lora_name": "" if adapter is None else adapter.request.lora_name,
-                "lora_sha256": "" if adapter is None else adapter.sha256}
+                "lora_sha256": "" if adapter is None else adapter.sha256,
+                "activation_precision": self.llm.activation_precision}
 
     def tokenize(self, tenant: Tenant, req: ServeRequest) -> list[int]:
         self.check_model(tenant, req.model)

@@ -29,11 +29,14 @@ const CpuVector& as_vector(const BackendWeight& w) { return static_cast<const Cp
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(ThreadPool& pool) : pool_(pool) {}
+  CpuBackend(ThreadPool& pool, ActPrecision act) : pool_(pool), act_(act) {}
 
   std::string name() const override {
     return std::string("cpu (") + cpu::isa_name(cpu::active_isa()) + ", " +
-           std::to_string(pool_.size()) + " threads)";
+           std::to_string(pool_.size()) + " threads" +
+           (act_ == ActPrecision::Int8 ? "" : std::string(", ") + act_precision_name(act_) +
+                                                  " activations") +
+           ")";
   }
   bool is_host() const override { return true; }
 
@@ -54,7 +57,7 @@ class CpuBackend final : public Backend {
 
   std::unique_ptr<BackendWeight> prepare_linear(const LinearWeight& w) override {
     auto out = std::make_unique<CpuLinear>();
-    out->p = cpu::pack_linear(w);
+    out->p = cpu::pack_linear(w, act_);
     out->type = w.type;
     out->rows = w.out;
     out->cols = w.in;
@@ -153,12 +156,13 @@ class CpuBackend final : public Backend {
 
  private:
   ThreadPool& pool_;
+  ActPrecision act_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(ThreadPool& pool) {
-  return std::make_unique<CpuBackend>(pool);
+std::unique_ptr<Backend> make_cpu_backend(ThreadPool& pool, ActPrecision act) {
+  return std::make_unique<CpuBackend>(pool, act);
 }
 
 }  // namespace medrt
