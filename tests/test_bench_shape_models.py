@@ -69,7 +69,7 @@ def test_f16_directory(built) -> None:
     assert config["tie_word_embeddings"] is False
 
 
-@pytest.mark.parametrize("fmt", ["int4-g64", "paper"])
+@pytest.mark.parametrize("fmt", ["int4-g64", "int4-g64-int8-head", "paper"])
 def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
     shape, paths = built
     out = paths[fmt]
@@ -83,7 +83,8 @@ def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
         assert str(types["model.layers.0.mlp.up_proj"]) == "nf4"
     else:
         assert str(types["model.layers.0.mlp.up_proj"]) == "int4-g64"
-    assert str(types["model.embed_tokens"]) == "f16" and str(types["lm_head"]) == "f16"
+    head = "int8" if fmt == "int4-g64-int8-head" else "f16"
+    assert str(types["model.embed_tokens"]) == "f16" and str(types["lm_head"]) == head
     assert str(types["model.norm"]) == "f32"
 
     # The dequantized weights sit where an RTN quantization of N(0, 0.02) puts them.
