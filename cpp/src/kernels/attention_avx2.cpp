@@ -1,5 +1,5 @@
 // AVX2/FMA paged attention: flash-style online softmax over the blocks of a row's sequence.
-// One work item is (token row, kv head); the query heads of that kv head's group share every
+// One work item is (token row, kv head; dispatch.cpp splits them over the threads); the query heads of that kv head's group share every
 // K/V block load. Each score is an 8-lane FMA dot product over head_dim reduced in the fixed
 // order of reduce4, and softmax sums run over keys in increasing order, so a row's output
 // depends only on its query, its position and the cache, never on the rest of the batch.
@@ -167,20 +167,19 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
 
 }  // namespace
 
-void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
-                     const AttentionBatch& batch, float scale, float* out, ThreadPool& pool) {
+void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
+                     const AttentionBatch& batch, float scale, float* out, int64_t w0,
+                     int64_t w1) {
   const int64_t H = cache.n_kv_heads, hd = cache.head_dim;
   const int64_t G = n_heads / H;
-  pool.parallel_for(batch.T * H, [&](int, int64_t w0, int64_t w1) {
-    Scratch sc;  // in this frame: see Scratch
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t t = w / H, kvh = w % H;
-      const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;
-      const int64_t row = (t * n_heads + kvh * G) * hd;
-      attend_group(q + row, G, cache, table, kvh, int64_t(batch.positions[t]) + 1, scale,
-                   out + row, sc);
-    }
-  });
+  Scratch sc;  // in this frame: see Scratch
+  for (int64_t w = w0; w < w1; ++w) {
+    const int64_t t = w / H, kvh = w % H;
+    const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;
+    const int64_t row = (t * n_heads + kvh * G) * hd;
+    attend_group(q + row, G, cache, table, kvh, int64_t(batch.positions[t]) + 1, scale,
+                 out + row, sc);
+  }
 }
 
 }  // namespace medrt::cpu::avx2

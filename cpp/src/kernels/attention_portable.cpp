@@ -1,5 +1,5 @@
 // Portable paged attention: flash-style online softmax over the blocks of a row's sequence.
-// One work item is (token row, kv head): the query heads sharing that kv head are processed
+// One work item is (token row, kv head; dispatch.cpp splits them over the threads): the query heads sharing that kv head are processed
 // together so each K/V block is read once per group. A row's result depends only on its own
 // query, position and cache contents.
 #include <algorithm>
@@ -34,11 +34,12 @@ float dot8(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
-                     const AttentionBatch& batch, float scale, float* out, ThreadPool& pool) {
+void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
+                     const AttentionBatch& batch, float scale, float* out, int64_t w0,
+                     int64_t w1) {
   const int64_t H = cache.n_kv_heads, hd = cache.head_dim, bs = cache.block_size;
   const int64_t G = n_heads / H;
-  pool.parallel_for(batch.T * H, [&](int, int64_t w0, int64_t w1) {
+  {
     // G query heads of up to 256 dims, blocks of up to 128 keys fit in the frame.
     FrameBuf<2048> acc_buf, scores_buf;
     FrameBuf<64> max_buf, sum_buf;
@@ -86,7 +87,7 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
         for (int64_t d = 0; d < hd; ++d) o[d] = acc[g * hd + d] * inv;
       }
     }
-  });
+  }
 }
 
 }  // namespace medrt::cpu::portable

@@ -122,6 +122,49 @@ void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_map
   }
 }
 
+namespace {
+
+// Attention's work items are w = t * H + kv head in order, and an item of row t reads
+// positions[t] + 1 keys. parallel_for's even split by count would give the thread holding a
+// long prompt's last rows three times the keys of the one holding its first rows (the other
+// waits); so the items are split into one contiguous range per thread of about equal keys,
+// each item still computed whole by one thread (the results do not depend on the split).
+constexpr int64_t kItemOverheadKeys = 16;  // an item's fixed work, in keys
+
+int64_t item_keys(const AttentionBatch& b, int64_t t) {
+  return int64_t(b.positions[t]) + 1 + kItemOverheadKeys;
+}
+
+// The first item whose cumulative keys before it reach `target` (T * H when none does).
+int64_t first_item_from(const AttentionBatch& b, int64_t H, int64_t target) {
+  int64_t start = 0;  // keys before row t's first item
+  for (int64_t t = 0; t < b.T; ++t) {
+    const int64_t c = item_keys(b, t);
+    if (start + H * c > target) {
+      const int64_t k = target <= start ? 0 : (target - start + c - 1) / c;
+      if (k < H) return t * H + k;
+    }
+    start += H * c;
+  }
+  return b.T * H;
+}
+
+template <class Items>
+void for_balanced_items(const AttentionBatch& b, int64_t H, ThreadPool& pool, const Items& fn) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < b.T; ++t) total += H * item_keys(b, t);
+  const int64_t parts = pool.size();
+  pool.parallel_for(parts, [&](int, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t w0 = first_item_from(b, H, total * p / parts);
+      const int64_t w1 = p + 1 == parts ? b.T * H : first_item_from(b, H, total * (p + 1) / parts);
+      if (w0 < w1) fn(w0, w1);
+    }
+  });
+}
+
+}  // namespace
+
 void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
                      const AttentionBatch& batch, float scale, float* out, ThreadPool& pool) {
   if (cache.n_kv_heads <= 0 || n_heads % cache.n_kv_heads != 0)
@@ -139,10 +182,12 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
         throw Error("paged_attention: block table entry " + std::to_string(table[b]) +
                     " is outside the cache of " + std::to_string(cache.num_blocks) + " blocks");
   }
-  if (simd() && avx2_attention_fits(n_heads / cache.n_kv_heads, cache.head_dim, cache.block_size))
-    avx2::paged_attention(q, n_heads, cache, batch, scale, out, pool);
-  else
-    portable::paged_attention(q, n_heads, cache, batch, scale, out, pool);
+  const bool use_avx2 =
+      simd() && avx2_attention_fits(n_heads / cache.n_kv_heads, cache.head_dim, cache.block_size);
+  for_balanced_items(batch, cache.n_kv_heads, pool, [&](int64_t w0, int64_t w1) {
+    (use_avx2 ? avx2::attention_items : portable::attention_items)(q, n_heads, cache, batch,
+                                                                   scale, out, w0, w1);
+  });
 }
 
 }  // namespace medrt::cpu

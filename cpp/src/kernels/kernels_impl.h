@@ -48,8 +48,10 @@ inline int64_t dot_block(int64_t K) {
   void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, int64_t stride,    \
                 float* out);                                                                 \
   void add_inplace(float* x, const float* y, int64_t n);                                     \
-  void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,                \
-                       const AttentionBatch& batch, float scale, float* out, ThreadPool& pool);
+  /* paged_attention's work items [w0, w1) (w = token row * n_kv_heads + kv head), serially */ \
+  void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,                \
+                       const AttentionBatch& batch, float scale, float* out, int64_t w0,     \
+                       int64_t w1);
 
 namespace portable {
 MEDRT_KERNEL_DECLS
