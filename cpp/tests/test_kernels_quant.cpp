@@ -548,3 +548,57 @@ TEST(int8x2_activations_match_the_f32_input_on_every_isa) {
   }
   cpu::set_isa(cpu::detected_isa());
 }
+
+// linear_shared: weights of one input (q/k/v, gate/up) quantize it once and run in one
+// parallel region; every result is the bits linear() gives for that weight alone.
+TEST(linear_shared_gives_each_weights_own_result) {
+  std::mt19937 rng(23);
+  ThreadPool pool2(2), pool3(3);
+  // Three types of in = 416 (int8 groups, int4 zeros, int4 mins), one with a bias.
+  Built a = build(specs()[1], rng), b = build(specs()[3], rng), c = build(specs()[6], rng);
+  for (cpu::Isa isa : isas()) {
+    cpu::set_isa(isa);
+    for (ActPrecision act : {ActPrecision::Int8, ActPrecision::Int8x2}) {
+      const cpu::PackedLinear pa = cpu::pack_linear(a.lw, act), pb = cpu::pack_linear(b.lw, act),
+                              pc = cpu::pack_linear(c.lw, act);
+      const cpu::PackedLinear* ws[3] = {&pa, &pb, &pc};
+      CHECK(pa.kernels->rowgroups != nullptr);
+      for (int64_t M : {1, 5, 37, 70}) {
+        const auto x = random_x(M, 416, rng);
+        for (ThreadPool* pool : {&pool2, &pool3}) {
+          std::vector<float> ya(size_t(M * pa.out), -1), yb(size_t(M * pb.out), -1),
+              yc(size_t(M * pc.out), -1);
+          float* ys[3] = {ya.data(), yb.data(), yc.data()};
+          cpu::linear_shared(ws, ys, 3, x.data(), M, *pool);
+          const bool same = same_bits(ya.data(), run(pa, x, M, *pool).data(), ya.size()) &&
+                            same_bits(yb.data(), run(pb, x, M, *pool).data(), yb.size()) &&
+                            same_bits(yc.data(), run(pc, x, M, *pool).data(), yc.size());
+          if (!same)
+            std::fprintf(stderr, "  %s %s M=%ld: shared differs from alone\n", pa.kernels->name,
+                         act_precision_name(act), long(M));
+          CHECK(same);
+        }
+      }
+    }
+    // Weights the shared path does not take (a float weight, mixed precisions) run alone.
+    std::vector<float> wf(size_t(5 * 416));
+    for (auto& v : wf) v = std::normal_distribution<float>(0.0f, 0.1f)(rng);
+    TensorView tf;
+    tf.dtype = DType::F32;
+    tf.shape = {5, 416};
+    tf.data = wf.data();
+    tf.nbytes = wf.size() * 4;
+    const cpu::PackedLinear pf = cpu::pack_linear(float_linear("f", tf));
+    const cpu::PackedLinear p8 = cpu::pack_linear(a.lw), p82 = cpu::pack_linear(b.lw,
+                                                                              ActPrecision::Int8x2);
+    const auto x = random_x(3, 416, rng);
+    std::vector<float> y0(size_t(3 * p8.out)), y1(size_t(3 * pf.out)), y2(size_t(3 * p82.out));
+    const cpu::PackedLinear* ws[3] = {&p8, &pf, &p82};
+    float* ys[3] = {y0.data(), y1.data(), y2.data()};
+    cpu::linear_shared(ws, ys, 3, x.data(), 3, pool2);
+    CHECK(same_bits(y0.data(), run(p8, x, 3, pool2).data(), y0.size()));
+    CHECK(same_bits(y1.data(), run(pf, x, 3, pool2).data(), y1.size()));
+    CHECK(same_bits(y2.data(), run(p82, x, 3, pool2).data(), y2.size()));
+  }
+  cpu::set_isa(cpu::detected_isa());
+}

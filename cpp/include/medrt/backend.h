@@ -66,6 +66,13 @@ class Backend {
                        float* y) = 0;
   // y[M, out] = x[M, in] @ W^T (+ the weight's bias).
   virtual void linear(const BackendWeight& w, const float* x, int64_t M, float* y) = 0;
+  // ys[i] = linear(*ws[i], x) for n weights of one input (q/k/v, gate/up), each result exactly
+  // what linear() gives. A backend may convert x once and run all n in one pass; this default
+  // makes the n calls.
+  virtual void linear_shared(const BackendWeight* const* ws, float* const* ys, int n,
+                             const float* x, int64_t M) {
+    for (int i = 0; i < n; ++i) linear(*ws[i], x, M, ys[i]);
+  }
   // Rotate-half rotary embedding in place (kernels.h cpu::rope).
   virtual void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim,
                     const int32_t* positions, const float* inv_freq) = 0;

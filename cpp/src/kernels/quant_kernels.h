@@ -23,6 +23,17 @@ void quant_dequant_row(const PackedLinear& p, int64_t r, float* out);
 // The Layout in p.packed's header.
 const Layout& layout_of(const PackedLinear& p);
 
+// A quantized type's row-group kernel for one ISA, as WeightKernels::rowgroups names it.
+struct RowGroupKernel {
+  RowGroupFn fn;
+};
+
+// linear_shared (weight_kernels.h) for n quantized weights of one input with one activation
+// precision and one `in`: x is quantized once and every row group of every weight runs in one
+// parallel region.
+void quant_linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
+                         int64_t M, ThreadPool& pool);
+
 // Quantized activations owned by the caller (ActFormat::Q8Block32).
 struct ActBuffer {
   std::vector<int8_t> codes;

@@ -13,6 +13,8 @@
 // With ActPrecision::Int8x2 each input row becomes two activation rows (its codes and its
 // rounding residual's, quantize_act_split); the kernels run them as any other rows and
 // finish() adds each pair, then the bias.
+// Weights of one input (q/k/v, gate/up: quant_linear_shared) share one quantization of it and
+// one parallel region over all their units, which saves a quantization and a barrier each.
 #include <algorithm>
 #include <vector>
 
@@ -36,45 +38,70 @@ std::vector<float>& terms_scratch() {
 }
 
 struct Call {
-  const Layout& L;
-  const uint8_t* base;
-  Act a;
-  int64_t rows;  // activation rows: M, or 2M with two terms per input row
-  float* y;      // [rows, out]
-  const float* bias;
-  int64_t out;
+  const Layout* L = nullptr;
+  const uint8_t* base = nullptr;
+  Act a{};
+  int64_t rows = 0;  // activation rows: M, or 2M with two terms per input row
+  float* y = nullptr;  // [rows, out]
+  const float* bias = nullptr;
+  int64_t out = 0;
 
   // Row groups [g0, g1) for activation rows [m0, m1).
   void rowgroups(RowGroupFn fn, int64_t g0, int64_t g1, int64_t m0, int64_t m1) const {
     const int64_t n0 = g0 * kRows;
-    fn(L, base + g0 * L.rowgroup_bytes, g1 - g0, a, m0, m1, y + n0, out, out - n0,
+    fn(*L, base + g0 * L->rowgroup_bytes, g1 - g0, a, m0, m1, y + n0, out, out - n0,
        bias ? bias + n0 : nullptr);
   }
 };
 
-Call prepare(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
-  const Layout& L = layout_of(w);
+// Quantizes x once for weights of its width and precision (one or two terms per row).
+Act quantize_input(const PackedLinear& w, const float* x, int64_t M, ThreadPool& pool) {
   ActBuffer& act = act_scratch();
-  const uint8_t* base = w.packed.get() + kHeaderBytes;
-  const float* bias = w.bias.empty() ? nullptr : w.bias.data();
-  if (w.act == ActPrecision::Int8x2) {
+  if (w.act == ActPrecision::Int8x2)
     quantize_act_split(x, M, w.in, act, pool);
-    std::vector<float>& terms = terms_scratch();
-    terms.resize(size_t(2 * M * w.out));
-    return {L, base, act.view(L.nb), 2 * M, terms.data(), nullptr, w.out};  // bias: in finish
+  else
+    quantize_act(x, M, w.in, act, pool);
+  return act.view((w.in + kBlock - 1) / kBlock);
+}
+
+// One weight's work over the quantized input: its row groups for every activation row
+// (decode: a unit is a row group) or for one chunk of kChunkRows rows (prefill: a unit is a
+// (chunk, row group) pair, chunk-major), so a weight row group is reused across a chunk.
+struct Job {
+  RowGroupFn fn = nullptr;
+  Call c{};
+  int64_t nrg = 0;    // row groups
+  int64_t units = 0;  // nrg (decode) or chunks * nrg (prefill)
+
+  void run(bool decode, int64_t u0, int64_t u1) const {
+    if (decode) return c.rowgroups(fn, u0, u1, 0, c.rows);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t m0 = (u / nrg) * kChunkRows;
+      c.rowgroups(fn, u % nrg, u % nrg + 1, m0, std::min(c.rows, m0 + kChunkRows));
+    }
   }
-  quantize_act(x, M, w.in, act, pool);
-  return {L, base, act.view(L.nb), M, y, bias, w.out};
+};
+
+// The job of w on the quantized input a; with two terms its rows go to `terms` (2M * out
+// floats) and finish() adds them.
+Job job_for(const PackedLinear& w, RowGroupFn fn, const Act& a, int64_t M, bool decode, float* y,
+            float* terms) {
+  const bool two = w.act == ActPrecision::Int8x2;
+  const Call c{&layout_of(w), w.packed.get() + kHeaderBytes, a, two ? 2 * M : M,
+               two ? terms : y, two || w.bias.empty() ? nullptr : w.bias.data(), w.out};
+  const int64_t nrg = (w.out + kRows - 1) / kRows;
+  return {fn, c, nrg, decode ? nrg : (c.rows + kChunkRows - 1) / kChunkRows * nrg};
 }
 
 // Int8x2: y[m] = (terms[2m] + terms[2m + 1]) + bias, in that order for every path.
-void finish(const PackedLinear& w, const Call& c, int64_t M, float* y, ThreadPool& pool) {
-  if (c.y == y) return;
+void finish(const PackedLinear& w, const Job& j, int64_t M, float* y, ThreadPool& pool) {
+  if (j.c.y == y) return;
   const int64_t N = w.out;
   const float* bias = w.bias.empty() ? nullptr : w.bias.data();
+  const float* terms = j.c.y;
   auto rows = [&](int, int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      const float* hi = c.y + 2 * m * N;
+      const float* hi = terms + 2 * m * N;
       const float* lo = hi + N;
       float* out = y + m * N;
       for (int64_t n = 0; n < N; ++n) out[n] = bias ? (hi[n] + lo[n]) + bias[n] : hi[n] + lo[n];
@@ -86,32 +113,57 @@ void finish(const PackedLinear& w, const Call& c, int64_t M, float* y, ThreadPoo
     rows(0, 0, M);
 }
 
+// Every unit of every job in one parallel region (the threads split the units' concatenation).
+void run_jobs(const Job* jobs, int n, bool decode, ThreadPool& pool) {
+  int64_t total = 0;
+  for (int i = 0; i < n; ++i) total += jobs[i].units;
+  pool.parallel_for(total, [&](int, int64_t u0, int64_t u1) {
+    int64_t base = 0;
+    for (int i = 0; i < n; ++i) {
+      const int64_t lo = std::max(u0, base), hi = std::min(u1, base + jobs[i].units);
+      if (lo < hi) jobs[i].run(decode, lo - base, hi - base);
+      base += jobs[i].units;
+    }
+  });
+}
+
+std::vector<float>& sized_terms(const PackedLinear* const* ws, int n, int64_t M) {
+  std::vector<float>& terms = terms_scratch();
+  if (ws[0]->act == ActPrecision::Int8x2) {
+    int64_t floats = 0;
+    for (int i = 0; i < n; ++i) floats += 2 * M * ws[i]->out;
+    terms.resize(size_t(floats));
+  }
+  return terms;
+}
+
+template <RowGroupFn Fn>
+void linear_one(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool,
+                bool decode) {
+  const Act a = quantize_input(w, x, M, pool);
+  const PackedLinear* ws[1] = {&w};
+  const Job j = job_for(w, Fn, a, M, decode, y, sized_terms(ws, 1, M).data());
+  run_jobs(&j, 1, decode, pool);
+  finish(w, j, M, y, pool);
+}
+
 template <RowGroupFn Fn>
 void decode(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
-  const Call c = prepare(w, x, M, y, pool);
-  const int64_t nrg = (w.out + kRows - 1) / kRows;
-  pool.parallel_for(nrg, [&](int, int64_t g0, int64_t g1) { c.rowgroups(Fn, g0, g1, 0, c.rows); });
-  finish(w, c, M, y, pool);
+  linear_one<Fn>(w, x, M, y, pool, true);
 }
 
 template <RowGroupFn Fn>
 void prefill(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
-  const Call c = prepare(w, x, M, y, pool);
-  const int64_t nrg = (w.out + kRows - 1) / kRows;
-  const int64_t chunks = (c.rows + kChunkRows - 1) / kChunkRows;
-  pool.parallel_for(chunks * nrg, [&](int, int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t m0 = (u / nrg) * kChunkRows;
-      c.rowgroups(Fn, u % nrg, u % nrg + 1, m0, std::min(c.rows, m0 + kChunkRows));
-    }
-  });
-  finish(w, c, M, y, pool);
+  linear_one<Fn>(w, x, M, y, pool, false);
 }
 
 template <RowGroupFn Fn>
+constexpr RowGroupKernel kRowGroupKernel{Fn};
+
+template <RowGroupFn Fn>
 constexpr WeightKernels entry(const char* name) {
-  return {name, ActFormat::Q8Block32, pack_quant, decode<Fn>, prefill<Fn>, kDecodeMaxRows,
-          quant_dequant_row};
+  return {name,     ActFormat::Q8Block32, pack_quant, decode<Fn>, prefill<Fn>, kDecodeMaxRows,
+          quant_dequant_row, &kRowGroupKernel<Fn>};
 }
 
 constexpr WeightKernels kPortable[3] = {entry<portable::quant_rowgroups>("int8/portable"),
@@ -125,6 +177,25 @@ constexpr WeightKernels kVnni[3] = {entry<avx512vnni::quant_rowgroups>("int8/avx
                                     entry<avx512vnni::quant_rowgroups>("int4/avx512vnni")};
 
 }  // namespace
+
+void quant_linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
+                         int64_t M, ThreadPool& pool) {
+  constexpr int kMax = 8;
+  if (n > kMax) {
+    for (int i = 0; i < n; ++i) cpu::linear(*ws[i], x, M, ys[i], pool);
+    return;
+  }
+  const bool decode = M <= kDecodeMaxRows;
+  const Act a = quantize_input(*ws[0], x, M, pool);
+  float* terms = sized_terms(ws, n, M).data();
+  Job jobs[kMax];
+  for (int i = 0; i < n; ++i) {
+    jobs[i] = job_for(*ws[i], ws[i]->kernels->rowgroups->fn, a, M, decode, ys[i], terms);
+    if (ws[i]->act == ActPrecision::Int8x2) terms += 2 * M * ws[i]->out;
+  }
+  run_jobs(jobs, n, decode, pool);
+  for (int i = 0; i < n; ++i) finish(*ws[i], jobs[i], M, ys[i], pool);
+}
 
 const WeightKernels* quant_weight_kernels(WeightType type, Isa isa) {
   int i;

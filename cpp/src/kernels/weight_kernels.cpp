@@ -116,4 +116,14 @@ void linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPo
   (M <= k.decode_max_rows ? k.decode : k.prefill)(w, x, M, y, pool);
 }
 
+void linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
+                   int64_t M, ThreadPool& pool) {
+  bool shared = n > 1 && M > 0;
+  for (int i = 0; i < n && shared; ++i)
+    shared = ws[i]->kernels->rowgroups != nullptr && ws[i]->act == ws[0]->act &&
+             ws[i]->in == ws[0]->in && ws[i]->out > 0;
+  if (shared) return quant::quant_linear_shared(ws, ys, n, x, M, pool);
+  for (int i = 0; i < n; ++i) linear(*ws[i], x, M, ys[i], pool);
+}
+
 }  // namespace medrt::cpu

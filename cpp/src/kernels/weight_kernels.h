@@ -17,6 +17,10 @@
 
 namespace medrt::cpu {
 
+namespace quant {
+struct RowGroupKernel;  // quant_kernels.h
+}
+
 // What the kernels of a type read as input rows.
 enum class ActFormat {
   F32,        // the f32 activations as they are
@@ -66,6 +70,9 @@ struct WeightKernels {
   int64_t decode_max_rows;
   // out[0, in) = row r of W dequantized to f32 (the embedding lookup).
   void (*dequant_row)(const PackedLinear& w, int64_t r, float* out);
+  // ActFormat::Q8Block32 kernels: the type's row-group kernel (quant_kernels.h), so that
+  // weights of one input can share a quantization and a parallel region; else nullptr.
+  const quant::RowGroupKernel* rowgroups = nullptr;
 };
 
 // The kernels for `type` on `isa`, or nullptr when that ISA has none for it.
@@ -82,5 +89,11 @@ PackedLinear pack_linear(const LinearWeight& w, ActPrecision act = ActPrecision:
 
 // y = x @ W^T + bias through the table entry of w.
 void linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool);
+
+// ys[i] = linear(*ws[i], x) for n weights of one input, bit for bit. Quantized weights of one
+// activation precision share one quantization of x and one parallel region (quant_linear.cpp);
+// the others run one by one.
+void linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
+                   int64_t M, ThreadPool& pool);
 
 }  // namespace medrt::cpu

@@ -222,11 +222,13 @@ void Model::Impl::attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu
   b.add(xs, o, n * D);
 
   b.rmsnorm(xs, n, D, *l.post_attention_norm, cfg.rms_norm_eps, h);
-  // Two calls rather than one fused [2F, D] weight: gate and up sit apart in the mapping and
-  // fusing them would mean copying the weights.
-  b.linear(*l.gate, h, n, gate);
+  // Two weights of one input rather than one fused [2F, D] weight: gate and up sit apart in the
+  // mapping and fusing them would mean copying the weights; linear_shared lets the backend
+  // convert h once and run both in one pass.
+  const BackendWeight* gate_up[2] = {l.gate.get(), l.up.get()};
+  float* gate_up_out[2] = {gate, up};
+  b.linear_shared(gate_up, gate_up_out, 2, h, n);
   lora_delta(b, li, LoraProj::Gate, lr, h, gate);
-  b.linear(*l.up, h, n, up);
   lora_delta(b, li, LoraProj::Up, lr, h, up);
   b.silu_mul(gate, up, n, F, act);
   b.linear(*l.down, act, n, o);
@@ -285,9 +287,9 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     float *k = w.k.get<float>(), *v = w.v.get<float>();
     if (loras && !lora_all.empty() && be.is_host()) loras->route(li, lora_all, x);  // LoRA-MoE
     be.rmsnorm(x, T, D, *l.input_norm, cfg.rms_norm_eps, h);
-    be.linear(*l.q, h, T, q);
-    be.linear(*l.k, h, T, k);
-    be.linear(*l.v, h, T, v);
+    const BackendWeight* qkv[3] = {l.q.get(), l.k.get(), l.v.get()};
+    float* qkv_out[3] = {q, k, v};
+    be.linear_shared(qkv, qkv_out, 3, h, T);
     lora_delta(be, li, model::LoraProj::Q, lora_all, h, q);
     lora_delta(be, li, model::LoraProj::K, lora_all, h, k);
     lora_delta(be, li, model::LoraProj::V, lora_all, h, v);

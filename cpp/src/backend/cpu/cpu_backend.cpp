@@ -108,6 +108,15 @@ class CpuBackend final : public Backend {
     cpu::linear(as_linear(w).p, x, M, y, pool_);
   }
 
+  void linear_shared(const BackendWeight* const* ws, float* const* ys, int n, const float* x,
+                     int64_t M) override {
+    constexpr int kMax = 8;  // q/k/v, gate/up: an array in the frame, no allocation
+    if (n > kMax) return Backend::linear_shared(ws, ys, n, x, M);
+    const cpu::PackedLinear* ps[kMax];
+    for (int i = 0; i < n; ++i) ps[i] = &as_linear(*ws[i]).p;
+    cpu::linear_shared(ps, ys, n, x, M, pool_);
+  }
+
   void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions,
             const float* inv_freq) override {
     cpu::rope(x, T, n_heads, head_dim, positions, inv_freq);
