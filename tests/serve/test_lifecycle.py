@@ -229,3 +229,26 @@ def test_step_token_budget_reaches_the_engine(start_server: Callable[..., Server
         stub.Generate(medrt_pb2.GenerateRequest(prompt=prompt, sampling=medrt_pb2.SamplingParams(
             max_tokens=1, temperature=0.0)), timeout=60)
         assert small.stats()["steps"] - steps >= -(-n // 8)
+
+
+def test_activation_precision_reaches_the_engine_and_the_fingerprint(
+        start_server: Callable[..., ServerThread]) -> None:
+    """--activation-precision / ServeConfig.activation_precision is the engine's, and every
+    answer's fingerprint names it (the same weights give other tokens at the other one)."""
+    import argparse
+
+    from medrt.serve.cli_args import add_serve_parser
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="cmd"))
+    assert parser.parse_args(["serve"]).activation_precision == "int8"
+    args = parser.parse_args(["serve", "--activation-precision", "int8x2"])
+    assert args.activation_precision == "int8x2"
+
+    st = start_server(activation_precision="int8x2")
+    assert st.server.core.llm.activation_precision == "int8x2"
+    with grpc.insecure_channel(st.grpc_target) as ch:
+        stub = medrt_pb2_grpc.MedrtStub(ch)
+        out = stub.Generate(medrt_pb2.GenerateRequest(prompt="hi", sampling=medrt_pb2.SamplingParams(
+            max_tokens=2, temperature=0.0)), timeout=60)
+    assert out.fingerprint.activation_precision == "int8x2"

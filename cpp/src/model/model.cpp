@@ -287,6 +287,7 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     float *k = w.k.get<float>(), *v = w.v.get<float>();
     if (loras && !lora_all.empty() && be.is_host()) loras->route(li, lora_all, x);  // LoRA-MoE
     be.rmsnorm(x, T, D, *l.input_norm, cfg.rms_norm_eps, h);
+    // One input: the backend may convert h once and run the three in one pass.
     const BackendWeight* qkv[3] = {l.q.get(), l.k.get(), l.v.get()};
     float* qkv_out[3] = {q, k, v};
     be.linear_shared(qkv, qkv_out, 3, h, T);
