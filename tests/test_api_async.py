@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,11 @@ def test_concurrent_requests_interleave_and_match_solo_runs(llm: medrt.AsyncLLM)
 
 
 def test_cancelling_the_consumer_frees_the_blocks(llm: medrt.AsyncLLM) -> None:
-    async def scenario() -> None:
+    """A consumer cancelled while its request runs frees the request's blocks. The engine runs
+    on its own thread and may finish all 400 tokens before the consumer, reading queued
+    outputs, gets to cancel; such an attempt still must end with every block free, and the
+    scenario is run again (at most 5 times) until a cancel lands on a running request."""
+    async def scenario() -> bool:
         start = llm.stats()["free_blocks"]
         started = asyncio.Event()
 
@@ -100,16 +105,18 @@ def test_cancelling_the_consumer_frees_the_blocks(llm: medrt.AsyncLLM) -> None:
 
         task = asyncio.create_task(consume())
         await started.wait()
-        assert llm.stats()["free_blocks"] < start
+        running = llm.stats()["free_blocks"] < start  # it holds blocks: still in the engine
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError):
             await task
         await _until_idle(llm)
         stats = llm.stats()
         assert stats["free_blocks"] == start
         assert stats["num_running"] == 0 and stats["num_waiting"] == 0
+        return running
 
-    asyncio.run(scenario())
+    assert any(asyncio.run(scenario()) for _ in range(5)), \
+        "the request finished before every cancel: nothing was cancelled"
 
 
 def test_breaking_out_and_abort_by_id(llm: medrt.AsyncLLM) -> None:

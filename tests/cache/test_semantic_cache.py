@@ -199,5 +199,7 @@ def test_lookup_latency_does_not_depend_on_other_tenants(tmp_path: Path, embedde
             times[bool(held[i])].append(time.perf_counter() - t)
             assert r.hit is None or r.hit.answer == "a"
     assert len(times[False]) == len(times[True]) == 250
+    # A real side channel over 250 + 250 probes drives p far below 0.001; at 0.05 the test
+    # failed one run in twenty on equal distributions (it did: medians 59.91 and 59.93 us).
     p = ks_2samp(times[False], times[True]).pvalue
-    assert p > 0.05, (p, np.median(times[False]), np.median(times[True]))
+    assert p > 0.001, (p, np.median(times[False]), np.median(times[True]))
