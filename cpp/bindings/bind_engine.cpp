@@ -81,7 +81,9 @@ void bind_config(py::module_& m) {
       .def_readwrite("seed", &EngineConfig::seed)
       .def_property(
           "activation_precision",
-          [](const EngineConfig& c) { return std::string(act_precision_name(c.activation_precision)); },
+          [](const EngineConfig& c) {
+            return std::string(act_precision_name(c.activation_precision));
+          },
           [](EngineConfig& c, const std::string& name) {
             c.activation_precision = parse_act_precision(name);
           });

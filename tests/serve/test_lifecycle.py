@@ -249,6 +249,6 @@ def test_activation_precision_reaches_the_engine_and_the_fingerprint(
     assert st.server.core.llm.activation_precision == "int8x2"
     with grpc.insecure_channel(st.grpc_target) as ch:
         stub = medrt_pb2_grpc.MedrtStub(ch)
-        out = stub.Generate(medrt_pb2.GenerateRequest(prompt="hi", sampling=medrt_pb2.SamplingParams(
-            max_tokens=2, temperature=0.0)), timeout=60)
+        greedy = medrt_pb2.SamplingParams(max_tokens=2, temperature=0.0)
+        out = stub.Generate(medrt_pb2.GenerateRequest(prompt="hi", sampling=greedy), timeout=60)
     assert out.fingerprint.activation_precision == "int8x2"

@@ -1,8 +1,9 @@
 // AVX2/FMA paged attention: flash-style online softmax over the blocks of a row's sequence.
-// One work item is (token row, kv head; dispatch.cpp splits them over the threads); the query heads of that kv head's group share every
-// K/V block load. Each score is an 8-lane FMA dot product over head_dim reduced in the fixed
-// order of reduce4, and softmax sums run over keys in increasing order, so a row's output
-// depends only on its query, its position and the cache, never on the rest of the batch.
+// One work item is (token row, kv head), and dispatch.cpp splits the items over the threads;
+// the query heads of that kv head's group share every K/V block load. Each score is an 8-lane
+// FMA dot product over head_dim reduced in the fixed order of reduce4, and softmax sums run
+// over keys in increasing order, so a row's output depends only on its query, its position and
+// the cache, never on the rest of the batch.
 #include <algorithm>
 #include <limits>
 #include <vector>

@@ -1,6 +1,7 @@
 // Portable paged attention: flash-style online softmax over the blocks of a row's sequence.
-// One work item is (token row, kv head; dispatch.cpp splits them over the threads): the query heads sharing that kv head are processed
-// together so each K/V block is read once per group. A row's result depends only on its own
+// One work item is (token row, kv head), and dispatch.cpp splits the items over the threads:
+// the query heads sharing that kv head are processed together so each K/V block is read once
+// per group. A row's result depends only on its own
 // query, position and cache contents.
 #include <algorithm>
 #include <cmath>
@@ -39,53 +40,51 @@ void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
                      int64_t w1) {
   const int64_t H = cache.n_kv_heads, hd = cache.head_dim, bs = cache.block_size;
   const int64_t G = n_heads / H;
-  {
-    // G query heads of up to 256 dims, blocks of up to 128 keys fit in the frame.
-    FrameBuf<2048> acc_buf, scores_buf;
-    FrameBuf<64> max_buf, sum_buf;
-    float* const scores = scores_buf.get(G * bs);
-    float* const acc = acc_buf.get(G * hd);
-    float* const run_max = max_buf.get(G);
-    float* const run_sum = sum_buf.get(G);
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t t = w / H, kvh = w % H;
-      const int64_t n_keys = int64_t(batch.positions[t]) + 1;
-      const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;
-      const float* qg = q + (t * n_heads + kvh * G) * hd;
-      std::fill(acc, acc + G * hd, 0.0f);
-      std::fill(run_max, run_max + G, -std::numeric_limits<float>::infinity());
-      std::fill(run_sum, run_sum + G, 0.0f);
-      for (int64_t b = 0; b * bs < n_keys; ++b) {
-        const int64_t nk = std::min(bs, n_keys - b * bs);
-        const int64_t base = ((int64_t(table[b]) * H + kvh) * bs) * hd;
-        const float* kb = cache.k + base;
-        const float* vb = cache.v + base;
-        for (int64_t g = 0; g < G; ++g) {
-          float* s = scores + g * bs;
-          float block_max = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < nk; ++j) {
-            s[j] = dot8(qg + g * hd, kb + j * hd, hd) * scale;
-            block_max = std::max(block_max, s[j]);
-          }
-          const float new_max = std::max(run_max[g], block_max);
-          const float alpha = std::exp(run_max[g] - new_max);
-          run_max[g] = new_max;
-          float* a = acc + g * hd;
-          float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-          for (int64_t d = 0; d < hd; ++d) a[d] *= alpha;
-          for (int64_t j = 0; j < nk; ++j) {
-            const float p = std::exp(s[j] - new_max);
-            lanes[j % 8] += p;
-            for (int64_t d = 0; d < hd; ++d) a[d] += p * vb[j * hd + d];
-          }
-          run_sum[g] = run_sum[g] * alpha + hsum8(lanes);
-        }
-      }
+  // G query heads of up to 256 dims, blocks of up to 128 keys fit in the frame.
+  FrameBuf<2048> acc_buf, scores_buf;
+  FrameBuf<64> max_buf, sum_buf;
+  float* const scores = scores_buf.get(G * bs);
+  float* const acc = acc_buf.get(G * hd);
+  float* const run_max = max_buf.get(G);
+  float* const run_sum = sum_buf.get(G);
+  for (int64_t w = w0; w < w1; ++w) {
+    const int64_t t = w / H, kvh = w % H;
+    const int64_t n_keys = int64_t(batch.positions[t]) + 1;
+    const int32_t* table = batch.block_tables + int64_t(batch.token_seq[t]) * batch.max_blocks;
+    const float* qg = q + (t * n_heads + kvh * G) * hd;
+    std::fill(acc, acc + G * hd, 0.0f);
+    std::fill(run_max, run_max + G, -std::numeric_limits<float>::infinity());
+    std::fill(run_sum, run_sum + G, 0.0f);
+    for (int64_t b = 0; b * bs < n_keys; ++b) {
+      const int64_t nk = std::min(bs, n_keys - b * bs);
+      const int64_t base = ((int64_t(table[b]) * H + kvh) * bs) * hd;
+      const float* kb = cache.k + base;
+      const float* vb = cache.v + base;
       for (int64_t g = 0; g < G; ++g) {
-        const float inv = 1.0f / run_sum[g];
-        float* o = out + (t * n_heads + kvh * G + g) * hd;
-        for (int64_t d = 0; d < hd; ++d) o[d] = acc[g * hd + d] * inv;
+        float* s = scores + g * bs;
+        float block_max = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < nk; ++j) {
+          s[j] = dot8(qg + g * hd, kb + j * hd, hd) * scale;
+          block_max = std::max(block_max, s[j]);
+        }
+        const float new_max = std::max(run_max[g], block_max);
+        const float alpha = std::exp(run_max[g] - new_max);
+        run_max[g] = new_max;
+        float* a = acc + g * hd;
+        float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t d = 0; d < hd; ++d) a[d] *= alpha;
+        for (int64_t j = 0; j < nk; ++j) {
+          const float p = std::exp(s[j] - new_max);
+          lanes[j % 8] += p;
+          for (int64_t d = 0; d < hd; ++d) a[d] += p * vb[j * hd + d];
+        }
+        run_sum[g] = run_sum[g] * alpha + hsum8(lanes);
       }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      const float inv = 1.0f / run_sum[g];
+      float* o = out + (t * n_heads + kvh * G + g) * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] = acc[g * hd + d] * inv;
     }
   }
 }

@@ -28,9 +28,9 @@ struct RowGroupKernel {
   RowGroupFn fn;
 };
 
-// linear_shared (weight_kernels.h) for n quantized weights of one input with one activation
-// precision and one `in`: x is quantized once and every row group of every weight runs in one
-// parallel region.
+// linear_shared (weight_kernels.h) for 1 <= n <= kMaxShared quantized weights of one input
+// with one activation precision and one `in`: x is quantized once and every row group of every
+// weight runs in one parallel region.
 void quant_linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
                          int64_t M, ThreadPool& pool);
 

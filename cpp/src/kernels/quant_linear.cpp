@@ -84,13 +84,13 @@ struct Job {
 
 // The job of w on the quantized input a; with two terms its rows go to `terms` (2M * out
 // floats) and finish() adds them.
-Job job_for(const PackedLinear& w, RowGroupFn fn, const Act& a, int64_t M, bool decode, float* y,
-            float* terms) {
+Job job_for(const PackedLinear& w, const Act& a, int64_t M, bool decode, float* y, float* terms) {
   const bool two = w.act == ActPrecision::Int8x2;
   const Call c{&layout_of(w), w.packed.get() + kHeaderBytes, a, two ? 2 * M : M,
                two ? terms : y, two || w.bias.empty() ? nullptr : w.bias.data(), w.out};
   const int64_t nrg = (w.out + kRows - 1) / kRows;
-  return {fn, c, nrg, decode ? nrg : (c.rows + kChunkRows - 1) / kChunkRows * nrg};
+  return {w.kernels->rowgroups->fn, c, nrg,
+          decode ? nrg : (c.rows + kChunkRows - 1) / kChunkRows * nrg};
 }
 
 // Int8x2: y[m] = (terms[2m] + terms[2m + 1]) + bias, in that order for every path.
@@ -113,10 +113,25 @@ void finish(const PackedLinear& w, const Job& j, int64_t M, float* y, ThreadPool
     rows(0, 0, M);
 }
 
-// Every unit of every job in one parallel region (the threads split the units' concatenation).
-void run_jobs(const Job* jobs, int n, bool decode, ThreadPool& pool) {
-  int64_t total = 0;
-  for (int i = 0; i < n; ++i) total += jobs[i].units;
+// ys[i] = ws[i] x for n <= kMaxShared weights of one `in` and one precision: x quantized once,
+// every unit of every weight in one parallel region (the threads split the units'
+// concatenation), then the two-term sums. A single linear is the case n = 1.
+void run(const PackedLinear* const* ws, float* const* ys, int n, const float* x, int64_t M,
+         bool decode, ThreadPool& pool) {
+  const Act a = quantize_input(*ws[0], x, M, pool);
+  std::vector<float>& terms = terms_scratch();
+  if (ws[0]->act == ActPrecision::Int8x2) {
+    int64_t floats = 0;
+    for (int i = 0; i < n; ++i) floats += 2 * M * ws[i]->out;
+    terms.resize(size_t(floats));
+  }
+  Job jobs[kMaxShared];
+  int64_t total = 0, offset = 0;
+  for (int i = 0; i < n; ++i) {
+    jobs[i] = job_for(*ws[i], a, M, decode, ys[i], terms.data() + offset);
+    if (ws[i]->act == ActPrecision::Int8x2) offset += 2 * M * ws[i]->out;
+    total += jobs[i].units;
+  }
   pool.parallel_for(total, [&](int, int64_t u0, int64_t u1) {
     int64_t base = 0;
     for (int i = 0; i < n; ++i) {
@@ -125,36 +140,15 @@ void run_jobs(const Job* jobs, int n, bool decode, ThreadPool& pool) {
       base += jobs[i].units;
     }
   });
+  for (int i = 0; i < n; ++i) finish(*ws[i], jobs[i], M, ys[i], pool);
 }
 
-std::vector<float>& sized_terms(const PackedLinear* const* ws, int n, int64_t M) {
-  std::vector<float>& terms = terms_scratch();
-  if (ws[0]->act == ActPrecision::Int8x2) {
-    int64_t floats = 0;
-    for (int i = 0; i < n; ++i) floats += 2 * M * ws[i]->out;
-    terms.resize(size_t(floats));
-  }
-  return terms;
-}
-
-template <RowGroupFn Fn>
-void linear_one(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool,
-                bool decode) {
-  const Act a = quantize_input(w, x, M, pool);
+// The table's decode and prefill entries: the same runner, the regime named by the entry (the
+// traits table picks it from M; tests call each directly).
+template <bool Decode>
+void linear_one(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
   const PackedLinear* ws[1] = {&w};
-  const Job j = job_for(w, Fn, a, M, decode, y, sized_terms(ws, 1, M).data());
-  run_jobs(&j, 1, decode, pool);
-  finish(w, j, M, y, pool);
-}
-
-template <RowGroupFn Fn>
-void decode(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
-  linear_one<Fn>(w, x, M, y, pool, true);
-}
-
-template <RowGroupFn Fn>
-void prefill(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool) {
-  linear_one<Fn>(w, x, M, y, pool, false);
+  run(ws, &y, 1, x, M, Decode, pool);
 }
 
 template <RowGroupFn Fn>
@@ -162,8 +156,8 @@ constexpr RowGroupKernel kRowGroupKernel{Fn};
 
 template <RowGroupFn Fn>
 constexpr WeightKernels entry(const char* name) {
-  return {name,     ActFormat::Q8Block32, pack_quant, decode<Fn>, prefill<Fn>, kDecodeMaxRows,
-          quant_dequant_row, &kRowGroupKernel<Fn>};
+  return {name,           ActFormat::Q8Block32, pack_quant,        linear_one<true>,
+          linear_one<false>, kDecodeMaxRows,   quant_dequant_row, &kRowGroupKernel<Fn>};
 }
 
 constexpr WeightKernels kPortable[3] = {entry<portable::quant_rowgroups>("int8/portable"),
@@ -180,21 +174,7 @@ constexpr WeightKernels kVnni[3] = {entry<avx512vnni::quant_rowgroups>("int8/avx
 
 void quant_linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
                          int64_t M, ThreadPool& pool) {
-  constexpr int kMax = 8;
-  if (n > kMax) {
-    for (int i = 0; i < n; ++i) cpu::linear(*ws[i], x, M, ys[i], pool);
-    return;
-  }
-  const bool decode = M <= kDecodeMaxRows;
-  const Act a = quantize_input(*ws[0], x, M, pool);
-  float* terms = sized_terms(ws, n, M).data();
-  Job jobs[kMax];
-  for (int i = 0; i < n; ++i) {
-    jobs[i] = job_for(*ws[i], ws[i]->kernels->rowgroups->fn, a, M, decode, ys[i], terms);
-    if (ws[i]->act == ActPrecision::Int8x2) terms += 2 * M * ws[i]->out;
-  }
-  run_jobs(jobs, n, decode, pool);
-  for (int i = 0; i < n; ++i) finish(*ws[i], jobs[i], M, ys[i], pool);
+  run(ws, ys, n, x, M, M <= kDecodeMaxRows, pool);
 }
 
 const WeightKernels* quant_weight_kernels(WeightType type, Isa isa) {

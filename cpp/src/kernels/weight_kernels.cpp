@@ -118,7 +118,7 @@ void linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPo
 
 void linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
                    int64_t M, ThreadPool& pool) {
-  bool shared = n > 1 && M > 0;
+  bool shared = n > 1 && n <= kMaxShared && M > 0;
   for (int i = 0; i < n && shared; ++i)
     shared = ws[i]->kernels->rowgroups != nullptr && ws[i]->act == ws[0]->act &&
              ws[i]->in == ws[0]->in && ws[i]->out > 0;

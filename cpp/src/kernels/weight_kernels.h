@@ -90,9 +90,10 @@ PackedLinear pack_linear(const LinearWeight& w, ActPrecision act = ActPrecision:
 // y = x @ W^T + bias through the table entry of w.
 void linear(const PackedLinear& w, const float* x, int64_t M, float* y, ThreadPool& pool);
 
-// ys[i] = linear(*ws[i], x) for n weights of one input, bit for bit. Quantized weights of one
-// activation precision share one quantization of x and one parallel region (quant_linear.cpp);
-// the others run one by one.
+// ys[i] = linear(*ws[i], x) for n weights of one input, bit for bit. Up to kMaxShared quantized
+// weights of one activation precision share one quantization of x and one parallel region
+// (quant_linear.cpp); the others run one by one.
+inline constexpr int kMaxShared = 8;  // q/k/v, gate/up: the callers' arrays live in the frame
 void linear_shared(const PackedLinear* const* ws, float* const* ys, int n, const float* x,
                    int64_t M, ThreadPool& pool);
 

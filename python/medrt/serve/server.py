@@ -201,7 +201,8 @@ class Server:
                 kv_cache_memory_bytes=c.kv_cache_memory_bytes, num_kv_blocks=c.num_kv_blocks,
                 max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
                 max_model_len=c.max_model_len, seed=c.seed,
-                activation_precision=c.activation_precision, enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
+                activation_precision=c.activation_precision,
+                enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
                 max_lora_rank=c.max_lora_rank)
             weights = await asyncio.to_thread(weights_fingerprint, llm.model_dir)
             self.core.adapters = await asyncio.to_thread(self._load_adapters, llm)

@@ -110,9 +110,8 @@ class CpuBackend final : public Backend {
 
   void linear_shared(const BackendWeight* const* ws, float* const* ys, int n, const float* x,
                      int64_t M) override {
-    constexpr int kMax = 8;  // q/k/v, gate/up: an array in the frame, no allocation
-    if (n > kMax) return Backend::linear_shared(ws, ys, n, x, M);
-    const cpu::PackedLinear* ps[kMax];
+    if (n > cpu::kMaxShared) return Backend::linear_shared(ws, ys, n, x, M);
+    const cpu::PackedLinear* ps[cpu::kMaxShared];
     for (int i = 0; i < n; ++i) ps[i] = &as_linear(*ws[i]).p;
     cpu::linear_shared(ps, ys, n, x, M, pool_);
   }
