@@ -27,6 +27,7 @@
 #include "medrt/checkpoint.h"
 #include "medrt/engine.h"
 #include "medrt/error.h"
+#include "medrt/kv_cache.h"
 #include "medrt/thread_pool.h"
 #include "workloads.h"
 
@@ -45,12 +46,14 @@ struct Args {
   bool json = false;
   uint64_t seed = 1234;
   medrt::ActPrecision act = medrt::ActPrecision::Int8;
+  medrt::DType kv_dtype = medrt::DType::F32;
 };
 
 const char* kUsage =
     "usage: medrt-bench -m MODEL_DIR [-t THREADS] [-p 512] [-n 128] [--batched 1,4,16,64]\n"
     "                   [--batched-prompt 128] [--batched-gen 128] [-r 5]\n"
-    "                   [--bandwidth-mib 1024] [--seed N] [--activations int8|int8x2] [--json]\n"
+    "                   [--bandwidth-mib 1024] [--seed N] [--activations int8|int8x2]\n"
+    "                   [--kv-cache-dtype f32|f16] [--json]\n"
     "  -p 0, -n 0, --batched '' or --bandwidth-mib 0 skip that measurement.\n"
     "  --json prints one JSON object per row instead of the markdown table.\n";
 
@@ -95,6 +98,12 @@ Args parse_args(int argc, char** argv) {
         a.act = medrt::parse_act_precision(v);
       } catch (const medrt::Error& e) {
         usage_error(std::string("--activations: ") + e.what());
+      }
+    } else if (f == "--kv-cache-dtype") {
+      try {
+        a.kv_dtype = medrt::parse_kv_cache_dtype(v);
+      } catch (const medrt::Error& e) {
+        usage_error(std::string("--kv-cache-dtype: ") + e.what());
       }
     }
     else if (f == "--batched") {
@@ -223,6 +232,7 @@ int main(int argc, char** argv) {
     cfg.model_dir = a.model_dir;
     cfg.num_threads = a.threads;
     cfg.activation_precision = a.act;
+    cfg.kv_cache_dtype = a.kv_dtype;
     cfg.enable_prefix_caching = false;  // every repetition computes its prompt in full
     cfg.max_num_seqs = std::max(cfg.max_num_seqs, max_batch);
     // A pool that holds every sequence of the largest run at once: preemption would measure

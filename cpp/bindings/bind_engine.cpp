@@ -11,6 +11,7 @@
 #include "bindings.h"
 #include "medrt/engine.h"
 #include "medrt/error.h"
+#include "medrt/kv_cache.h"
 
 namespace py = pybind11;
 
@@ -66,7 +67,7 @@ void bind_config(py::module_& m) {
               kw,
               {"model_dir", "block_size", "kv_cache_bytes", "num_blocks", "max_num_seqs",
                "max_num_batched_tokens", "max_model_len", "enable_prefix_caching", "num_threads",
-               "seed", "activation_precision"},
+               "seed", "activation_precision", "kv_cache_dtype"},
               "EngineConfig");
         }))
       .def_readwrite("model_dir", &EngineConfig::model_dir)
@@ -86,6 +87,12 @@ void bind_config(py::module_& m) {
           },
           [](EngineConfig& c, const std::string& name) {
             c.activation_precision = parse_act_precision(name);
+          })
+      .def_property(
+          "kv_cache_dtype",
+          [](const EngineConfig& c) { return std::string(kv_cache_dtype_name(c.kv_cache_dtype)); },
+          [](EngineConfig& c, const std::string& name) {
+            c.kv_cache_dtype = parse_kv_cache_dtype(name);
           });
 }
 

@@ -87,8 +87,10 @@ int32_t argmax(const float* row, int64_t n) {
 
 class PyModel {
  public:
-  PyModel(const std::string& dir, int num_threads, const std::string& activation_precision)
-      : pool_(std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(num_threads))),
+  PyModel(const std::string& dir, int num_threads, const std::string& activation_precision,
+          const std::string& kv_cache_dtype)
+      : kv_dtype_(parse_kv_cache_dtype(kv_cache_dtype)),
+        pool_(std::make_unique<ThreadPool>(ThreadPool::resolve_num_threads(num_threads))),
         model_(Model::load(dir, *pool_, parse_act_precision(activation_precision))) {}
 
   const ModelConfig& config() const { return model_->config(); }
@@ -104,7 +106,7 @@ class PyModel {
     std::vector<int32_t> table(static_cast<size_t>(nb)), rows(static_cast<size_t>(T));
     for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(i);
     for (int64_t t = 0; t < T; ++t) rows[size_t(t)] = int32_t(t);
-    KVCache kv(config(), nb, kPrefillBlockSize);
+    KVCache kv(config(), nb, kPrefillBlockSize, kv_dtype_);
     model_->forward(one_sequence(tokens, 0, table, kPrefillBlockSize, rows), kv, dst);
     return out;
   }
@@ -125,7 +127,7 @@ class PyModel {
     const int64_t nb = blocks_for(T + n - 1, block_size);
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(nb - 1 - i);
-    KVCache kv(config(), nb, block_size);
+    KVCache kv(config(), nb, block_size, kv_dtype_);
     std::vector<float> logits(static_cast<size_t>(V));
     model_->forward(one_sequence(tokens, 0, table, block_size, {int32_t(T - 1)}), kv,
                     logits.data());
@@ -143,6 +145,7 @@ class PyModel {
     if (tokens.empty()) throw InvalidRequest("the prompt is empty: give at least one token");
   }
 
+  DType kv_dtype_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Model> model_;
   std::mutex mu_;  // forward() reuses the model's scratch, so calls take turns
@@ -153,8 +156,9 @@ class PyModel {
 void bind_model(py::module_& m) {
   py::class_<PyModel>(m, "Model",
                       "The decoder alone (no engine): logits and greedy tokens for parity tests.")
-      .def(py::init<const std::string&, int, const std::string&>(), py::arg("model_dir"),
-           py::arg("num_threads") = 0, py::arg("activation_precision") = "int8",
+      .def(py::init<const std::string&, int, const std::string&, const std::string&>(),
+           py::arg("model_dir"), py::arg("num_threads") = 0,
+           py::arg("activation_precision") = "int8", py::arg("kv_cache_dtype") = "f32",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("config",
                              [](const PyModel& self) { return model_config_dict(self.config()); })

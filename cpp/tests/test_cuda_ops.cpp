@@ -260,16 +260,18 @@ TEST(elementwise_ops_match_the_cpu_backend) {
 
 namespace {
 
-// A paged cache filled through kv_write on both backends, then attention on both.
+// A paged cache of `dt` filled through kv_write on both backends (the same bytes), then
+// attention on both.
 void check_attention(Gpu& g, int64_t n_heads, int64_t kv_heads, int64_t hd, int64_t bs,
                      const std::vector<std::vector<int32_t>>& tables,
                      const std::vector<int32_t>& seq_len, const std::vector<int32_t>& token_seq,
-                     const std::vector<int32_t>& positions) {
+                     const std::vector<int32_t>& positions, DType dt = DType::F32) {
   const int64_t nb = 64;
-  const size_t cache_n = size_t(nb * kv_heads * bs * hd);
-  std::vector<float> kc(cache_n, 0.0f), vc(cache_n, 0.0f);
-  cpu::PagedKV hc{kc.data(), vc.data(), nb, bs, kv_heads, hd};
-  cpu::PagedKV dc{g.zeros(cache_n), g.zeros(cache_n), nb, bs, kv_heads, hd};
+  // The cache in 4-byte words (two halves a word in f16; every head_dim here is even).
+  const size_t words = size_t(nb * kv_heads * bs * hd) * dtype_size(dt) / 4;
+  std::vector<float> kc(words, 0.0f), vc(words, 0.0f);
+  cpu::PagedKV hc{kc.data(), vc.data(), nb, bs, kv_heads, hd, dt};
+  cpu::PagedKV dc{g.zeros(words), g.zeros(words), nb, bs, kv_heads, hd, dt};
   // Write every key of every sequence through kv_write.
   std::vector<int32_t> slots;
   for (size_t s = 0; s < tables.size(); ++s)
@@ -280,8 +282,10 @@ void check_attention(Gpu& g, int64_t n_heads, int64_t kv_heads, int64_t hd, int6
                            v = randn(size_t(n_keys * kv_heads * hd));
   g.cpu->kv_write(k.data(), v.data(), n_keys, slots.data(), hc);
   g.dev->kv_write(g.up(k), g.up(v), n_keys, g.up(slots), dc);
-  CHECK(g.down(dc.k, cache_n) == kc);
-  CHECK(g.down(dc.v, cache_n) == vc);
+  const std::vector<float> dk = g.down(static_cast<float*>(dc.k), words),
+                           dv = g.down(static_cast<float*>(dc.v), words);
+  CHECK(std::memcmp(dk.data(), kc.data(), words * 4) == 0);
+  CHECK(std::memcmp(dv.data(), vc.data(), words * 4) == 0);
 
   int64_t max_blocks = 0;
   for (const auto& t : tables) max_blocks = std::max(max_blocks, int64_t(t.size()));
@@ -329,6 +333,11 @@ TEST(paged_attention_matches_the_cpu_backend_for_decode_prefill_and_mixed_batche
   check_attention(g, 4, 4, 8, 4, {long_table}, {239}, {0}, {238});
   // Seven query heads per kv head (Qwen2.5-7B's ratio), head_dim 128.
   check_attention(g, 14, 2, 128, 16, {{1, 2}, {3}}, {20, 16}, {0, 1}, {19, 15});
+  // An f16 cache: kv_write rounds as the CPU does (the same bytes), and attention reads it.
+  check_attention(g, 8, 2, 64, 16, {{3, 9, 1}, {5}, {7, 2, 8, 4, 6}}, {40, 9, 77},
+                  {0, 1, 2}, {39, 8, 76}, DType::F16);
+  check_attention(g, 8, 2, 64, 16, {{10, 11, 12, 13, 14, 15, 16}, {20, 21}, {30}}, {100, 21, 4},
+                  seq, pos, DType::F16);
 }
 
 TEST(a_captured_graph_replays_bit_identical_to_eager) {

@@ -1,4 +1,5 @@
 #include <numeric>
+#include <string>
 
 #include "check.h"
 #include "engine/block_manager.h"
@@ -198,4 +199,24 @@ TEST(pool_beyond_32_bit_slots_is_refused_before_allocating) {
   c.head_dim = 8;
   CHECK_THROWS(medrt::CapacityError, medrt::KVCache(c, int64_t(1) << 28, 16), "32-bit slot index");
   CHECK(medrt::KVCache(c, 4, 16).bytes() == 2 * 2 * 4 * 16 * 8 * 4);
+}
+
+TEST(kv_cache_dtype_sets_the_bytes_and_only_f32_or_f16_are_taken) {
+  medrt::ModelConfig c;
+  c.num_layers = 2;
+  c.num_kv_heads = 1;
+  c.head_dim = 8;
+  using medrt::DType;
+  medrt::KVCache half(c, 4, 16, DType::F16);
+  CHECK(half.bytes() == 2 * 2 * 4 * 16 * 8 * 2);
+  CHECK(half.bytes() == 4 * medrt::KVCache::bytes_per_block(c, 16, DType::F16));
+  CHECK(half.layer(1).dtype == DType::F16);
+  CHECK(static_cast<uint8_t*>(half.layer(1).k) - static_cast<uint8_t*>(half.layer(0).k) ==
+        half.bytes() / 2);
+  CHECK_THROWS(medrt::InvalidRequest, medrt::KVCache(c, 4, 16, DType::BF16),
+               "KV cache dtype BF16 is not supported");
+  CHECK(medrt::parse_kv_cache_dtype("f16") == DType::F16);
+  CHECK(std::string(medrt::kv_cache_dtype_name(DType::F32)) == "f32");
+  CHECK_THROWS(medrt::InvalidRequest, medrt::parse_kv_cache_dtype("fp8"),
+               "KV cache dtype 'fp8' is not one of: f32, f16");
 }

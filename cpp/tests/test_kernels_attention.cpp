@@ -156,6 +156,35 @@ TEST(attention_isas_agree) {
   for (size_t i = 0; i < a.size(); ++i) CHECK_NEAR(a[i], b[i], 2e-6 * (1 + std::fabs(a[i])));
 }
 
+// An f16 cache is read exactly as the f32 cache holding the same rounded values: every ISA
+// widens each half to the float it denotes, so the outputs are the same bits.
+TEST(attention_over_an_f16_cache_equals_f32_of_the_rounded_values) {
+  std::mt19937 rng(5);
+  ThreadPool pool(2);
+  struct Shape { int64_t n_heads, H, hd, bs; };
+  for (Shape sh : {Shape{9, 3, 64, 16}, Shape{4, 4, 20, 5}, Shape{2, 1, 13, 3}}) {
+    Setup s = make_setup(sh.n_heads, sh.H, sh.hd, sh.bs, {1, 40, 77}, {1, 7, 2}, rng);
+    std::vector<uint16_t> k16(s.k.size()), v16(s.v.size());
+    for (size_t i = 0; i < s.k.size(); ++i) {
+      k16[i] = f32_to_f16(s.k[i]);
+      v16[i] = f32_to_f16(s.v[i]);
+      s.k[i] = f16_to_f32(k16[i]);
+      s.v[i] = f16_to_f32(v16[i]);
+    }
+    cpu::PagedKV half = s.cache();
+    half.k = k16.data(), half.v = v16.data(), half.dtype = DType::F16;
+    const float scale = 1.0f / std::sqrt(float(sh.hd));
+    for (cpu::Isa isa : isas()) {
+      cpu::set_isa(isa);
+      std::vector<float> want(s.q.size()), got(s.q.size());
+      cpu::paged_attention(s.q.data(), s.n_heads, s.cache(), s.batch(), scale, want.data(), pool);
+      cpu::paged_attention(s.q.data(), s.n_heads, half, s.batch(), scale, got.data(), pool);
+      CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
+    }
+  }
+  cpu::set_isa(cpu::detected_isa());
+}
+
 TEST(attention_rejects_bad_shapes) {
   std::mt19937 rng(3);
   ThreadPool pool(1);
@@ -169,4 +198,11 @@ TEST(attention_rejects_bad_shapes) {
   CHECK_THROWS(Error, run(4), "outside the cache");
   s.positions[0] = int32_t(s.max_blocks * s.bs);
   CHECK_THROWS(Error, run(4), "beyond the block table");
+  s.positions[0] = 0;
+  s.table[0] = 0;
+  cpu::PagedKV bf16 = s.cache();
+  bf16.dtype = DType::BF16;
+  CHECK_THROWS(InvalidRequest,
+               cpu::paged_attention(s.q.data(), 4, bf16, s.batch(), 1.0f, out.data(), pool),
+               "KV cache dtype BF16 is not supported");
 }

@@ -182,3 +182,47 @@ TEST(kv_write_places_rows_by_slot) {
   for (float e : kc) written += e != -1.0f;
   CHECK(written == 2 * H * hd);
 }
+
+// An f16 cache gets each value rounded to the nearest half, ties to even, by every ISA alike
+// (medrt::f32_to_f16: overflow to inf, subnormal halves), including head_dim tails.
+TEST(kv_write_rounds_to_f16_like_the_scalar_conversion) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t hd : {5, 13, 64}) {
+    const int64_t blocks = 2, bs = 3, H = 2, T = 4;
+    std::vector<float> k(size_t(T * H * hd)), v(k.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k[i] = dist(rng) * (i % 7 == 0 ? 3e4f : i % 7 == 1 ? 1e-6f : 1.0f);  // inf, subnormal
+      v[i] = i % 5 == 0 ? f16_to_f32(uint16_t(0x3c00 + i)) + 0x1p-11f : dist(rng);  // ties
+    }
+    const int32_t slots[T] = {5, 0, -1, 3};
+    for (cpu::Isa isa : isas()) {
+      cpu::set_isa(isa);
+      std::vector<uint16_t> kc(size_t(blocks * H * bs * hd), 0x7e00), vc = kc;  // NaN marks
+      cpu::PagedKV cache{kc.data(), vc.data(), blocks, bs, H, hd, DType::F16};
+      cpu::kv_write(k.data(), v.data(), T, slots, cache);
+      int written = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (slots[t] < 0) continue;
+        const int64_t block = slots[t] / bs, off = slots[t] % bs;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t d = 0; d < hd; ++d) {
+            const size_t dst = size_t(((block * H + h) * bs + off) * hd + d);
+            const size_t src = size_t((t * H + h) * hd + d);
+            CHECK(kc[dst] == f32_to_f16(k[src]));
+            CHECK(vc[dst] == f32_to_f16(v[src]));
+            ++written;
+          }
+      }
+      for (uint16_t e : kc) written -= e != 0x7e00;
+      CHECK(written == 0);  // nothing outside the three slots
+    }
+  }
+  cpu::set_isa(cpu::detected_isa());
+  std::vector<uint16_t> kc(16), vc(16);
+  const float x[4] = {1, 2, 3, 4};
+  const int32_t slot[1] = {0};
+  cpu::PagedKV bf16{kc.data(), vc.data(), 1, 1, 1, 4, DType::BF16};
+  CHECK_THROWS(InvalidRequest, cpu::kv_write(x, x, 1, slot, bf16),
+               "KV cache dtype BF16 is not supported (f32 or f16)");
+}

@@ -1,6 +1,8 @@
 // The decoder over a hand-written checkpoint: it runs, and a row's logits do not depend on
 // what else is in the batch or on how its prompt was split into chunks (bitwise).
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -89,58 +91,83 @@ TEST(forward_gives_finite_logits_that_depend_on_the_token) {
 
 TEST(batching_two_sequences_matches_each_alone_bitwise) {
   Fixture f;
-  const size_t V = size_t(f.vocab());
-  const int32_t na = int32_t(f.a.tokens.size()), nb = int32_t(f.b.tokens.size());
-  std::vector<float> alone_a, alone_b, together;
-  {
-    KVCache kv(f.model->config(), 8, kBlock);
-    ForwardBatch b;
-    add_rows(b, f.a, 0, 0, na);
-    set_tables(b, {&f.a});
-    alone_a = run(*f.model, kv, b);
-  }
-  {
-    KVCache kv(f.model->config(), 8, kBlock);
+  for (DType dt : {DType::F32, DType::F16}) {  // either KV cache dtype
+    const size_t V = size_t(f.vocab());
+    const int32_t na = int32_t(f.a.tokens.size()), nb = int32_t(f.b.tokens.size());
+    std::vector<float> alone_a, alone_b, together;
+    {
+      KVCache kv(f.model->config(), 8, kBlock, dt);
+      ForwardBatch b;
+      add_rows(b, f.a, 0, 0, na);
+      set_tables(b, {&f.a});
+      alone_a = run(*f.model, kv, b);
+    }
+    {
+      KVCache kv(f.model->config(), 8, kBlock, dt);
+      ForwardBatch b;
+      add_rows(b, f.b, 0, 0, nb);
+      set_tables(b, {&f.b});
+      alone_b = run(*f.model, kv, b);
+    }
+    // Both in one forward, sequence b first so that a's rows sit at other batch indices.
+    KVCache kv(f.model->config(), 8, kBlock, dt);
     ForwardBatch b;
     add_rows(b, f.b, 0, 0, nb);
-    set_tables(b, {&f.b});
-    alone_b = run(*f.model, kv, b);
+    add_rows(b, f.a, 1, 0, na);
+    set_tables(b, {&f.b, &f.a});
+    together = run(*f.model, kv, b);
+    CHECK(bitwise_equal(together.data(), alone_b.data(), size_t(nb) * V));
+    CHECK(bitwise_equal(together.data() + size_t(nb) * V, alone_a.data(), size_t(na) * V));
   }
-  // Both in one forward, sequence b first so that a's rows sit at other batch indices.
-  KVCache kv(f.model->config(), 8, kBlock);
-  ForwardBatch b;
-  add_rows(b, f.b, 0, 0, nb);
-  add_rows(b, f.a, 1, 0, na);
-  set_tables(b, {&f.b, &f.a});
-  together = run(*f.model, kv, b);
-  CHECK(bitwise_equal(together.data(), alone_b.data(), size_t(nb) * V));
-  CHECK(bitwise_equal(together.data() + size_t(nb) * V, alone_a.data(), size_t(na) * V));
 }
 
 TEST(chunked_prefill_and_decode_match_one_prefill_bitwise) {
   Fixture f;
-  const size_t V = size_t(f.vocab());
-  const int32_t n = int32_t(f.b.tokens.size());
-  std::vector<float> whole;
-  {
-    KVCache kv(f.model->config(), 8, kBlock);
-    ForwardBatch b;
-    add_rows(b, f.b, 0, 0, n);
-    set_tables(b, {&f.b});
-    whole = run(*f.model, kv, b);
+  for (DType dt : {DType::F32, DType::F16}) {  // either KV cache dtype
+    const size_t V = size_t(f.vocab());
+    const int32_t n = int32_t(f.b.tokens.size());
+    std::vector<float> whole;
+    {
+      KVCache kv(f.model->config(), 8, kBlock, dt);
+      ForwardBatch b;
+      add_rows(b, f.b, 0, 0, n);
+      set_tables(b, {&f.b});
+      whole = run(*f.model, kv, b);
+    }
+    // Chunks of 9 and 6 rows, then one row at a time, each forward asking only for the last row.
+    KVCache kv(f.model->config(), 8, kBlock, dt);
+    const std::vector<std::pair<int32_t, int32_t>> steps = {{0, 9}, {9, 15}, {15, 16}, {16, 17},
+                                                            {17, 18}, {18, 19}, {19, 20}};
+    for (auto [start, end] : steps) {
+      ForwardBatch b;
+      add_rows(b, f.b, 0, start, end);
+      b.logit_rows = {int32_t(end - start - 1)};
+      set_tables(b, {&f.b});
+      std::vector<float> last = run(*f.model, kv, b);
+      CHECK(bitwise_equal(last.data(), whole.data() + size_t(end - 1) * V, V));
+    }
   }
-  // Chunks of 9 and 6 rows, then one row at a time, each forward asking only for the last row.
-  KVCache kv(f.model->config(), 8, kBlock);
-  const std::vector<std::pair<int32_t, int32_t>> steps = {{0, 9}, {9, 15}, {15, 16}, {16, 17},
-                                                          {17, 18}, {18, 19}, {19, 20}};
-  for (auto [start, end] : steps) {
-    ForwardBatch b;
-    add_rows(b, f.b, 0, start, end);
-    b.logit_rows = {int32_t(end - start - 1)};
-    set_tables(b, {&f.b});
-    std::vector<float> last = run(*f.model, kv, b);
-    CHECK(bitwise_equal(last.data(), whole.data() + size_t(end - 1) * V, V));
+}
+
+// An f16 KV cache changes each cached key and value by one f16 rounding (relative 2^-11):
+// the logits move by about that much, and no more.
+TEST(an_f16_kv_cache_stays_close_to_f32) {
+  Fixture f;
+  ForwardBatch batch;
+  add_rows(batch, f.b, 0, 0, int32_t(f.b.tokens.size()));
+  set_tables(batch, {&f.b});
+  KVCache kv32(f.model->config(), 8, kBlock), kv16(f.model->config(), 8, kBlock, DType::F16);
+  CHECK(kv16.bytes() * 2 == kv32.bytes());
+  const std::vector<float> a = run(*f.model, kv32, batch), b = run(*f.model, kv16, batch);
+  float worst = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, std::fabs(a[i] - b[i]));
+    scale = std::max(scale, std::fabs(a[i]));
   }
+  std::fprintf(stderr, "  f16 KV: max |logit difference| %.3g of logits up to %.3g\n",
+               double(worst), double(scale));
+  CHECK(worst > 0);  // the cache really held f16
+  CHECK(worst < 2e-3f * scale);
 }
 
 // Layer-to-backend mapping: the same decoder split over two backends (layers 0-1 on one, the

@@ -71,6 +71,7 @@ class EngineFrontend:
         enforce_eager: bool = False,
         device_map: str | None = None,
         activation_precision: str = "int8",
+        kv_cache_dtype: str = "f32",
     ) -> None:
         from medrt import _core
         from medrt.device import select_device
@@ -101,11 +102,14 @@ class EngineFrontend:
         config.seed = seed
         config.activation_precision = activation_precision  # InvalidRequest names a bad one
         self.activation_precision = activation_precision
+        config.kv_cache_dtype = kv_cache_dtype  # "f32" | "f16"; InvalidRequest names another
+        self.kv_cache_dtype = kv_cache_dtype
 
         def probe_engine() -> Any:  # deployment="auto" measures decode costs on a small engine
             probe = _core.EngineConfig()
             probe.model_dir, probe.num_blocks, probe.num_threads = str(model_dir), 64, num_threads
             probe.activation_precision = activation_precision
+            probe.kv_cache_dtype = kv_cache_dtype
             return _core.Engine(probe)
 
         # LoRA: merged mode hands the engine a merged copy of the model; adapter mode (lora=
@@ -155,12 +159,14 @@ class EngineFrontend:
         """The model directory and its weights: ``weight_types`` (type -> number of modules,
         e.g. {"int4-g32-mins": 210, "f32": 61, "int8-g32": 1}), ``weight_bytes`` (as stored),
         ``f16_bytes`` (the same weights in f16), ``memory_cut`` (1 - weight_bytes /
-        f16_bytes: 0.64 is 64% less memory than f16) and ``activation_precision`` (how the
-        quantized weights' kernels read activations: "int8" or "int8x2")."""
+        f16_bytes: 0.64 is 64% less memory than f16), ``activation_precision`` (how the
+        quantized weights' kernels read activations: "int8" or "int8x2") and
+        ``kv_cache_dtype`` ("f32" or "f16")."""
         from medrt.models.weight_info import weight_summary
 
         return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict(),
-                "activation_precision": self.activation_precision}
+                "activation_precision": self.activation_precision,
+                "kv_cache_dtype": self.kv_cache_dtype}
 
     # -- LoRA adapters (adapter mode) ------------------------------------------------------
 

@@ -45,7 +45,9 @@ class LLM(EngineFrontend):
     ``activation_precision`` says how the CPU kernels of quantized weights read activations:
     "int8" (default: int8 blocks of 32, as llama.cpp) or "int8x2" (each value as two int8
     terms, about 15 bits: the distribution of the f32 reference on the same weights, for
-    scoring, at about 0.6x the prompt speed; docs/quantization.md).
+    scoring, at about 0.6x the prompt speed; docs/quantization.md). ``kv_cache_dtype`` is
+    "f32" (default) or "f16" (llama.cpp's default: the pool holds twice the tokens and a decode
+    step reads half the cache bytes, at one f16 rounding of each key and value).
 
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call

@@ -56,7 +56,8 @@ def _medrt(args: argparse.Namespace, mdir: Path, env: dict) -> dict[str, float]:
     out = _run([str(args.medrt_bench), "-m", str(mdir), "-t", str(args.threads), "-p",
                 str(args.p), "-n", str(args.n), "-r", "1", "--batched", str(args.batched or ""),
                 "--batched-prompt", "128", "--batched-gen", "128", "--bandwidth-mib", "0",
-                "--activations", args.activations, "--json"], env)
+                "--activations", args.activations, "--kv-cache-dtype", args.kv_cache_dtype,
+                "--json"], env)
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {r["test"]: r["tokens_per_s"] for r in rows if "test" in r}
 
@@ -95,12 +96,15 @@ def main() -> int:
     p.add_argument("--activations", default="int8", choices=("int8", "int8x2"),
                    help="medrt-bench --activations: how medrt's quantized kernels read "
                         "activations")
+    p.add_argument("--kv-cache-dtype", default="f32", choices=("f32", "f16"),
+                   help="medrt-bench --kv-cache-dtype (llama.cpp runs its default, f16)")
     args = p.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **({"MEDRT_ISA": args.isa} if args.isa else {}))
     print(f"CPU: {_cpu_model()}; threads {args.threads}; medrt ISA "
-          f"{args.isa or 'best available'}; {args.activations} activations; {args.reps} "
-          "alternating repetitions, medians\n")
+          f"{args.isa or 'best available'}; {args.activations} activations; KV cache: medrt "
+          f"{args.kv_cache_dtype}, llama.cpp f16; {args.reps} alternating repetitions, "
+          "medians\n")
     print("| type | test | medrt t/s | llama.cpp t/s | medrt / llama.cpp |")
     print("|---|---|---:|---:|---:|")
     for qtype in args.types.split(","):

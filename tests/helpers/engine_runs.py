@@ -93,13 +93,13 @@ def mixed_requests(n: int) -> list[tuple[list[int], _core.SamplingParams]]:
     return reqs
 
 
-def check_preemption_matches_alone(model_dir: Path) -> None:
+def check_preemption_matches_alone(model_dir: Path, **overrides: Any) -> None:
     """Eight mixed requests on a pool too small for all of them at once (30 blocks of 4
     tokens): the engine preempts, and every request still gets the tokens and logprobs it gets
-    alone; every block returns to the pool."""
+    alone; every block returns to the pool. `overrides`: more EngineConfig fields of both."""
     reqs = mixed_requests(8)
-    alone = [run_alone(model_dir, prompt, p) for prompt, p in reqs]
-    engine = make_engine(model_dir, num_blocks=30, max_num_batched_tokens=32)
+    alone = [run_alone(model_dir, prompt, p, **overrides) for prompt, p in reqs]
+    engine = make_engine(model_dir, num_blocks=30, max_num_batched_tokens=32, **overrides)
     results: dict[int, Result] = {}
     ids = [engine.add_request(*r) for r in reqs]
     drain(engine, results)

@@ -142,7 +142,8 @@ def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
     rows = {}
     for name, args in (("transformers", ["--engine", "transformers"]),
                        ("medrt", ["--engine", "medrt"]),
-                       ("int8x2", ["--engine", "medrt", "--activation-precision", "int8x2"])):
+                       ("int8x2", ["--engine", "medrt", "--activation-precision", "int8x2"]),
+                       ("kv16", ["--engine", "medrt", "--kv-cache-dtype", "f16"])):
         out = tmp_path / f"{name}.json"
         assert main(["eval", f"paper={tmp_path / 'q'}", "--reference", str(src),
                      "--data", str(data), "--json", str(out), *args]) == 0
@@ -150,6 +151,10 @@ def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
     hf, rt, x2 = rows["transformers"], rows["medrt"], rows["int8x2"]
     assert rt["engine"] == "medrt" and hf["engine"] == "transformers"
     assert rt["activation_precision"] == "int8" and x2["activation_precision"] == "int8x2"
+    assert rt["kv_cache_dtype"] == "f32" and rows["kv16"]["kv_cache_dtype"] == "f16"
+    # An f16 KV cache moves perplexity by its one rounding of each key and value: little.
+    assert rows["kv16"]["perplexity"] != rt["perplexity"]
+    assert rows["kv16"]["perplexity"] == pytest.approx(rt["perplexity"], rel=1e-3)
     # Two int8 terms per activation leave only nf4's int8 table between the kernels and the
     # dequantized weights: closer to transformers than int8 blocks.
     assert abs(x2["perplexity"] / hf["perplexity"] - 1) < abs(rt["perplexity"] / hf["perplexity"]

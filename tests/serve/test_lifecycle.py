@@ -231,10 +231,10 @@ def test_step_token_budget_reaches_the_engine(start_server: Callable[..., Server
         assert small.stats()["steps"] - steps >= -(-n // 8)
 
 
-def test_activation_precision_reaches_the_engine_and_the_fingerprint(
+def test_activation_precision_and_kv_cache_dtype_reach_the_engine_and_the_fingerprint(
         start_server: Callable[..., ServerThread]) -> None:
-    """--activation-precision / ServeConfig.activation_precision is the engine's, and every
-    answer's fingerprint names it (the same weights give other tokens at the other one)."""
+    """--activation-precision and --kv-cache-dtype (ServeConfig's fields) are the engine's, and
+    every answer's fingerprint names them (the same weights give other tokens at others)."""
     import argparse
 
     from medrt.serve.cli_args import add_serve_parser
@@ -244,11 +244,15 @@ def test_activation_precision_reaches_the_engine_and_the_fingerprint(
     assert parser.parse_args(["serve"]).activation_precision == "int8"
     args = parser.parse_args(["serve", "--activation-precision", "int8x2"])
     assert args.activation_precision == "int8x2"
+    assert parser.parse_args(["serve"]).kv_cache_dtype == "f32"
+    assert parser.parse_args(["serve", "--kv-cache-dtype", "f16"]).kv_cache_dtype == "f16"
 
-    st = start_server(activation_precision="int8x2")
+    st = start_server(activation_precision="int8x2", kv_cache_dtype="f16")
     assert st.server.core.llm.activation_precision == "int8x2"
+    assert st.server.core.llm.kv_cache_dtype == "f16"
     with grpc.insecure_channel(st.grpc_target) as ch:
         stub = medrt_pb2_grpc.MedrtStub(ch)
         greedy = medrt_pb2.SamplingParams(max_tokens=2, temperature=0.0)
         out = stub.Generate(medrt_pb2.GenerateRequest(prompt="hi", sampling=greedy), timeout=60)
     assert out.fingerprint.activation_precision == "int8x2"
+    assert out.fingerprint.kv_cache_dtype == "f16"

@@ -120,6 +120,7 @@ def test_fingerprint_names_the_weights(stub: medrt_pb2_grpc.MedrtStub, tiny_llam
         f"model.safetensors {digest}\n".encode()).hexdigest()
     assert list(fp.weight_types) == ["F32"] and fp.medrt_version == medrt.__version__
     assert fp.model == "tiny-llama" and fp.activation_precision == "int8"
+    assert fp.kv_cache_dtype == "f32"
     cache = json.loads((tiny_llama / ".medrt-weights.json").read_text())
     assert cache["model.safetensors"]["sha256"] == digest
 

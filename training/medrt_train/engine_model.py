@@ -15,15 +15,17 @@ import torch
 class MedrtCausalLM:
     """``model(input_ids)`` -> an object with ``.logits`` [1, T, vocab] (f32), computed by
     medrt's decoder over a fresh KV cache; ``logits_to_keep=n`` keeps the last n rows.
-    ``activation_precision``: "int8" (what a deployment runs by default) or "int8x2"."""
+    ``activation_precision``: "int8" (what a deployment runs by default) or "int8x2";
+    ``kv_cache_dtype``: "f32" (default) or "f16"."""
 
     def __init__(self, model_dir: Path, num_threads: int = 0,
-                 activation_precision: str = "int8") -> None:
+                 activation_precision: str = "int8", kv_cache_dtype: str = "f32") -> None:
         from medrt import _core
 
         self.model_dir = Path(model_dir)
         self._model = _core.Model(str(self.model_dir), num_threads,
-                                  activation_precision=activation_precision)
+                                  activation_precision=activation_precision,
+                                  kv_cache_dtype=kv_cache_dtype)
 
     def __call__(self, input_ids: torch.Tensor, logits_to_keep: int = 0,
                  **_: object) -> SimpleNamespace:

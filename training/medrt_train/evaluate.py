@@ -141,15 +141,16 @@ def pubmedqa_accuracy(models: dict, tokenizer, questions: list[Question], log=No
 
 
 def load_model(model_dir: Path, engine: str = "transformers",
-               activation_precision: str = "int8"):
+               activation_precision: str = "int8", kv_cache_dtype: str = "f32"):
     """A model to score: through transformers (a plain Hugging Face directory, or a medrt
     quantized one dequantized to f32), or through medrt's own decoder (engine="medrt": every
     weight type at its own precision, as the runtime serves it, its quantized kernels reading
-    activations at `activation_precision`)."""
+    activations at `activation_precision`, its KV cache holding `kv_cache_dtype`)."""
     if engine == "medrt":
         from medrt_train.engine_model import MedrtCausalLM
 
-        return MedrtCausalLM(model_dir, activation_precision=activation_precision)
+        return MedrtCausalLM(model_dir, activation_precision=activation_precision,
+                             kv_cache_dtype=kv_cache_dtype)
     from transformers import AutoModelForCausalLM
 
     from medrt_train.quant.loader import is_quantized_dir, load_dequantized
@@ -172,7 +173,8 @@ def describe_dir(model_dir: Path) -> dict:
 
 def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts: int,
              questions: int, max_len: int, split: str = "test", log=None,
-             engine: str = "transformers", activation_precision: str = "int8") -> list[dict]:
+             engine: str = "transformers", activation_precision: str = "int8",
+             kv_cache_dtype: str = "f32") -> list[dict]:
     """One row per model, with every figure of the table, on PubMedQA `split`; every model
     (the reference too) is scored through `engine` ("transformers" or "medrt")."""
     from transformers import AutoTokenizer
@@ -180,7 +182,7 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
     tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
     entries = load_split(split, data)
     def load(path: Path):
-        return load_model(path, engine, activation_precision)
+        return load_model(path, engine, activation_precision, kv_cache_dtype)
 
     ref_model = load(reference) if reference is not None else None
     # The reference listed as a row too (for its accuracy) is the same object, scored once.
@@ -195,7 +197,8 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
     rows = []
     for name, path in models.items():
         row = {"model": name, "path": str(path), "split": split, "engine": engine,
-               **({"activation_precision": activation_precision} if engine == "medrt" else {}),
+               **({"activation_precision": activation_precision,
+                   "kv_cache_dtype": kv_cache_dtype} if engine == "medrt" else {}),
                **describe_dir(path),
                **ppl[name]}
         if name in acc:
@@ -249,6 +252,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
                    help="--engine medrt: how its quantized kernels read activations (int8 as "
                         "served by default; int8x2 about 15 bits)")
+    p.add_argument("--kv-cache-dtype", choices=("f32", "f16"), default="f32",
+                   help="--engine medrt: the element type of its KV cache")
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown here")
 
@@ -263,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
                         args.max_len, args.split,
                         log=lambda line: print(f"medrt-train eval: {line}", file=sys.stderr,
                                                flush=True), engine=args.engine,
-                        activation_precision=args.activation_precision)
+                        activation_precision=args.activation_precision,
+                        kv_cache_dtype=args.kv_cache_dtype)
     except (ValueError, FileNotFoundError) as exc:
         print(f"medrt-train eval: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "medrt/config.h"
+#include "medrt/dtype.h"
 #include "medrt/linear.h"
 #include "medrt/lora.h"
 #include "medrt/sampling.h"
@@ -29,6 +30,9 @@ struct EngineConfig {
   // How the CPU kernels of quantized weights read activations (linear.h): Int8x2 for scoring
   // and for matching a float reference token for token, at more integer work per token.
   ActPrecision activation_precision = ActPrecision::Int8;
+  // Element type of the KV cache (F32 or F16): F16 halves the bytes each decode step reads from
+  // the cache and doubles the tokens kv_cache_bytes holds, at one f16 rounding of each K and V.
+  DType kv_cache_dtype = DType::F32;
 };
 
 // Error: a step failed (out of memory, a kernel error) and ended every request it held.

@@ -48,15 +48,21 @@ void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, int64_t 
 // x[i] += y[i]
 void add_inplace(float* x, const float* y, int64_t n);
 
-// Paged KV cache of one layer: K and V each [num_blocks, n_kv_heads, block_size, head_dim] f32.
+// Paged KV cache of one layer: K and V each [num_blocks, n_kv_heads, block_size, head_dim] of
+// `dtype`: F32, or F16 (half the bytes an attention step reads; kv_write rounds each value to
+// the nearest half, ties to even, and attention computes in f32 from there).
 struct PagedKV {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
   int64_t num_blocks = 0;
   int64_t block_size = 0;
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
+  DType dtype = DType::F32;
 };
+
+// The element types a KV cache can hold (F32, F16); InvalidRequest names any other.
+void check_kv_dtype(DType dtype);
 
 // Writes k, v [T, n_kv_heads, head_dim] into the cache at slot_mapping[t] = block * block_size
 // + offset (slot < 0: skip the token).

@@ -10,7 +10,7 @@ namespace {
 
 int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
   if (c.num_blocks > 0) return c.num_blocks;
-  int64_t per_block = KVCache::bytes_per_block(m, c.block_size);
+  int64_t per_block = KVCache::bytes_per_block(m, c.block_size, c.kv_cache_dtype);
   int64_t n = c.kv_cache_bytes / per_block;
   if (n < 1)
     throw CapacityError("EngineConfig.kv_cache_bytes = " + std::to_string(c.kv_cache_bytes) +
@@ -28,7 +28,8 @@ ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
   model_->set_loras(&loras_);
   const ModelConfig& m = model_->config();
   const int64_t num_blocks = resolve_num_blocks(cfg_, m);
-  kv_ = std::make_unique<KVCache>(m, num_blocks, cfg_.block_size, model_->layer_backends());
+  kv_ = std::make_unique<KVCache>(m, num_blocks, cfg_.block_size, model_->layer_backends(),
+                                  cfg_.kv_cache_dtype);
 
   // Persistent step arrays and activations, sized for the largest step the scheduler makes.
   const int64_t max_tokens = cfg_.max_num_batched_tokens, max_seqs = cfg_.max_num_seqs;

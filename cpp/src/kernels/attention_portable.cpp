@@ -27,17 +27,20 @@ struct FrameBuf {
   }
 };
 
-float dot8(const float* a, const float* b, int64_t n) {
+// One cached value as f32 (the cache holds f32 or f16: kernels.h PagedKV).
+inline float kv_at(const float* p, int64_t i) { return p[i]; }
+inline float kv_at(const uint16_t* p, int64_t i) { return f16_to_f32(p[i]); }
+
+template <class E>
+float dot8(const float* a, const E* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t i = 0; i < n; ++i) acc[i % 8] += a[i] * b[i];
+  for (int64_t i = 0; i < n; ++i) acc[i % 8] += a[i] * kv_at(b, i);
   return hsum8(acc);
 }
 
-}  // namespace
-
-void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
-                     const AttentionBatch& batch, float scale, float* out, int64_t w0,
-                     int64_t w1) {
+template <class E>
+void attend(const float* q, int64_t n_heads, const PagedKV& cache, const AttentionBatch& batch,
+            float scale, float* out, int64_t w0, int64_t w1) {
   const int64_t H = cache.n_kv_heads, hd = cache.head_dim, bs = cache.block_size;
   const int64_t G = n_heads / H;
   // G query heads of up to 256 dims, blocks of up to 128 keys fit in the frame.
@@ -58,8 +61,8 @@ void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
     for (int64_t b = 0; b * bs < n_keys; ++b) {
       const int64_t nk = std::min(bs, n_keys - b * bs);
       const int64_t base = ((int64_t(table[b]) * H + kvh) * bs) * hd;
-      const float* kb = cache.k + base;
-      const float* vb = cache.v + base;
+      const E* kb = static_cast<const E*>(cache.k) + base;
+      const E* vb = static_cast<const E*>(cache.v) + base;
       for (int64_t g = 0; g < G; ++g) {
         float* s = scores + g * bs;
         float block_max = -std::numeric_limits<float>::infinity();
@@ -76,7 +79,7 @@ void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
         for (int64_t j = 0; j < nk; ++j) {
           const float p = std::exp(s[j] - new_max);
           lanes[j % 8] += p;
-          for (int64_t d = 0; d < hd; ++d) a[d] += p * vb[j * hd + d];
+          for (int64_t d = 0; d < hd; ++d) a[d] += p * kv_at(vb, j * hd + d);
         }
         run_sum[g] = run_sum[g] * alpha + hsum8(lanes);
       }
@@ -87,6 +90,15 @@ void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
       for (int64_t d = 0; d < hd; ++d) o[d] = acc[g * hd + d] * inv;
     }
   }
+}
+
+}  // namespace
+
+void attention_items(const float* q, int64_t n_heads, const PagedKV& cache,
+                     const AttentionBatch& batch, float scale, float* out, int64_t w0,
+                     int64_t w1) {
+  (cache.dtype == DType::F16 ? attend<uint16_t> : attend<float>)(q, n_heads, cache, batch, scale,
+                                                                  out, w0, w1);
 }
 
 }  // namespace medrt::cpu::portable

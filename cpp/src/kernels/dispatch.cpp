@@ -103,10 +103,25 @@ void add_inplace(float* x, const float* y, int64_t n) {
     portable::add_inplace(x, y, n);
 }
 
+void check_kv_dtype(DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::F16)
+    throw InvalidRequest(std::string("KV cache dtype ") + dtype_name(dtype) +
+                         " is not supported (f32 or f16)");
+}
+
 void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_mapping,
               const PagedKV& cache) {
+  check_kv_dtype(cache.dtype);
   const int64_t hd = cache.head_dim, H = cache.n_kv_heads, bs = cache.block_size;
-  const size_t row_bytes = size_t(hd) * sizeof(float);
+  const bool half = cache.dtype == DType::F16;
+  const auto store = [&](void* base, int64_t dst, const float* src) {
+    if (!half)
+      std::memcpy(static_cast<float*>(base) + dst, src, size_t(hd) * sizeof(float));
+    else if (simd())
+      avx2::to_f16(src, hd, static_cast<uint16_t*>(base) + dst);
+    else
+      portable::to_f16(src, hd, static_cast<uint16_t*>(base) + dst);
+  };
   for (int64_t t = 0; t < T; ++t) {
     const int64_t slot = slot_mapping[t];
     if (slot < 0) continue;
@@ -116,8 +131,8 @@ void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_map
     const int64_t block = slot / bs, off = slot % bs;
     for (int64_t h = 0; h < H; ++h) {
       const int64_t dst = ((block * H + h) * bs + off) * hd;
-      std::memcpy(cache.k + dst, k + (t * H + h) * hd, row_bytes);
-      std::memcpy(cache.v + dst, v + (t * H + h) * hd, row_bytes);
+      store(cache.k, dst, k + (t * H + h) * hd);
+      store(cache.v, dst, v + (t * H + h) * hd);
     }
   }
 }
@@ -182,6 +197,7 @@ void paged_attention(const float* q, int64_t n_heads, const PagedKV& cache,
         throw Error("paged_attention: block table entry " + std::to_string(table[b]) +
                     " is outside the cache of " + std::to_string(cache.num_blocks) + " blocks");
   }
+  check_kv_dtype(cache.dtype);
   const bool use_avx2 =
       simd() && avx2_attention_fits(n_heads / cache.n_kv_heads, cache.head_dim, cache.block_size);
   for_balanced_items(batch, cache.n_kv_heads, pool, [&](int64_t w0, int64_t w1) {

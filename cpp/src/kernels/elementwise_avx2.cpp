@@ -1,4 +1,4 @@
-// AVX2/FMA element-wise ops: conversion, RMSNorm, RoPE, SiLU-gating, residual add.
+// AVX2/FMA element-wise ops: conversions, RMSNorm, RoPE, SiLU-gating, residual add.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -25,6 +25,20 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     convert<DType::F16>(static_cast<const uint16_t*>(src), n, dst);
   else
     convert<DType::BF16>(static_cast<const uint16_t*>(src), n, dst);
+}
+
+void to_f16(const float* src, int64_t n, uint16_t* dst) {
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), kRound));
+  if (i < n) {
+    alignas(16) uint16_t tmp[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tmp),
+                    _mm256_cvtps_ph(_mm256_maskload_ps(src + i, tail_mask(int(n - i))), kRound));
+    std::memcpy(dst + i, tmp, size_t(n - i) * sizeof(uint16_t));
+  }
 }
 
 void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* y) {

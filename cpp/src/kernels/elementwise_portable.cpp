@@ -1,4 +1,4 @@
-// Portable element-wise ops: conversion, RMSNorm, RoPE, SiLU-gating, residual add.
+// Portable element-wise ops: conversions, RMSNorm, RoPE, SiLU-gating, residual add.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,6 +17,10 @@ void to_f32(const void* src, DType dtype, int64_t n, float* dst) {
     const auto* s = static_cast<const uint16_t*>(src);
     for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
   }
+}
+
+void to_f16(const float* src, int64_t n, uint16_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
 }
 
 void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* y) {

@@ -42,6 +42,8 @@ inline int64_t dot_block(int64_t K) {
   void linear(const float* x, int64_t M, int64_t K, const TensorView& W, const float* bias,  \
               float* y, ThreadPool& pool);                                                    \
   void to_f32(const void* src, DType dtype, int64_t n, float* dst);                          \
+  /* IEEE half, rounded to nearest even (every ISA gives the bits of medrt::f32_to_f16) */      \
+  void to_f16(const float* src, int64_t n, uint16_t* dst);                                   \
   void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* y);   \
   void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions, \
             const float* inv_freq);                                                          \

@@ -16,12 +16,17 @@ void quantize_row(const float* x, int64_t K, int64_t nb, int8_t* codes, ActBlock
   const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t n = K - b * kBlock < kBlock ? K - b * kBlock : kBlock;
+    // A whole block is read in place; only a ragged last one goes through a zero-padded copy.
+    const float* src = x + b * kBlock;
     alignas(32) float xb[kBlock];
-    for (int64_t i = 0; i < kBlock; ++i) xb[i] = i < n ? x[b * kBlock + i] : 0.0f;
+    if (n < kBlock) {
+      for (int64_t i = 0; i < kBlock; ++i) xb[i] = i < n ? src[i] : 0.0f;
+      src = xb;
+    }
     __m256 v[4];
     __m256 m = _mm256_setzero_ps();
     for (int j = 0; j < 4; ++j) {
-      v[j] = _mm256_load_ps(xb + 8 * j);
+      v[j] = _mm256_loadu_ps(src + 8 * j);
       m = _mm256_max_ps(_mm256_andnot_ps(sign, v[j]), m);  // a NaN lane keeps m
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));

@@ -15,7 +15,7 @@ namespace {
 void check_cache(KVCache& kv, const ModelConfig& c) {
   cpu::PagedKV l0 = kv.layer(0);
   if (l0.n_kv_heads != c.num_kv_heads || l0.head_dim != c.head_dim ||
-      kv.bytes() != kv.num_blocks() * KVCache::bytes_per_block(c, kv.block_size()))
+      kv.bytes() != kv.num_blocks() * KVCache::bytes_per_block(c, kv.block_size(), kv.dtype()))
     fail("the KV cache was built for a different model (layers, KV heads or head_dim)");
 }
 

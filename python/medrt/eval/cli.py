@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction, default_model: str) -> None:
                    help="loglik: questions in flight (each context is computed once)")
     p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
                    help="how the kernels of quantized weights read activations (medrt.LLM)")
+    p.add_argument("--kv-cache-dtype", choices=("f32", "f16"), default="f32",
+                   help="element type of the KV cache (medrt.LLM)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
                    help="paired agreement and McNemar's test of two --output reports")
@@ -68,7 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(resolve_model_dir(args.model), questions, task=args.task, mode=args.mode,
                       split=split, generate=cfg, num_threads=args.threads, window=args.window,
                       progress=not args.no_progress,
-                      engine_args={"activation_precision": args.activation_precision})
+                      engine_args={"activation_precision": args.activation_precision,
+                                   "kv_cache_dtype": args.kv_cache_dtype})
     text = report.markdown(result)
     print(text, end="")
     if args.output:

@@ -66,16 +66,18 @@ def evaluate(model: str | Path, questions: Sequence[Question], *, task: str, mod
         raise InvalidRequest(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     cfg = generate or GenerateConfig()
 
-    async def main() -> tuple[list[dict[str, Any]], Path, dict[str, int], str]:
+    async def main() -> tuple[list[dict[str, Any]], Path, dict[str, int], dict[str, str]]:
         llm = AsyncLLM(str(model), num_threads=num_threads, seed=seed, **(engine_args or {}))
         try:
             records = await _score(llm, questions, mode, cfg, window, progress)
-            return records, llm.model_dir, llm.stats(), llm.activation_precision
+            engine = {"activation_precision": llm.activation_precision,
+                      "kv_cache_dtype": llm.kv_cache_dtype}
+            return records, llm.model_dir, llm.stats(), engine
         finally:
             llm.close()
 
     start = time.monotonic()
-    records, model_dir, stats, activation_precision = asyncio.run(main())
+    records, model_dir, stats, engine = asyncio.run(main())
     seconds = time.monotonic() - start
     run = {"task": task, "mode": mode, "split": split, "questions": len(records),
            "seconds": seconds, "questions_per_second": len(records) / seconds if seconds else 0.0,
@@ -86,5 +88,5 @@ def evaluate(model: str | Path, questions: Sequence[Question], *, task: str, mod
     return {"version": REPORT_VERSION, "run": run,
             "fingerprint": {**fingerprint(Path(model_dir),
                                           cfg.seed if mode == "generate" else seed),
-                            "activation_precision": activation_precision},
+                            **engine},
             "metrics": metrics(records, mode), "questions": records}

@@ -50,6 +50,7 @@ class ServeConfig:
     max_num_batched_tokens: int = 2048
     # How the quantized weights' CPU kernels read activations: "int8" or "int8x2" (LLM).
     activation_precision: str = "int8"
+    kv_cache_dtype: str = "f32"  # element type of the KV cache: "f32" or "f16" (LLM)
     max_model_len: int | None = None
     max_queued_requests: int = 256
     tenant_max_concurrency: int = 0
@@ -201,7 +202,7 @@ class Server:
                 kv_cache_memory_bytes=c.kv_cache_memory_bytes, num_kv_blocks=c.num_kv_blocks,
                 max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
                 max_model_len=c.max_model_len, seed=c.seed,
-                activation_precision=c.activation_precision,
+                activation_precision=c.activation_precision, kv_cache_dtype=c.kv_cache_dtype,
                 enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
                 max_lora_rank=c.max_lora_rank)
             weights = await asyncio.to_thread(weights_fingerprint, llm.model_dir)

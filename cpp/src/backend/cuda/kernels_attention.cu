@@ -1,5 +1,6 @@
 // Paged KV write and paged flash attention on the GPU (cache layout of kernels.h:
-// [num_blocks, n_kv_heads, block_size, head_dim], f32).
+// [num_blocks, n_kv_heads, block_size, head_dim], f32 or f16; f16 is written rounded to nearest
+// even, as on the CPU, and read back into f32 registers).
 //
 // Attention: one CTA takes a tile of R consecutive token rows, one kv head and up to kQvMax of
 // the query heads that share it (GQA heads packed: each K/V row is read once for all of them),
@@ -14,6 +15,8 @@
 // (max, sum, accumulator) triples. The number of splits comes from host-known shapes only
 // (T, max_blocks, the scratch size), so a captured graph stays valid when it is replayed with
 // other positions and block tables.
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -31,6 +34,12 @@ constexpr int kMaxHeadDim = 256;      // two accumulator dims per thread
 constexpr int kDimsPerThread = kMaxHeadDim / kAttnThreads;
 constexpr int kTargetCtas = 264;      // about two per SM on an H100/H200 (132 SMs)
 
+// Element i of a cache tensor as f32 (the branch is uniform across the grid).
+__device__ __forceinline__ float kv_load(const void* base, int64_t i, bool half) {
+  return half ? __half2float(static_cast<const __half*>(base)[i])
+              : static_cast<const float*>(base)[i];
+}
+
 __global__ void kv_write_kernel(const float* k, const float* v, int64_t T,
                                 const int32_t* slot_mapping, cpu::PagedKV cache) {
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -42,8 +51,13 @@ __global__ void kv_write_kernel(const float* k, const float* v, int64_t T,
   const int64_t block = slot / cache.block_size, off = slot % cache.block_size;
   const int64_t dst =
       ((block * cache.n_kv_heads + h) * cache.block_size + off) * cache.head_dim + d;
-  cache.k[dst] = k[idx];
-  cache.v[dst] = v[idx];
+  if (cache.dtype == DType::F16) {
+    static_cast<__half*>(cache.k)[dst] = __float2half_rn(k[idx]);
+    static_cast<__half*>(cache.v)[dst] = __float2half_rn(v[idx]);
+  } else {
+    static_cast<float*>(cache.k)[dst] = k[idx];
+    static_cast<float*>(cache.v)[dst] = v[idx];
+  }
 }
 
 struct AttnParams {
@@ -116,14 +130,14 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(AttnParam
       for (int64_t b = key_lo / bs; b * bs < key_hi; ++b) {
         const int64_t nk = min(bs, key_hi - b * bs);
         const int64_t base = ((int64_t(table[b]) * H + kvh) * bs) * hd;
-        const float* kb = p.cache.k + base;
-        const float* vb = p.cache.v + base;
+        const bool half = p.cache.dtype == DType::F16;
         // Scores: warp w takes keys w, w + 4, ...; lanes split head_dim; fixed shuffle tree.
         for (int64_t j = warp; j < nk; j += kAttnThreads / 32) {
           float kreg[kMaxHeadDim / 32];
 #pragma unroll
           for (int u = 0; u < kMaxHeadDim / 32; ++u)
-            kreg[u] = (lane + 32 * u < hd) ? kb[j * hd + lane + 32 * u] : 0.0f;
+            kreg[u] = lane + 32 * u < hd ? kv_load(p.cache.k, base + j * hd + lane + 32 * u, half)
+                                         : 0.0f;
           const int64_t key_pos = b * bs + j;
           for (int qi = 0; qi < nq; ++qi) {
             float d = 0.0f;
@@ -165,7 +179,7 @@ __global__ void __launch_bounds__(kAttnThreads) paged_attention_kernel(AttnParam
           for (int qi = 0; qi < kQvMax; ++qi)
             if (qi < nq) acc[qi][u] *= salpha[qi];
           for (int64_t j = 0; j < nk; ++j) {
-            const float vj = vb[j * hd + d];
+            const float vj = kv_load(p.cache.v, base + j * hd + d, half);
             // A masked key (p = 0) may sit in a slot never written (device KV memory is not
             // cleared): skip it rather than multiply 0 by whatever bits are there.
 #pragma unroll
@@ -232,6 +246,7 @@ void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_map
               const cpu::PagedKV& cache, cudaStream_t stream) {
   const int64_t n = T * cache.n_kv_heads * cache.head_dim;
   if (n <= 0) return;
+  cpu::check_kv_dtype(cache.dtype);
   kv_write_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, stream>>>(k, v, T, slot_mapping, cache);
   check_launch("kv_write_kernel");
 }
@@ -241,6 +256,7 @@ void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
                      const AttentionScratch& scratch, cudaStream_t stream) {
   const int64_t T = batch.T, H = cache.n_kv_heads, hd = cache.head_dim, bs = cache.block_size;
   if (T <= 0) return;
+  cpu::check_kv_dtype(cache.dtype);
   if (H <= 0 || n_heads % H != 0)
     throw InvalidRequest("paged_attention: " + std::to_string(n_heads) +
                          " query heads are not a multiple of " + std::to_string(H) + " kv heads");

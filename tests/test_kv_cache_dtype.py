@@ -1,0 +1,105 @@
+"""kv_cache_dtype="f16": the engine's KV cache in half precision (llama.cpp's default). The
+same pool budget holds twice the blocks; each cached key and value is rounded to f16 once, so
+the logits move by about 2^-11 relative, and batching, chunking and preemption still give every
+request the tokens it gets alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers.engine_runs import (
+    Result,
+    check_preemption_matches_alone,
+    drain,
+    make_engine,
+    mixed_requests,
+    run_alone,
+)
+from medrt import _core
+from medrt.errors import InvalidRequest
+
+PROMPT = [5, 9, 3, 17, 40, 2, 33, 8, 21, 13, 34, 55, 1, 4, 9, 16, 25, 36, 49, 64]
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_f16_cache_logits_stay_within_f16_rounding_of_transformers(tiny_model_dir: Any,
+                                                                     model: str) -> None:
+    """The decoder over an f16 cache against transformers' f32 forward: within a few f16
+    roundings of the logits' scale, the same argmax, and not the f32 cache's bits (the cache
+    really is f16)."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model_dir(model)
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        want = ref(torch.tensor([PROMPT])).logits[0].numpy()
+    f32 = np.asarray(_core.Model(str(model_dir), 1).prefill_logits(PROMPT))
+    f16 = np.asarray(_core.Model(str(model_dir), 1, kv_cache_dtype="f16").prefill_logits(PROMPT))
+    scale = float(np.abs(want).max())
+    err16, err32 = float(np.abs(f16 - want).max()), float(np.abs(f32 - want).max())
+    assert err16 <= 2e-3 * scale, f"{model}: max |diff| {err16:.4g} (logits to {scale:.4g})"
+    assert err16 > err32, f"{model}: the f16 cache gave f32's logits ({err16:.4g})"
+    assert (f16.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_f16_cache_holds_twice_the_blocks_in_the_same_budget(tiny_llama: Path) -> None:
+    budget = 1 << 20
+    f32 = make_engine(tiny_llama, num_blocks=0, kv_cache_bytes=budget)
+    f16 = make_engine(tiny_llama, num_blocks=0, kv_cache_bytes=budget, kv_cache_dtype="f16")
+    assert f16.stats()["num_blocks"] == 2 * f32.stats()["num_blocks"]
+
+
+def test_batch_invariance_and_preemption_with_an_f16_cache(tiny_qwen2: Path) -> None:
+    """Rows still never depend on the batch: staggered, chunked and batched requests give the
+    tokens and logprobs each gets alone, and preempted ones recompute to the same tokens."""
+    reqs = mixed_requests(8)
+    alone = [run_alone(tiny_qwen2, prompt, p, kv_cache_dtype="f16") for prompt, p in reqs]
+    engine = make_engine(tiny_qwen2, max_num_batched_tokens=24, num_threads=2,
+                         kv_cache_dtype="f16")
+    results: dict[int, Result] = {}
+    ids = [engine.add_request(*r) for r in reqs]
+    drain(engine, results)
+    for i, rid in enumerate(ids):
+        assert results[rid].tokens == alone[i].tokens, f"request {i}"
+        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    check_preemption_matches_alone(tiny_qwen2, kv_cache_dtype="f16")
+
+
+def test_llm_runs_the_kv_cache_dtype_it_is_given(tiny_llama: Path) -> None:
+    """medrt.LLM(kv_cache_dtype=...) reaches the engine (prompt log-probabilities are those of
+    _core.Model with that cache), model_info names it, and a bad value is an InvalidRequest
+    naming it and the choices."""
+    import medrt
+
+    params = medrt.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    got = {}
+    for dtype in ("f32", "f16"):
+        with medrt.LLM(tiny_llama, num_threads=1, kv_cache_dtype=dtype) as llm:
+            assert llm.model_info["kv_cache_dtype"] == dtype
+            out = llm.generate({"prompt_token_ids": PROMPT}, params)[0]
+        got[dtype] = [next(iter(d.values())).logprob for d in out.prompt_logprobs[1:]]
+        logits = _core.Model(str(tiny_llama), 1, kv_cache_dtype=dtype).prefill_logits(PROMPT)
+        want = torch.log_softmax(torch.from_numpy(np.asarray(logits)).double(), -1)
+        expect = [float(want[i, PROMPT[i + 1]]) for i in range(len(PROMPT) - 1)]
+        assert got[dtype] == pytest.approx(expect, abs=1e-4), dtype
+    assert got["f32"] != got["f16"]
+    with pytest.raises(InvalidRequest, match="KV cache dtype 'bf16' is not one of: f32, f16"):
+        medrt.LLM(tiny_llama, num_threads=1, kv_cache_dtype="bf16")
+    with pytest.raises(InvalidRequest, match="'fp8'"):
+        _core.Model(str(tiny_llama), 1, kv_cache_dtype="fp8")
+    with pytest.raises(InvalidRequest, match="'fp8'"):
+        _core.EngineConfig(kv_cache_dtype="fp8")
+
+
+def test_cli_generate_takes_kv_cache_dtype(tiny_llama: Path, capsys: Any) -> None:
+    from medrt.cli import main
+
+    assert main(["generate", "--model", str(tiny_llama), "--max-tokens", "3",
+                 "--kv-cache-dtype", "f16", "--threads", "1", "hello"]) == 0
+    assert capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tiny_llama), "--kv-cache-dtype", "f8", "hi"])
