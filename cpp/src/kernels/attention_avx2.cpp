@@ -101,7 +101,9 @@ struct Scratch {
 struct GroupState {
   const float* qs;  // [G][hdp] queries, zero-padded
   float* acc;       // [G][hdp] unnormalised outputs
-  float* s;         // one span's scores, then probabilities
+  // One span's scores, then probabilities: a block writes whole octets from its offset and
+  // the next block overwrites the excess.
+  float* s;
   float* run_max;
   float* run_sum;
 };
@@ -169,7 +171,6 @@ void attend_group(const float* q, int64_t G, const PagedKV& cache, const int32_t
   for (int64_t g = 0; g < G; ++g) std::copy(q + g * hd, q + (g + 1) * hd, qs + g * hdp);
   std::fill(sc.run_max, sc.run_max + G, -std::numeric_limits<float>::infinity());
   std::fill(sc.run_sum, sc.run_sum + G, 0.0f);
-  // A block writes whole octets of scores from its offset; the next block overwrites the excess.
   const GroupState st{qs, acc, sc.scores, sc.run_max, sc.run_sum};
   const KvElem<D>* const kcache = static_cast<const KvElem<D>*>(cache.k);
   const KvElem<D>* const vcache = static_cast<const KvElem<D>*>(cache.v);
