@@ -61,7 +61,7 @@ enum class Kind : uint32_t { Int8Row, Int8Group, Nf4, Int4Zero, Int4Min };
 
 struct Layout {
   Kind kind;
-  uint32_t per_unit;       // P: groups per unit, 64 / group_header
+  uint32_t per_unit;       // P: groups per unit, 64 / group_header: 1 or 2
   int64_t nb;              // 32-input blocks per row (in rounded up to 32)
   int64_t gb;              // blocks per scale group (nb for Int8Row)
   int64_t ngroups;         // nb / gb
@@ -77,14 +77,17 @@ static_assert(sizeof(Layout) <= kHeaderBytes);
 // Group g's header and its first code block (the group's blocks follow one another) in the row
 // group at rg. `static`: every kernel file gets its own copy, so no ISA file emits a weak
 // symbol that portable code could end up calling (isa_prelude.h).
+// P is 1 or 2, so g / P and g % P are a shift and a mask: no 64-bit division in the kernels'
+// group loops (a Q4_0 or Q8_0 group is one block, so it would be one division per block).
 template <class Byte>
 static inline Byte* group_header_at(Byte* rg, const Layout& L, int64_t g) {
-  return rg + (g / L.per_unit) * L.unit_bytes + (g % L.per_unit) * L.group_header;
+  const int64_t unit = g >> (L.per_unit / 2), in_unit = g & int64_t(L.per_unit - 1);
+  return rg + unit * L.unit_bytes + in_unit * L.group_header;
 }
 template <class Byte>
 static inline Byte* group_codes_at(Byte* rg, const Layout& L, int64_t g) {
-  return rg + (g / L.per_unit) * L.unit_bytes + kUnitHeader +
-         (g % L.per_unit) * L.gb * L.block_bytes;
+  const int64_t unit = g >> (L.per_unit / 2), in_unit = g & int64_t(L.per_unit - 1);
+  return rg + unit * L.unit_bytes + kUnitHeader + in_unit * L.gb * L.block_bytes;
 }
 
 // One quantized activation block: scale d, sum of its codes (as f32 and int32; exact), and
