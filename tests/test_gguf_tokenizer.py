@@ -95,6 +95,13 @@ def test_special_and_user_defined_tokens() -> None:
     ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "jina-es",
       "tokenizer.ggml.tokens": ["a"]}, "'jina-es' is not supported"),
     ({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]}, "no tokenizer.ggml.scores"),
+    # A merge that is not two tokens (found by fuzz_gguf_import: tokenizers raised TypeError).
+    ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
+      "tokenizer.ggml.tokens": ["a", "b", "ab"], "tokenizer.ggml.merges": ["a b", "ab"]},
+     r"merges entry 1 \('ab'\) is not two tokens separated by a space"),
+    ({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
+      "tokenizer.ggml.tokens": ["a", "b", "ab"], "tokenizer.ggml.merges": ["a b", " b"]},
+     r"merges entry 1 \(' b'\) is not two tokens"),
 ])
 def test_unsupported_vocabularies(meta: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidCheckpoint, match=message):

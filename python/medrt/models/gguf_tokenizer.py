@@ -120,7 +120,15 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
 def _byte_level_bpe(meta: Mapping[str, Any], vocab: dict[str, int]) -> Tokenizer:
     spec = _pre_tokenizer_for(meta)
     merges: list[str] = meta.get("tokenizer.ggml.merges") or []
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    pairs = []
+    for i, m in enumerate(merges):
+        pair = tuple(m.split(" ", 1)) if isinstance(m, str) else ()
+        if len(pair) != 2 or not all(pair):
+            raise InvalidCheckpoint(f"GGUF tokenizer.ggml.merges entry {i} ({m!r}) is not two "
+                                    "tokens separated by a space")
+        pairs.append(pair)
+    # A merge naming a token the vocabulary lacks is tokenizers' bare Exception, which the
+    # importer turns into an InvalidCheckpoint naming the file (panics_as_invalid).
     tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges))
     if spec.nfc:
         tok.normalizer = normalizers.NFC()
