@@ -15,6 +15,7 @@ from helpers.engine_runs import (
     Result,
     check_preemption_matches_alone,
     drain,
+    llm_prompt_logprobs_per_option,
     make_engine,
     mixed_requests,
     run_alone,
@@ -75,17 +76,7 @@ def test_llm_runs_the_kv_cache_dtype_it_is_given(tiny_llama: Path) -> None:
     naming it and the choices."""
     import medrt
 
-    params = medrt.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    got = {}
-    for dtype in ("f32", "f16"):
-        with medrt.LLM(tiny_llama, num_threads=1, kv_cache_dtype=dtype) as llm:
-            assert llm.model_info["kv_cache_dtype"] == dtype
-            out = llm.generate({"prompt_token_ids": PROMPT}, params)[0]
-        got[dtype] = [next(iter(d.values())).logprob for d in out.prompt_logprobs[1:]]
-        logits = _core.Model(str(tiny_llama), 1, kv_cache_dtype=dtype).prefill_logits(PROMPT)
-        want = torch.log_softmax(torch.from_numpy(np.asarray(logits)).double(), -1)
-        expect = [float(want[i, PROMPT[i + 1]]) for i in range(len(PROMPT) - 1)]
-        assert got[dtype] == pytest.approx(expect, abs=1e-4), dtype
+    got = llm_prompt_logprobs_per_option(tiny_llama, "kv_cache_dtype", ("f32", "f16"), PROMPT)
     assert got["f32"] != got["f16"]
     with pytest.raises(InvalidRequest, match="KV cache dtype 'bf16' is not one of: f32, f16"):
         medrt.LLM(tiny_llama, num_threads=1, kv_cache_dtype="bf16")

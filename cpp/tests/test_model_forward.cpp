@@ -71,6 +71,14 @@ struct Fixture {
     model = Model::load(dir.path.string(), pool);
   }
   int64_t vocab() const { return model->config().vocab_size; }
+  // Logits of every row of s, prefilled alone into a fresh cache of dtype dt.
+  std::vector<float> prefill(const Seq& s, DType dt) {
+    KVCache kv(model->config(), 8, kBlock, dt);
+    ForwardBatch b;
+    add_rows(b, s, 0, 0, int32_t(s.tokens.size()));
+    set_tables(b, {&s});
+    return run(*model, kv, b);
+  }
 };
 
 }  // namespace
@@ -94,28 +102,14 @@ TEST(batching_two_sequences_matches_each_alone_bitwise) {
   for (DType dt : {DType::F32, DType::F16}) {  // either KV cache dtype
     const size_t V = size_t(f.vocab());
     const int32_t na = int32_t(f.a.tokens.size()), nb = int32_t(f.b.tokens.size());
-    std::vector<float> alone_a, alone_b, together;
-    {
-      KVCache kv(f.model->config(), 8, kBlock, dt);
-      ForwardBatch b;
-      add_rows(b, f.a, 0, 0, na);
-      set_tables(b, {&f.a});
-      alone_a = run(*f.model, kv, b);
-    }
-    {
-      KVCache kv(f.model->config(), 8, kBlock, dt);
-      ForwardBatch b;
-      add_rows(b, f.b, 0, 0, nb);
-      set_tables(b, {&f.b});
-      alone_b = run(*f.model, kv, b);
-    }
+    const std::vector<float> alone_a = f.prefill(f.a, dt), alone_b = f.prefill(f.b, dt);
     // Both in one forward, sequence b first so that a's rows sit at other batch indices.
     KVCache kv(f.model->config(), 8, kBlock, dt);
     ForwardBatch b;
     add_rows(b, f.b, 0, 0, nb);
     add_rows(b, f.a, 1, 0, na);
     set_tables(b, {&f.b, &f.a});
-    together = run(*f.model, kv, b);
+    const std::vector<float> together = run(*f.model, kv, b);
     CHECK(bitwise_equal(together.data(), alone_b.data(), size_t(nb) * V));
     CHECK(bitwise_equal(together.data() + size_t(nb) * V, alone_a.data(), size_t(na) * V));
   }
@@ -125,15 +119,7 @@ TEST(chunked_prefill_and_decode_match_one_prefill_bitwise) {
   Fixture f;
   for (DType dt : {DType::F32, DType::F16}) {  // either KV cache dtype
     const size_t V = size_t(f.vocab());
-    const int32_t n = int32_t(f.b.tokens.size());
-    std::vector<float> whole;
-    {
-      KVCache kv(f.model->config(), 8, kBlock, dt);
-      ForwardBatch b;
-      add_rows(b, f.b, 0, 0, n);
-      set_tables(b, {&f.b});
-      whole = run(*f.model, kv, b);
-    }
+    const std::vector<float> whole = f.prefill(f.b, dt);
     // Chunks of 9 and 6 rows, then one row at a time, each forward asking only for the last row.
     KVCache kv(f.model->config(), 8, kBlock, dt);
     const std::vector<std::pair<int32_t, int32_t>> steps = {{0, 9}, {9, 15}, {15, 16}, {16, 17},
@@ -153,12 +139,9 @@ TEST(chunked_prefill_and_decode_match_one_prefill_bitwise) {
 // the logits move by about that much, and no more.
 TEST(an_f16_kv_cache_stays_close_to_f32) {
   Fixture f;
-  ForwardBatch batch;
-  add_rows(batch, f.b, 0, 0, int32_t(f.b.tokens.size()));
-  set_tables(batch, {&f.b});
-  KVCache kv32(f.model->config(), 8, kBlock), kv16(f.model->config(), 8, kBlock, DType::F16);
-  CHECK(kv16.bytes() * 2 == kv32.bytes());
-  const std::vector<float> a = run(*f.model, kv32, batch), b = run(*f.model, kv16, batch);
+  const ModelConfig& c = f.model->config();
+  CHECK(KVCache(c, 8, kBlock, DType::F16).bytes() * 2 == KVCache(c, 8, kBlock).bytes());
+  const std::vector<float> a = f.prefill(f.b, DType::F32), b = f.prefill(f.b, DType::F16);
   float worst = 0, scale = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     worst = std::max(worst, std::fabs(a[i] - b[i]));

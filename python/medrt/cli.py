@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from medrt.engine_options import add_engine_options, engine_options
 from medrt.errors import MedrtError
 from medrt.eval.cli import add_parser as _add_eval_parser
 from medrt.eval.cli import cmd_eval
@@ -30,13 +31,7 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_thread_count, default=0,
                    help="CPU threads (0: one per physical core; at most the CPUs this process "
                         "may use)")
-    p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
-                   help="how the kernels of quantized weights read activations: int8 blocks "
-                        "(default, fastest) or two int8 terms per value (the f32 reference's "
-                        "tokens)")
-    p.add_argument("--kv-cache-dtype", choices=("f32", "f16"), default="f32",
-                   help="element type of the KV cache: f32 (default) or f16 (twice the "
-                        "tokens in the same memory, half the cache bytes read per step)")
+    add_engine_options(p)
 
 
 def _thread_count(text: str) -> int:
@@ -99,9 +94,7 @@ def _sampling(args: argparse.Namespace) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     from medrt import LLM
 
-    return LLM(args.model, num_threads=args.threads,
-               activation_precision=args.activation_precision,
-               kv_cache_dtype=args.kv_cache_dtype)
+    return LLM(args.model, num_threads=args.threads, **engine_options(args))
 
 
 def _human(n: int) -> str:

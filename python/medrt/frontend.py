@@ -165,7 +165,13 @@ class EngineFrontend:
         from medrt.models.weight_info import weight_summary
 
         return {"model_dir": str(self.model_dir), **weight_summary(self.model_dir).as_dict(),
-                "activation_precision": self.activation_precision,
+                **self.engine_settings}
+
+    @property
+    def engine_settings(self) -> dict[str, str]:
+        """The engine options that change the numbers (so a replay must match them):
+        ``activation_precision`` and ``kv_cache_dtype``."""
+        return {"activation_precision": self.activation_precision,
                 "kv_cache_dtype": self.kv_cache_dtype}
 
     # -- LoRA adapters (adapter mode) ------------------------------------------------------

@@ -109,3 +109,28 @@ def check_preemption_matches_alone(model_dir: Path, **overrides: Any) -> None:
     for i, rid in enumerate(ids):
         assert results[rid].tokens == alone[i].tokens, f"request {i}"
         assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+
+
+def llm_prompt_logprobs_per_option(model_dir: Path, option: str, values: tuple[str, ...],
+                                   prompt: list[int]) -> dict[str, list[float]]:
+    """For each value of an engine option of medrt.LLM (activation_precision, kv_cache_dtype):
+    the LLM built with it names it in model_info, and its prompt log-probabilities are those of
+    _core.Model built with the same option (so the option reached the engine). Returns them
+    per value."""
+    import medrt
+    import numpy as np
+    import pytest
+    import torch
+
+    params = medrt.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    got = {}
+    for value in values:
+        with medrt.LLM(model_dir, num_threads=1, **{option: value}) as llm:
+            assert llm.model_info[option] == value
+            out = llm.generate({"prompt_token_ids": prompt}, params)[0]
+        got[value] = [next(iter(d.values())).logprob for d in out.prompt_logprobs[1:]]
+        logits = _core.Model(str(model_dir), 1, **{option: value}).prefill_logits(prompt)
+        want = torch.log_softmax(torch.from_numpy(np.asarray(logits)).double(), -1)
+        expect = [float(want[i, prompt[i + 1]]) for i in range(len(prompt) - 1)]
+        assert got[value] == pytest.approx(expect, abs=1e-4), value
+    return got

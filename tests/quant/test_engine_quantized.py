@@ -26,6 +26,7 @@ from helpers.engine_runs import (
     check_preemption_matches_alone,
     collect,
     drain,
+    llm_prompt_logprobs_per_option,
     make_engine,
     mixed_requests,
     run_alone,
@@ -154,17 +155,7 @@ def test_llm_runs_the_activation_precision_it_is_given(quantized: Any) -> None:
     import medrt
 
     qdir = quantized("llama", "int4")
-    params = medrt.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    got = {}
-    for precision in ("int8", "int8x2"):
-        with medrt.LLM(qdir, num_threads=1, activation_precision=precision) as llm:
-            assert llm.model_info["activation_precision"] == precision
-            out = llm.generate({"prompt_token_ids": PROMPT}, params)[0]
-        got[precision] = [next(iter(d.values())).logprob for d in out.prompt_logprobs[1:]]
-        logits = _core.Model(str(qdir), 1, activation_precision=precision).prefill_logits(PROMPT)
-        want = torch.log_softmax(torch.from_numpy(np.asarray(logits)).double(), -1)
-        expect = [float(want[i, PROMPT[i + 1]]) for i in range(len(PROMPT) - 1)]
-        assert got[precision] == pytest.approx(expect, abs=1e-4), precision
+    got = llm_prompt_logprobs_per_option(qdir, "activation_precision", ("int8", "int8x2"), PROMPT)
     assert got["int8"] != got["int8x2"]
     with pytest.raises(medrt.errors.InvalidRequest, match="activation precision 'fp8'"):
         medrt.LLM(qdir, num_threads=1, activation_precision="fp8")

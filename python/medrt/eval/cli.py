@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from medrt.engine_options import add_engine_options, engine_options
 from medrt.errors import InvalidRequest
 
 
@@ -37,10 +38,7 @@ def add_parser(sub: argparse._SubParsersAction, default_model: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: physical cores)")
     p.add_argument("--window", type=int, default=16,
                    help="loglik: questions in flight (each context is computed once)")
-    p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
-                   help="how the kernels of quantized weights read activations (medrt.LLM)")
-    p.add_argument("--kv-cache-dtype", choices=("f32", "f16"), default="f32",
-                   help="element type of the KV cache (medrt.LLM)")
+    add_engine_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
                    help="paired agreement and McNemar's test of two --output reports")
@@ -70,8 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(resolve_model_dir(args.model), questions, task=args.task, mode=args.mode,
                       split=split, generate=cfg, num_threads=args.threads, window=args.window,
                       progress=not args.no_progress,
-                      engine_args={"activation_precision": args.activation_precision,
-                                   "kv_cache_dtype": args.kv_cache_dtype})
+                      engine_args=engine_options(args))
     text = report.markdown(result)
     print(text, end="")
     if args.output:

@@ -70,9 +70,7 @@ def evaluate(model: str | Path, questions: Sequence[Question], *, task: str, mod
         llm = AsyncLLM(str(model), num_threads=num_threads, seed=seed, **(engine_args or {}))
         try:
             records = await _score(llm, questions, mode, cfg, window, progress)
-            engine = {"activation_precision": llm.activation_precision,
-                      "kv_cache_dtype": llm.kv_cache_dtype}
-            return records, llm.model_dir, llm.stats(), engine
+            return records, llm.model_dir, llm.stats(), llm.engine_settings
         finally:
             llm.close()
 

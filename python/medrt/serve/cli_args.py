@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from medrt.engine_options import add_engine_options, engine_options
 from medrt.models.registry import DEFAULT_MODEL
 
 
@@ -36,13 +37,7 @@ def add_serve_parser(sub: Any) -> None:
                    help="token budget of one engine step (prompt chunks + decodes); smaller "
                         "bounds how long a prefill delays the running streams' next token")
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--activation-precision", choices=("int8", "int8x2"), default="int8",
-                   help="how the kernels of quantized weights read activations: int8 blocks "
-                        "(fastest) or two int8 terms per value (the f32 reference's tokens, "
-                        "at about 0.6x the prompt speed)")
-    p.add_argument("--kv-cache-dtype", choices=("f32", "f16"), default="f32",
-                   help="element type of the KV cache: f32 (default) or f16 (twice the "
-                        "tokens in the same memory, half the cache bytes read per step)")
+    add_engine_options(p)
     p.add_argument("--max-queued-requests", type=int, default=256,
                    help="requests that may wait; beyond this RESOURCE_EXHAUSTED (HTTP 429)")
     p.add_argument("--tenant-max-concurrency", type=int, default=0,
@@ -93,7 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, num_threads=args.threads,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        activation_precision=args.activation_precision, kv_cache_dtype=args.kv_cache_dtype,
+        **engine_options(args),
         max_queued_requests=args.max_queued_requests,
         tenant_max_concurrency=args.tenant_max_concurrency,
         max_prompt_bytes=args.max_prompt_bytes, drain_grace_s=args.drain_grace_s,

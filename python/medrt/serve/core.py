@@ -465,8 +465,7 @@ class ServeCore:
                 "sampling": params_in_effect(params), "medical_template": template,
                 "lora_name": "" if adapter is None else adapter.request.lora_name,
                 "lora_sha256": "" if adapter is None else adapter.sha256,
-                "activation_precision": self.llm.activation_precision,
-                "kv_cache_dtype": self.llm.kv_cache_dtype}
+                **self.llm.engine_settings}
 
     def tokenize(self, tenant: Tenant, req: ServeRequest) -> list[int]:
         self.check_model(tenant, req.model)
