@@ -69,7 +69,8 @@ def test_f16_directory(built) -> None:
     assert config["tie_word_embeddings"] is False
 
 
-@pytest.mark.parametrize("fmt", ["int4-g64", "int4-g64-int8-head", "paper"])
+@pytest.mark.parametrize("fmt", ["int4-g64", "int4-g64-int8-head", "int4-g64-int4-head",
+                                 "paper", "paper-int4-head"])
 def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
     shape, paths = built
     out = paths[fmt]
@@ -78,13 +79,15 @@ def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
     kinds = {m.name: m.kind for m in sm.modules(shape)}
     assert {m: str(t) for m, t in types.items()} == \
         {m: str(recipe.type_for(m, k)) for m, k in kinds.items()}
-    if fmt == "paper":
+    if fmt.startswith("paper"):
         assert str(types["model.layers.0.self_attn.q_proj"]) == "int8"
         assert str(types["model.layers.0.mlp.up_proj"]) == "nf4"
     else:
         assert str(types["model.layers.0.mlp.up_proj"]) == "int4-g64"
-    head = "int8" if fmt == "int4-g64-int8-head" else "f16"
-    assert str(types["model.embed_tokens"]) == "f16" and str(types["lm_head"]) == head
+    head = {"int4-g64-int8-head": "int8", "int4-g64-int4-head": "int4-g64",
+            "paper-int4-head": "int4-g64"}.get(fmt, "f16")
+    embeddings = "int8" if fmt == "paper-int4-head" else "f16"
+    assert str(types["model.embed_tokens"]) == embeddings and str(types["lm_head"]) == head
     assert str(types["model.norm"]) == "f32"
 
     # The dequantized weights sit where an RTN quantization of N(0, 0.02) puts them.
@@ -102,9 +105,10 @@ def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
     assert len(ids) == 4 and all(0 <= t < shape["vocab_size"] for t in ids)
 
 
-def test_gguf_file(built) -> None:
+@pytest.mark.parametrize("fmt", ["gguf-q4_0", "gguf-q4_0-pure"])
+def test_gguf_file(built, fmt: str) -> None:
     shape, paths = built
-    reader = gguf.GGUFReader(paths["gguf-q4_0"])
+    reader = gguf.GGUFReader(paths[fmt])
     Q = gguf.GGMLQuantizationType
     field = reader.fields
     assert bytes(field["general.architecture"].parts[-1]).decode() == "qwen2"
@@ -117,6 +121,8 @@ def test_gguf_file(built) -> None:
     tensors = {t.name: t for t in reader.tensors}
     expected = {}
     head = Q.Q6_K if shape["hidden_size"] % 256 == 0 else Q.Q8_0
+    if fmt == "gguf-q4_0-pure":
+        head = Q.Q4_0
     for m in sm.modules(shape):
         qtype = {"linear": Q.Q4_0, "embedding": Q.Q4_0, "lm_head": head, "other": Q.F32}[m.kind]
         expected[f"{m.gguf}.weight"] = (qtype, m.shape)
@@ -155,3 +161,32 @@ def test_outputs_are_kept_and_seeded(built, tmp_path: Path) -> None:
 
 def _tensors(path: Path) -> dict[str, np.ndarray]:
     return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, _SCRIPT.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bytes_per_token_counts_every_weight_but_the_input_embedding(built) -> None:
+    shape, paths = built
+    svl = _load_script("shapes_vs_llama")
+    h, v = shape["hidden_size"], shape["vocab_size"]
+    # An int4 g64 weight stores 4.5 bits per value (codes, f16 scale and zero per 64) as Q4_0
+    # does (18 bytes per 32), norms and biases are f32 in both: with every linear and the LM
+    # head in 4 bits the two engines' files read the same bytes per token.
+    assert svl.bytes_per_token(paths["int4-g64-int4-head"]) == \
+        svl.bytes_per_token(paths["gguf-q4_0-pure"])
+    # An int8 LM head (one byte a weight and an f32 scale a row) against a 4-bit one: the
+    # difference is the head alone, whatever the embedding table's type.
+    int8_head = v * h + v * 4
+    int4_head = v * h // 2 + v * (h // 64) * 4
+    assert svl.bytes_per_token(paths["int4-g64-int8-head"]) - \
+        svl.bytes_per_token(paths["int4-g64-int4-head"]) == int8_head - int4_head
+    # The embedding table is left out: int8 embeddings (paper-int4-head) against f16 ones
+    # (paper with an f16 head) differ by the head only.
+    f16_head = v * h * 2
+    assert svl.bytes_per_token(paths["paper"]) - svl.bytes_per_token(paths["paper-int4-head"]) \
+        == f16_head - int4_head

@@ -23,6 +23,9 @@ tar xzf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
 cmake -B build -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
 cmake --build build --target llama-batched-bench
 # then the command above (scripts/bench/run.py builds and caches the models in --work-dir)
+# quantized types on the same GGUF bytes (llama-quantize, llama-bench, llama-batched-bench):
+#   scripts/bench/quant_vs_llama.py; the 1.5B/7B shapes with random weights:
+#   scripts/bench/shape_models.py builds them, scripts/bench/shapes_vs_llama.py runs them
 ```
 """
 

@@ -15,7 +15,9 @@ in RAM). The formats, each into `--work-dir`:
   `paper` the built-in `paper` recipe (attention int8 per row, MLP nf4; embeddings and LM head
   f16, norms f32); `int4-g64-int8-head` is `int4-g64` with an int8 LM head (the CLI's
   `--lm-head int8`); `paper-int8-io` the `paper` recipe with int8 embeddings and LM head (the CLI's
-  `--embeddings int8 --lm-head int8`; the paper's 64.7% cut quantizes those too). Codes are random; scales and zeros are drawn from those that
+  `--embeddings int8 --lm-head int8`; the paper's 64.7% cut quantizes those too);
+  `int4-g64-int4-head` and `paper-int4-head` the same with an int4 g64 LM head (`--lm-head
+  int4-g64`, the fewest bytes per token). Codes are random; scales and zeros are drawn from those that
   round-to-nearest quantization (medrt_train.quant.types.fit_params) gives for groups of
   N(0, 0.02) weights, so every value lies where a quantized model's would. int8 codes are
   rounded normals (RTN codes of Gaussian weights), 4-bit codes uniform.
@@ -24,6 +26,7 @@ in RAM). The formats, each into `--work-dir`:
   when the hidden size is not a multiple of 256, llama-quantize's own fallback), norms and
   biases f32. Q4_0 scales are those of a block of N(0, 0.02) (`d = max / -8`); Q6_K scales
   follow quantize_row_q6_K_ref with each sub-block scale at its first guess (`max / -32`).
+  `gguf-q4_0-pure` is llama-quantize's `--pure` Q4_0: the output projection Q4_0 too.
   There is no vocabulary: tokenizer.ggml.model is "none" with qwen2.vocab_size, which
   llama.cpp loads with dummy tokens (llama-bench feeds random token ids).
 
@@ -79,7 +82,9 @@ SHAPES: dict[str, dict] = {
            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
            "vocab_size": 152064, "max_window_layers": 28},
 }
-FORMATS = ("f16", "int4-g64", "int4-g64-int8-head", "paper", "paper-int8-io", "gguf-q4_0")
+FORMATS = ("f16", "int4-g64", "int4-g64-int8-head", "int4-g64-int4-head", "paper",
+           "paper-int8-io", "paper-int4-head", "gguf-q4_0", "gguf-q4_0-pure")
+GGUF_FORMATS = ("gguf-q4_0", "gguf-q4_0-pure")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -335,7 +340,9 @@ def recipe_for(fmt: str):
     # model's bytes per token).
     return {"int4-g64": BUILTIN["int4"], "paper": BUILTIN["paper"],
             "int4-g64-int8-head": BUILTIN["int4"].with_overrides(None, "int8"),
-            "paper-int8-io": BUILTIN["paper"].with_overrides("int8", "int8")}[fmt]
+            "int4-g64-int4-head": BUILTIN["int4"].with_overrides(None, "int4-g64"),
+            "paper-int8-io": BUILTIN["paper"].with_overrides("int8", "int8"),
+            "paper-int4-head": BUILTIN["paper"].with_overrides("int8", "int4-g64")}[fmt]
 
 
 def _dtype_name(wt: WeightType) -> tuple[type, str]:
@@ -457,18 +464,19 @@ def q8_0_blocks(seed: int, name: str, out_f: int, in_f: int) -> np.ndarray:
     return blocks.reshape(out_f, -1)
 
 
-def gguf_types(shape: dict) -> dict[str, str]:
-    """GGUF type of each kind of tensor under llama-quantize Q4_0 (no imatrix)."""
-    return {"linear": "Q4_0", "embedding": "Q4_0",
-            "lm_head": "Q6_K" if shape["hidden_size"] % 256 == 0 else "Q8_0",
+def gguf_types(shape: dict, pure: bool = False) -> dict[str, str]:
+    """GGUF type of each kind of tensor under llama-quantize Q4_0 (no imatrix; `pure`: its
+    `--pure`, every quantizable tensor Q4_0)."""
+    head = "Q4_0" if pure else "Q6_K" if shape["hidden_size"] % 256 == 0 else "Q8_0"
+    return {"linear": "Q4_0", "embedding": "Q4_0", "lm_head": head,
             "other": "F32", "bias": "F32"}
 
 
-def build_gguf(shape: dict, path: Path, seed: int) -> None:
+def build_gguf(shape: dict, path: Path, seed: int, pure: bool = False) -> None:
     import gguf
 
     Q = gguf.GGMLQuantizationType
-    types = gguf_types(shape)
+    types = gguf_types(shape, pure)
     h = shape["hidden_size"]
     w = gguf.GGUFWriter(path, "qwen2", use_temp_file=False)
     w.add_name(path.stem)
@@ -527,8 +535,8 @@ def build_gguf(shape: dict, path: Path, seed: int) -> None:
 # ---------------------------------------------------------------- driver
 
 def output_path(work: Path, tag: str, fmt: str) -> Path:
-    if fmt == "gguf-q4_0":
-        return work / f"qwen2-{tag}-random-q4_0.gguf"
+    if fmt in GGUF_FORMATS:
+        return work / f"qwen2-{tag}-random-{fmt.removeprefix('gguf-')}.gguf"
     return work / f"qwen2-{tag}-random-{fmt}"
 
 
@@ -548,8 +556,8 @@ def build(shape: dict, tag: str, formats: list[str], work: Path, *, seed: int = 
         tmp = out.with_name(out.name + ".tmp")
         _remove(tmp)
         _log(f"building {fmt} -> {out}")
-        if fmt == "gguf-q4_0":
-            build_gguf(shape, tmp, seed)
+        if fmt in GGUF_FORMATS:
+            build_gguf(shape, tmp, seed, pure=fmt == "gguf-q4_0-pure")
         else:
             tmp.mkdir()
             if fmt == "f16":
@@ -579,11 +587,11 @@ def check_loads(paths: dict[str, Path], medrt_bench: Path | None, llama_bin: Pat
                 threads: int) -> None:
     """One token through medrt-bench / llama-bench per output: a load check, no benchmark."""
     for fmt, path in paths.items():
-        if fmt == "gguf-q4_0" and llama_bin is not None:
+        if fmt in GGUF_FORMATS and llama_bin is not None:
             env = dict(os.environ, LD_LIBRARY_PATH=str(llama_bin))
             cmd = [str(llama_bin / "llama-bench"), "-m", str(path), "-p", "0", "-n", "1",
                    "-r", "1", "-t", str(threads)]
-        elif fmt != "gguf-q4_0" and medrt_bench is not None:
+        elif fmt not in GGUF_FORMATS and medrt_bench is not None:
             env = None
             cmd = [str(medrt_bench), "-m", str(path), "-p", "0", "-n", "1", "--batched", "",
                    "--bandwidth-mib", "0", "-r", "1", "-t", str(threads)]
