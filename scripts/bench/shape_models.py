@@ -14,12 +14,12 @@ in RAM). The formats, each into `--work-dir`:
   of medrt_train: `int4-g64` is the built-in `int4` recipe (every linear int4, groups of 64),
   `paper` the built-in `paper` recipe (attention int8 per row, MLP nf4; embeddings and LM head
   f16, norms f32); `int4-g64-int8-head` is `int4-g64` with an int8 LM head (the CLI's
-  `--lm-head int8`); `paper-int8-io` the `paper` recipe with int8 embeddings and LM head (the CLI's
-  `--embeddings int8 --lm-head int8`; the paper's 64.7% cut quantizes those too);
+  `--lm-head int8`); `paper-int8-io` the `paper` recipe with int8 embeddings and LM head (the
+  CLI's `--embeddings int8 --lm-head int8`; the paper's 64.7% cut quantizes those too);
   `int4-g64-int4-head` and `paper-int4-head` the same with an int4 g64 LM head (`--lm-head
-  int4-g64`, the fewest bytes per token). Codes are random; scales and zeros are drawn from those that
-  round-to-nearest quantization (medrt_train.quant.types.fit_params) gives for groups of
-  N(0, 0.02) weights, so every value lies where a quantized model's would. int8 codes are
+  int4-g64`, the fewest bytes per token). Codes are random; scales and zeros are drawn from
+  those that round-to-nearest quantization (medrt_train.quant.types.fit_params) gives for
+  groups of N(0, 0.02) weights, so every value lies where a quantized model's would. int8 codes are
   rounded normals (RTN codes of Gaussian weights), 4-bit codes uniform.
 - `gguf-q4_0`: a GGUF file for llama.cpp with the types llama-quantize picks for Q4_0
   (src/llama-quant.cpp, no imatrix): every linear and token_embd Q4_0, output Q6_K (Q8_0
