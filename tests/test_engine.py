@@ -13,6 +13,7 @@ import pytest
 from helpers.engine_runs import (
     VOCAB,
     Result,
+    check_batched_matches_alone,
     check_preemption_matches_alone,
     collect,
     drain,
@@ -28,28 +29,12 @@ from medrt.errors import CapacityError, InvalidRequest, MedrtError
 
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 def test_batch_invariance_with_staggered_arrivals(tiny_model_dir: Any, model: str) -> None:
-    model_dir = tiny_model_dir(model)
-    reqs = mixed_requests(16)
-    alone = [run_alone(model_dir, prompt, p) for prompt, p in reqs]
+    batched, alone = check_batched_matches_alone(tiny_model_dir(model), 16,
+                                                 ((5, 3), (10, 2), (16, 0)))
     assert len({tuple(r.tokens) for r in alone}) > 8, "requests should differ"
-
-    # A small token budget splits prompts into chunks that differ from the lone runs; a second
-    # thread splits the kernels' work differently.
-    engine = make_engine(model_dir, max_num_batched_tokens=24, num_threads=2)
-    results: dict[int, Result] = {}
-    ids: list[int] = []
-    for start, end, steps in ((0, 5, 3), (5, 10, 2), (10, 16, 0)):
-        ids += [engine.add_request(*reqs[i]) for i in range(start, end)]
-        for _ in range(steps):
-            collect(results, engine.step())
-    drain(engine, results)
-    for i, rid in enumerate(ids):
-        got, want = results[rid], alone[i]
-        assert got.tokens == want.tokens, f"request {i}"
-        assert got.logprobs == want.logprobs, f"request {i}"
+    for got in batched:
         assert got.finish_reason == "length"
         assert got.outputs == len(got.tokens)
-    assert engine.stats()["free_blocks"] == 512
 
 
 def test_preemption_recomputes_to_the_same_tokens(tiny_llama: Path) -> None:

@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import torch
 from helpers.engine_runs import (
-    Result,
+    check_batched_matches_alone,
     check_preemption_matches_alone,
-    drain,
     llm_prompt_logprobs_per_option,
     make_engine,
-    mixed_requests,
-    run_alone,
 )
 from medrt import _core
 from medrt.errors import InvalidRequest
@@ -57,16 +54,7 @@ def test_f16_cache_holds_twice_the_blocks_in_the_same_budget(tiny_llama: Path) -
 def test_batch_invariance_and_preemption_with_an_f16_cache(tiny_qwen2: Path) -> None:
     """Rows still never depend on the batch: staggered, chunked and batched requests give the
     tokens and logprobs each gets alone, and preempted ones recompute to the same tokens."""
-    reqs = mixed_requests(8)
-    alone = [run_alone(tiny_qwen2, prompt, p, kv_cache_dtype="f16") for prompt, p in reqs]
-    engine = make_engine(tiny_qwen2, max_num_batched_tokens=24, num_threads=2,
-                         kv_cache_dtype="f16")
-    results: dict[int, Result] = {}
-    ids = [engine.add_request(*r) for r in reqs]
-    drain(engine, results)
-    for i, rid in enumerate(ids):
-        assert results[rid].tokens == alone[i].tokens, f"request {i}"
-        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    check_batched_matches_alone(tiny_qwen2, 8, ((4, 3),), kv_cache_dtype="f16")
     check_preemption_matches_alone(tiny_qwen2, kv_cache_dtype="f16")
 
 

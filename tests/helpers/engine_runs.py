@@ -93,6 +93,34 @@ def mixed_requests(n: int) -> list[tuple[list[int], _core.SamplingParams]]:
     return reqs
 
 
+def check_batched_matches_alone(model_dir: Path, n: int,
+                                arrivals: tuple[tuple[int, int], ...] = (),
+                                **overrides: Any) -> tuple[list[Result], list[Result]]:
+    """n mixed requests on one engine with a 24-token step budget and two threads (prompts
+    split into other chunks than the lone runs', kernels split their work differently): every
+    request gets exactly the tokens and logprobs it gets alone. `arrivals`: waves of (end,
+    steps), add the requests up to index `end`, then run `steps` engine steps (default: all at
+    once); every block returns to the pool. `overrides`: more EngineConfig fields of both.
+    Returns (batched, alone) results."""
+    reqs = mixed_requests(n)
+    alone = [run_alone(model_dir, prompt, p, **overrides) for prompt, p in reqs]
+    engine = make_engine(model_dir, max_num_batched_tokens=24, num_threads=2, **overrides)
+    free = engine.stats()["free_blocks"]
+    results: dict[int, Result] = {}
+    ids: list[int] = []
+    for end, steps in arrivals or ((n, 0),):
+        ids += [engine.add_request(*r) for r in reqs[len(ids):end]]
+        for _ in range(steps):
+            collect(results, engine.step())
+    ids += [engine.add_request(*r) for r in reqs[len(ids):]]
+    drain(engine, results)
+    for i, rid in enumerate(ids):
+        assert results[rid].tokens == alone[i].tokens, f"request {i}"
+        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    assert engine.stats()["free_blocks"] == free
+    return [results[rid] for rid in ids], alone
+
+
 def check_preemption_matches_alone(model_dir: Path, **overrides: Any) -> None:
     """Eight mixed requests on a pool too small for all of them at once (30 blocks of 4
     tokens): the engine preempts, and every request still gets the tokens and logprobs it gets

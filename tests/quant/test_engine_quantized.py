@@ -23,13 +23,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from helpers.engine_runs import (
+    check_batched_matches_alone,
     check_preemption_matches_alone,
-    collect,
-    drain,
     llm_prompt_logprobs_per_option,
-    make_engine,
-    mixed_requests,
-    run_alone,
 )
 from medrt import _core
 from medrt_train.quant.loader import load_dequantized
@@ -82,19 +78,7 @@ def test_logits_match_the_dequantizing_loader(quantized: Any, tiny_model_dir: An
 
 @pytest.mark.parametrize("model", ["llama", "qwen2"])
 def test_batch_invariance_on_quantized_weights(quantized: Any, model: str) -> None:
-    qdir = quantized(model, "paper")
-    reqs = mixed_requests(10)
-    alone = [run_alone(qdir, prompt, p) for prompt, p in reqs]
-    engine = make_engine(qdir, max_num_batched_tokens=24, num_threads=2)
-    results: dict[int, Any] = {}
-    ids = [engine.add_request(*r) for r in reqs[:5]]
-    for _ in range(3):
-        collect(results, engine.step())
-    ids += [engine.add_request(*r) for r in reqs[5:]]
-    drain(engine, results)
-    for i, rid in enumerate(ids):
-        assert results[rid].tokens == alone[i].tokens, f"request {i}"
-        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    check_batched_matches_alone(quantized(model, "paper"), 10, ((5, 3),))
 
 
 def test_preemption_on_quantized_weights(quantized: Any) -> None:
@@ -126,17 +110,7 @@ def test_int8x2_activations_give_the_dequantized_models_logits(quantized: Any, m
 
 
 def test_batch_invariance_with_int8x2_activations(quantized: Any) -> None:
-    qdir = quantized("qwen2", "int4")
-    reqs = mixed_requests(8)
-    alone = [run_alone(qdir, prompt, p, activation_precision="int8x2") for prompt, p in reqs]
-    engine = make_engine(qdir, max_num_batched_tokens=24, num_threads=2,
-                         activation_precision="int8x2")
-    results: dict[int, Any] = {}
-    ids = [engine.add_request(*r) for r in reqs]
-    drain(engine, results)
-    for i, rid in enumerate(ids):
-        assert results[rid].tokens == alone[i].tokens, f"request {i}"
-        assert results[rid].logprobs == alone[i].logprobs, f"request {i}"
+    check_batched_matches_alone(quantized("qwen2", "int4"), 8, activation_precision="int8x2")
 
 
 def test_an_unknown_activation_precision_is_refused_by_name(quantized: Any) -> None:
