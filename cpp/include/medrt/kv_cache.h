@@ -35,12 +35,15 @@ class KVCache {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   DType dtype() const { return dtype_; }
-  int64_t bytes() const { return num_layers_ * 2 * per_tensor() * int64_t(dtype_size(dtype_)); }
+  int64_t bytes() const { return num_layers_ * 2 * tensor_bytes(); }
   // Layer l's K/V: [num_blocks, n_kv_heads, block_size, head_dim] of dtype() each.
   cpu::PagedKV layer(int64_t layer);
 
  private:
-  int64_t per_tensor() const { return num_blocks_ * n_kv_heads_ * block_size_ * head_dim_; }
+  // Bytes of one layer's K (or V): [num_blocks, n_kv_heads, block_size, head_dim] of dtype_.
+  int64_t tensor_bytes() const {
+    return num_blocks_ * n_kv_heads_ * block_size_ * head_dim_ * int64_t(dtype_size(dtype_));
+  }
   void check_sizes() const;
 
   int64_t num_layers_, num_blocks_, block_size_, n_kv_heads_, head_dim_;

@@ -60,7 +60,7 @@ KVCache::KVCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size,
   if (int64_t(layer_backends.size()) != num_layers_)
     throw InvalidRequest("KV cache: " + std::to_string(layer_backends.size()) +
                          " layer backends for " + std::to_string(num_layers_) + " layers");
-  const size_t layer_bytes = size_t(2 * per_tensor()) * dtype_size(dtype_);
+  const size_t layer_bytes = size_t(2 * tensor_bytes());
   layer_memory_.reserve(size_t(num_layers_));
   for (Backend* b : layer_backends) {
     layer_memory_.emplace_back(*b, layer_bytes);
@@ -69,11 +69,10 @@ KVCache::KVCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size,
 }
 
 cpu::PagedKV KVCache::layer(int64_t l) {
-  const int64_t tensor_bytes = per_tensor() * int64_t(dtype_size(dtype_));
-  uint8_t* base = layer_memory_.empty() ? host_.data() + l * 2 * tensor_bytes
+  uint8_t* base = layer_memory_.empty() ? host_.data() + l * 2 * tensor_bytes()
                                         : layer_memory_[size_t(l)].get<uint8_t>();
-  return cpu::PagedKV{base,        base + tensor_bytes, num_blocks_, block_size_,
-                      n_kv_heads_, head_dim_,           dtype_};
+  return cpu::PagedKV{base,        base + tensor_bytes(), num_blocks_, block_size_,
+                      n_kv_heads_, head_dim_,             dtype_};
 }
 
 }  // namespace medrt
