@@ -100,6 +100,8 @@ def main() -> int:
 
     models = [("medrt", f) for f in args.medrt.split(",") if f] + \
              [("llama.cpp", f) for f in args.llama.split(",") if f]
+    if not any(e == "medrt" for e, _ in models) or not any(e == "llama.cpp" for e, _ in models):
+        sys.exit("give at least one format in --medrt and one in --llama")
     paths = {f: shape_models.output_path(args.work_dir, args.shape, f) for _, f in models}
     for f, path in paths.items():
         if not path.exists():
