@@ -69,8 +69,9 @@ def test_f16_directory(built) -> None:
     assert config["tie_word_embeddings"] is False
 
 
-@pytest.mark.parametrize("fmt", ["int4-g64", "int4-g64-int8-head", "int4-g64-int4-head",
-                                 "paper", "paper-int4-head"])
+@pytest.mark.parametrize("fmt", ["int4-g64", "int4-g64-int8-head", "int4-g64-int6-head",
+                                 "int4-g64-int4-head", "paper", "paper-int6-head",
+                                 "paper-int4-head"])
 def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
     shape, paths = built
     out = paths[fmt]
@@ -84,9 +85,10 @@ def test_quant_directory_validates_and_generates(built, fmt: str) -> None:
         assert str(types["model.layers.0.mlp.up_proj"]) == "nf4"
     else:
         assert str(types["model.layers.0.mlp.up_proj"]) == "int4-g64"
-    head = {"int4-g64-int8-head": "int8", "int4-g64-int4-head": "int4-g64",
+    head = {"int4-g64-int8-head": "int8", "int4-g64-int6-head": "int6-g64",
+            "int4-g64-int4-head": "int4-g64", "paper-int6-head": "int6-g64",
             "paper-int4-head": "int4-g64"}.get(fmt, "f16")
-    embeddings = "int8" if fmt == "paper-int4-head" else "f16"
+    embeddings = "int8" if fmt in ("paper-int6-head", "paper-int4-head") else "f16"
     assert str(types["model.embed_tokens"]) == embeddings and str(types["lm_head"]) == head
     assert str(types["model.norm"]) == "f32"
 
@@ -185,6 +187,10 @@ def test_bytes_per_token_counts_every_weight_but_the_input_embedding(built) -> N
     int4_head = v * h // 2 + v * (h // 64) * 4
     assert svl.bytes_per_token(paths["int4-g64-int8-head"]) - \
         svl.bytes_per_token(paths["int4-g64-int4-head"]) == int8_head - int4_head
+    # An int6 g64 head: 24 bytes per 32 codes and an f16 scale per 64.
+    int6_head = v * h // 32 * 24 + v * (h // 64) * 2
+    assert svl.bytes_per_token(paths["int4-g64-int6-head"]) - \
+        svl.bytes_per_token(paths["int4-g64-int4-head"]) == int6_head - int4_head
     # The embedding table is left out: int8 embeddings (paper-int4-head) against f16 ones
     # (paper with an f16 head) differ by the head only.
     f16_head = v * h * 2

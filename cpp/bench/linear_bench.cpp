@@ -31,7 +31,8 @@ const std::vector<TypeSpec>& all_types() {
       {"f16", WeightType::F16, 0, false},          {"int8", WeightType::Int8, 0, false},
       {"q8_0", WeightType::Int8, 32, false},       {"nf4_g64", WeightType::Nf4, 64, false},
       {"int4_g32", WeightType::Int4, 32, false},   {"q4_1", WeightType::Int4, 32, true},
-      {"int4_g64", WeightType::Int4, 64, false},   {"int4_g128", WeightType::Int4, 128, false}};
+      {"int4_g64", WeightType::Int4, 64, false},   {"int4_g128", WeightType::Int4, 128, false},
+      {"int6_g64", WeightType::Int6, 64, false}};
   return t;
 }
 
@@ -66,13 +67,14 @@ void make(const TypeSpec& s, int64_t out, int64_t in, std::mt19937& rng, Owned& 
     return;
   }
   const bool int8 = s.type == WeightType::Int8;
-  o.codes.resize(size_t(out * (int8 ? in : in / 2)));
+  const int64_t row_bytes = int8 ? in : s.type == WeightType::Int6 ? in / 32 * 24 : in / 2;
+  o.codes.resize(size_t(out * row_bytes));
   for (auto& c : o.codes) c = uint8_t(byte(rng));
   if (int8) {
     for (auto& c : o.codes) c = c == 0x80 ? 0 : c;
     o.lw.weight = view(DType::I8, {out, in}, o.codes.data());
   } else {
-    o.lw.weight = view(DType::U8, {out, in / 2}, o.codes.data());
+    o.lw.weight = view(DType::U8, {out, row_bytes}, o.codes.data());
   }
   if (s.group_size == 0) {
     o.scales32.resize(size_t(out));

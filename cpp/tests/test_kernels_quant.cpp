@@ -1,4 +1,4 @@
-// Quantized linear layers (int8 per row and in groups of 32, nf4, int4 with zeros or mins)
+// Quantized linear layers (int8 per row and in groups of 32, nf4, int4 with zeros or mins, int6)
 // through the traits table (cpu::pack_linear / cpu::linear), on every ISA this CPU has:
 //   (a) against double-precision references: the format's dequantized weight times the f32
 //       input within the activation-quantization bound, and the kernels' documented arithmetic
@@ -97,6 +97,37 @@ Built build(const Spec& s, std::mt19937& rng) {
     b.lw.weight = view(DType::I8, {O, I}, b.codes.data());
     b.lw.scales = gs ? view(DType::F16, {O, G}, b.scales16.data())
                      : view(DType::F32, {O}, b.scales32.data());
+  } else if (s.type == WeightType::Int6) {
+    // Codes 0..63 packed as docs/quantized-format.md says: per 32 inputs, 16 bytes of low
+    // nibbles (input j and j + 16), then 8 bytes whose byte 4v + t holds, in bits 2f..2f+1,
+    // the high bits of inputs 8v + t, 16 + 8v + t, 8v + 4 + t, 16 + 8v + 4 + t (f = 0..3).
+    std::uniform_int_distribution<int> code(0, 63);
+    b.codes.assign(size_t(O * I / 32 * 24), 0);
+    b.scales16.resize(size_t(O * G));
+    for (auto& v : b.scales16) v = half(uni(0.001f, 0.01f));
+    for (int64_t r = 0; r < O; ++r)
+      for (int64_t c = 0; c < I / 32; ++c) {
+        int q[32];
+        for (int& v : q) v = code(rng);
+        uint8_t* chunk = b.codes.data() + (r * I / 32 + c) * 24;
+        for (int j = 0; j < 16; ++j) chunk[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
+        for (int v = 0; v < 2; ++v)
+          for (int t = 0; t < 4; ++t) {
+            const int in[4] = {8 * v + t, 16 + 8 * v + t, 8 * v + 4 + t, 16 + 8 * v + 4 + t};
+            for (int f = 0; f < 4; ++f)
+              chunk[16 + 4 * v + t] |= uint8_t((q[in[f]] >> 4) << (2 * f));
+          }
+        for (int j = 0; j < 32; ++j) {
+          const int64_t i = c * 32 + j;
+          const size_t k = size_t(r * I + i);
+          const float sc = f16_to_f32(b.scales16[size_t(r * G + i / gs)]);
+          b.wdeq[k] = float(q[j] - 32) * sc;
+          b.wkern[k] = double(q[j] - 32) * sc;
+          b.wmag[k] = double(q[j] + 32) * sc;  // the kernel sums q * a, then 32 * sum(a)
+        }
+      }
+    b.lw.weight = view(DType::U8, {O, I / 32 * 24}, b.codes.data());
+    b.lw.scales = view(DType::F16, {O, G}, b.scales16.data());
   } else {
     std::vector<int> code(size_t(O * I));
     std::uniform_int_distribution<int> nib(0, 15);
@@ -168,6 +199,9 @@ const std::vector<Spec>& specs() {
       {"int4_g32_mins", WeightType::Int4, 32, true, 37, 416, true},
       {"int4_g64_mins", WeightType::Int4, 64, true, 37, 448, false},
       {"int4_g128_mins", WeightType::Int4, 128, true, 21, 384, true},
+      {"int6_g32", WeightType::Int6, 32, false, 21, 416, false},
+      {"int6_g64", WeightType::Int6, 64, false, 37, 448, true},
+      {"int6_g128", WeightType::Int6, 128, false, 9, 640, true},
   };
   return s;
 }
@@ -374,6 +408,14 @@ TEST(pack_refuses_malformed_tensors_naming_the_module) {
   lw = i8.lw;
   lw.scales.shape = {lw.out + 1};
   CHECK_THROWS(InvalidCheckpoint, cpu::pack_linear(lw), "model.layers.0.int8_row");
+  Built i6 = build(specs()[10], rng);  // int6_g64: 24 bytes per 32 inputs, not 16
+  lw = i6.lw;
+  lw.weight.shape = {lw.out, lw.in / 2};
+  CHECK_THROWS(InvalidCheckpoint, cpu::pack_linear(lw),
+               "qweight is U8 [37, 224]; expected U8 [37, 336]");
+  lw = i6.lw;
+  lw.in = 432, lw.group_size = 48;
+  CHECK_THROWS(InvalidCheckpoint, cpu::pack_linear(lw), "model.layers.0.int6_g64");
 }
 
 TEST(numpy_reference_weights_from_medrt_train) {
@@ -394,7 +436,8 @@ TEST(numpy_reference_weights_from_medrt_train) {
   struct Ref { const char* spec; WeightType type; int group_size; };
   for (const Ref& r : {Ref{"int8", WeightType::Int8, 0}, Ref{"nf4", WeightType::Nf4, 64},
                        Ref{"int4-g32", WeightType::Int4, 32}, Ref{"int4-g64", WeightType::Int4, 64},
-                       Ref{"int4-g128", WeightType::Int4, 128}}) {
+                       Ref{"int4-g128", WeightType::Int4, 128},
+                       Ref{"int6-g64", WeightType::Int6, 64}}) {
     const std::string pre = std::string(r.spec) + ".";
     LinearWeight lw;
     lw.name = r.spec;

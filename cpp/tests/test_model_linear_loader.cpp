@@ -81,7 +81,8 @@ struct QuantCheckpoint {
       ck.tensors[m + ".scales"] = group ? random_tensor("F16", {out, in / group}, 2, seed + 1)
                                         : random_tensor("F32", {out}, 4, seed + 1);
     } else {
-      ck.tensors[m + ".qweight"] = random_tensor("U8", {out, in / 2}, 1, seed);
+      const int64_t code_bytes = type == "int6" ? in / 32 * 24 : in / 2;
+      ck.tensors[m + ".qweight"] = random_tensor("U8", {out, code_bytes}, 1, seed);
       ck.tensors[m + ".scales"] = random_tensor("F16", {out, in / group}, 2, seed + 1);
       if (type == "int4")
         ck.tensors[m + (mins ? ".mins" : ".zeros")] =
@@ -195,6 +196,39 @@ TEST(version_2_reads_grouped_int8_and_int4_with_mins) {
                "module " + L0 + "self_attn.q_proj: int8 with a group size needs");
 }
 
+TEST(version_3_reads_int6) {
+  TempDir tmp("linear_loader_v3");
+  QuantCheckpoint q;
+  q.version = 3;
+  q.quantize(L0 + "mlp.down_proj", "int6", 64);
+  q.quantize("lm_head", "int6", 32);
+  q.write(tmp.path);
+  {
+    auto ckpt = Checkpoint::open(tmp.path.string());
+    model::LinearLoader loader(*ckpt);
+    LinearWeight down = loader.linear(L0 + "mlp.down_proj", 64, 128, false);
+    CHECK(down.type == WeightType::Int6 && down.group_size == 64);
+    CHECK(down.weight.shape == std::vector<int64_t>({64, 96}));  // 24 bytes per 32 inputs
+    CHECK(same_bytes(down.weight, q.ck.tensors.at(L0 + "mlp.down_proj.qweight")));
+    CHECK(down.zeros.data == nullptr && down.mins.data == nullptr);
+    CHECK(down.bytes() == 64 * 96 + 64 * 2 * 2);
+    CHECK(std::string(weight_type_name(down.type)) == "int6");
+    // Versions 1 and 2 modules read the same under version 3.
+    CHECK(loader.linear(L0 + "mlp.up_proj", 128, 64, false).zeros.data != nullptr);
+  }
+  q.version = 2;
+  CHECK_THROWS(InvalidCheckpoint, load(q, tmp.path / "v2"),
+               "module lm_head: int6 needs quantization.version 3");  // the first in order
+  q.version = 3;
+  q.entries[L0 + "mlp.down_proj"] = R"({"type": "int6", "shape": [64, 128]})";
+  CHECK_THROWS(InvalidCheckpoint, load(q, tmp.path / "v3"),
+               "module " + L0 + "mlp.down_proj: int6 needs 'group_size' (32, 64 or 128)");
+  q.entries[L0 + "mlp.down_proj"] = R"({"type": "int6-g64", "shape": [64, 128]})";
+  q.ck.tensors[L0 + "mlp.down_proj.qweight"] = random_tensor("U8", {64, 64}, 1, 5);
+  CHECK_THROWS(InvalidCheckpoint, load(q, tmp.path / "v3"),
+               "tensor " + L0 + "mlp.down_proj.qweight is U8[64, 64], expected U8[64, 96]");
+}
+
 TEST(a_plain_checkpoint_reads_float_weights) {
   TempDir tmp("linear_loader_plain");
   TinyCheckpoint ck;
@@ -243,7 +277,7 @@ TEST(refusals_name_the_module) {
       {"unknown type", entry(up, R"({"type": "int3", "shape": [128, 64]})"),
        "module " + up + ": unknown weight type 'int3'"},
       {"version 99", [](QuantCheckpoint& q) { q.version = 99; },
-       "quantization.version is 99; this reader understands versions 1 to 2"},
+       "quantization.version is 99; this reader understands versions 1 to 3"},
       {"wrong format", [](QuantCheckpoint& q) { q.format = "gptq"; },
        "quantization.format is 'gptq', expected 'medrt-quant'"},
       {"unclaimed tensor", tensor(up + ".g_idx", "I32", {64}, 4),

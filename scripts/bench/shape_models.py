@@ -17,7 +17,9 @@ in RAM). The formats, each into `--work-dir`:
   `--lm-head int8`); `paper-int8-io` the `paper` recipe with int8 embeddings and LM head (the
   CLI's `--embeddings int8 --lm-head int8`; the paper's 64.7% cut quantizes those too);
   `int4-g64-int4-head` and `paper-int4-head` the same with an int4 g64 LM head (`--lm-head
-  int4-g64`, the fewest bytes per token). Codes are random; scales and zeros are drawn from
+  int4-g64`, the fewest bytes per token), `int4-g64-int6-head` and `paper-int6-head` with an
+  int6 g64 one (`--lm-head int6-g64`: 6.25 bits, below llama.cpp's Q6_K output). Codes are
+  random; scales and zeros are drawn from
   those that round-to-nearest quantization (medrt_train.quant.types.fit_params) gives for
   groups of N(0, 0.02) weights, so every value lies where a quantized model's would. int8 codes are
   rounded normals (RTN codes of Gaussian weights), 4-bit codes uniform.
@@ -82,8 +84,9 @@ SHAPES: dict[str, dict] = {
            "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
            "vocab_size": 152064, "max_window_layers": 28},
 }
-FORMATS = ("f16", "int4-g64", "int4-g64-int8-head", "int4-g64-int4-head", "paper",
-           "paper-int8-io", "paper-int4-head", "gguf-q4_0", "gguf-q4_0-pure")
+FORMATS = ("f16", "int4-g64", "int4-g64-int8-head", "int4-g64-int6-head", "int4-g64-int4-head",
+           "paper", "paper-int8-io", "paper-int6-head", "paper-int4-head", "gguf-q4_0",
+           "gguf-q4_0-pure")
 GGUF_FORMATS = ("gguf-q4_0", "gguf-q4_0-pure")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -230,9 +233,10 @@ def quant_tensors(seed: int, module: str, wt: WeightType, out_f: int, in_f: int,
                 x = rng.standard_normal((len(s), groups, in_f // groups), dtype=np.float32)
                 x *= s
                 yield np.clip(np.rint(x), -127, 127).astype(np.int8).reshape(len(s), in_f)
-        else:
+        else:  # 4- and 6-bit: uniform codes, as many bytes per row as the format packs
+            row_bytes = tensor_specs(wt, 1, in_f)["qweight"][0][1]
             for r in range(0, out_f, rows):
-                n = min(rows, out_f - r) * in_f // 2
+                n = min(rows, out_f - r) * row_bytes
                 yield np.frombuffer(rng.bytes(n), dtype=np.uint8)
 
     out = {"qweight": codes, "scales": lambda: picked(0)}
@@ -340,8 +344,10 @@ def recipe_for(fmt: str):
     # model's bytes per token).
     return {"int4-g64": BUILTIN["int4"], "paper": BUILTIN["paper"],
             "int4-g64-int8-head": BUILTIN["int4"].with_overrides(None, "int8"),
+            "int4-g64-int6-head": BUILTIN["int4"].with_overrides(None, "int6-g64"),
             "int4-g64-int4-head": BUILTIN["int4"].with_overrides(None, "int4-g64"),
             "paper-int8-io": BUILTIN["paper"].with_overrides("int8", "int8"),
+            "paper-int6-head": BUILTIN["paper"].with_overrides("int8", "int6-g64"),
             "paper-int4-head": BUILTIN["paper"].with_overrides("int8", "int4-g64")}[fmt]
 
 

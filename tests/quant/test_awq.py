@@ -16,7 +16,7 @@ def _loud_inputs(n=2048, width=128, seed=0):
     return x
 
 
-@pytest.mark.parametrize("spec", ["int4-g64", "nf4"])
+@pytest.mark.parametrize("spec", ["int4-g64", "nf4", "int6"])
 def test_awq_scale_lowers_the_output_error_of_rounding(spec):
     wt = parse_type(spec)
     x = _loud_inputs()

@@ -19,7 +19,7 @@ def _output_error(x, w, wq):
     return float(np.mean((x @ (wq - w).T) ** 2))
 
 
-@pytest.mark.parametrize("spec", ["int4-g64", "int4-g32", "nf4", "int8"])
+@pytest.mark.parametrize("spec", ["int4-g64", "int4-g32", "nf4", "int6", "int8"])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_beats_rtn_on_the_calibration_inputs(spec, act_order):
     wt = parse_type(spec)

@@ -18,7 +18,8 @@ def _error(wt, w, d, params):
 
 
 # 255 levels leave little to gain by clipping: int8 is only required to improve.
-@pytest.mark.parametrize("spec,gain", [("int4-g64", 0.9), ("nf4", 0.9), ("int8", 0.97)])
+@pytest.mark.parametrize("spec,gain", [("int4-g64", 0.9), ("nf4", 0.9), ("int6", 0.9),
+                                       ("int8", 0.97)])
 def test_search_never_loses_to_round_to_nearest_and_wins_on_average(spec, gain):
     wt = parse_type(spec)
     w, d = _groups()
@@ -27,7 +28,7 @@ def test_search_never_loses_to_round_to_nearest_and_wins_on_average(spec, gain):
     searched = _error(wt, w, d, params)
     assert np.all(searched <= rtn * (1 + 1e-6))
     assert searched.sum() < gain * rtn.sum()
-    # Stored dtypes are those of the format (f16 for 4-bit types, f32 for int8).
+    # Stored dtypes are those of the format (f16 for 4- and 6-bit types, f32 for int8).
     assert [p.dtype for p in params] == [p.dtype for p in fit_params(wt, w)]
 
 

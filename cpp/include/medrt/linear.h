@@ -15,8 +15,11 @@
 //   Int4              w[r, i] = (codes[r, i] - zeros[r, g]) * scales[r, g]   (zeros given)
 //                     w[r, i] = codes[r, i] * scales[r, g] + mins[r, g]      (mins given:
 //                                                                 GGUF Q4_1; Q4_0 is zeros = 8)
+//   Int6              w[r, i] = (codes[r, i] - 32) * scales[r, g]  (codes 0..63; format 3)
 // 4-bit codes are packed two per byte in 32-input chunks (byte j of a chunk: input j in the low
-// nibble, input j + 16 in the high one), the GGUF block order.
+// nibble, input j + 16 in the high one), the GGUF block order. 6-bit codes are stored as such a
+// 16-byte chunk of their low 4 bits followed by 8 bytes of their high 2 bits (24 bytes per 32
+// inputs; the bit order is docs/quantized-format.md's).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -25,13 +28,13 @@
 
 namespace medrt {
 
-enum class WeightType : uint8_t { F32, F16, BF16, Int8, Nf4, Int4 };
+enum class WeightType : uint8_t { F32, F16, BF16, Int8, Nf4, Int4, Int6 };
 
-const char* weight_type_name(WeightType t);  // "f32", "f16", "bf16", "int8", "nf4", "int4"
+const char* weight_type_name(WeightType t);  // "f32", "f16", "bf16", "int8", "nf4", "int4", "int6"
 bool is_float_type(WeightType t);             // F32, F16, BF16: used as stored
 
-// How the CPU kernels of quantized weights (int8, nf4, int4) read their input rows, which
-// they quantize once per call into blocks of 32 (docs/quantization.md, "Activation
+// How the CPU kernels of quantized weights (int8, nf4, int4, int6) read their input rows,
+// which they quantize once per call into blocks of 32 (docs/quantization.md, "Activation
 // precision"). Float weights always read f32 activations.
 //   Int8    one int8 code per input and an f32 scale per block, as llama.cpp's Q8 blocks:
 //           the fastest, about 8 bits of precision per block;

@@ -12,6 +12,7 @@ const char* weight_type_name(WeightType t) {
     case WeightType::Int8: return "int8";
     case WeightType::Nf4: return "nf4";
     case WeightType::Int4: return "int4";
+    case WeightType::Int6: return "int6";
   }
   return "?";
 }

@@ -1,4 +1,4 @@
-// AVX2 row-group kernel of the quantized types (int8, nf4, int4), also used on AVX-512 CPUs
+// AVX2 row-group kernel of the quantized types (int8, nf4, int4, int6), also used on AVX-512 CPUs
 // without VNNI. A ymm of int32 lanes is 8 rows of a row group (quant_layout.h); a single
 // activation row runs against both halves at once, tiles of more rows against one half after
 // the other (the second reads the row group from L1/L2). The
@@ -8,6 +8,9 @@
 //   int4:      codes 0..15 are the unsigned operand; a pair is at most 2 * 15 * 127 = 3810 in
 //              magnitude, so the 8 pairs of a block add up in int16 (<= 30480) before one
 //              vpmaddwd.
+//   int6:      codes 0..63 (the high bits or-ed in above the nibbles) are the unsigned
+//              operand; a pair is at most 2 * 63 * 127 = 16002, so the two vpmaddubsw of a
+//              unit (lo and hi nibble lanes) add up in int16 (<= 32004) before one vpmaddwd.
 //   int8, nf4: signed weights: |w| (vpabsb) times a with w's sign (vpsignb); a pair is at most
 //              2 * 128 * 127 = 32512, so each goes through vpmaddwd at once.
 //
@@ -73,6 +76,7 @@ void tile(const Layout& L, const uint8_t* rg, int h0, const Act& a, int64_t m, f
       if constexpr (K != Kind::Int8Row) s[r] = f16x8(gh + (h0 + r) * kHalf * 2);
       if constexpr (K == Kind::Int4Zero || K == Kind::Int4Min)
         zm[r] = f16x8(gh + kRows * 2 + (h0 + r) * kHalf * 2);
+      if constexpr (K == Kind::Int6) zm[r] = _mm256_set1_ps(float(kInt6Zero));
     }
     for (int64_t j = 0; j < L.gb; ++j) {
       const int64_t b = g * L.gb + j;
@@ -118,6 +122,36 @@ void tile(const Layout& L, const uint8_t* rg, int h0, const Act& a, int64_t m, f
             }
           }
         }
+      } else if constexpr (K == Kind::Int6) {
+        const __m256i high = _mm256_set1_epi8(0x30);
+        for (int r = 0; r < NH; ++r)
+          for (int i = 0; i < MR; ++i) isum[r][i] = _mm256_setzero_si256();
+        for (int u = 0; u < 4; ++u) {
+          __m256i lo[NH], hi[NH];
+          for (int r = 0; r < NH; ++r) {
+            const __m256i v =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + u * 64 + r * 32));
+            const __m256i h = _mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(blk + kHighBits + (u / 2) * 64 + r * 32));
+            // Fields 2 (u % 2) and 2 (u % 2) + 1 of h to bits 4-5 (16-bit shifts; the bits
+            // that cross into the neighbouring byte are masked off).
+            const __m256i hl = u % 2 ? h : _mm256_slli_epi16(h, 4);
+            const __m256i hh = u % 2 ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2);
+            lo[r] = _mm256_or_si256(_mm256_and_si256(v, nibble), _mm256_and_si256(hl, high));
+            hi[r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
+                                    _mm256_and_si256(hh, high));
+          }
+          for (int i = 0; i < MR; ++i) {
+            const int8_t* x = xq[i] + b * kBlock + 4 * u;
+            const __m256i xl = bcast4(x), xh = bcast4(x + 16);
+            for (int r = 0; r < NH; ++r) {
+              const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo[r], xl),
+                                                   _mm256_maddubs_epi16(hi[r], xh));
+              isum[r][i] = _mm256_add_epi32(isum[r][i], _mm256_madd_epi16(s16, ones));
+              pin(isum[r][i]);
+            }
+          }
+        }
       } else {
         __m256i s16[NH][MR];
         for (int r = 0; r < NH; ++r)
@@ -150,7 +184,7 @@ void tile(const Layout& L, const uint8_t* rg, int h0, const Act& a, int64_t m, f
           const __m256 fi = _mm256_cvtepi32_ps(isum[r][i]);
           if constexpr (K == Kind::Int8Row) {
             acc[r][i] = _mm256_fmadd_ps(fi, d, acc[r][i]);
-          } else if constexpr (K == Kind::Int4Zero) {
+          } else if constexpr (K == Kind::Int4Zero || K == Kind::Int6) {
             const __m256 t = _mm256_fnmadd_ps(zm[r], _mm256_set1_ps(ab.sum), fi);
             acc[r][i] = _mm256_fmadd_ps(t, _mm256_mul_ps(s[r], d), acc[r][i]);
           } else {
@@ -220,6 +254,7 @@ void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int6
     case Kind::Nf4: return rows<Kind::Nf4>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int4Zero: return rows<Kind::Int4Zero>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int4Min: return rows<Kind::Int4Min>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
+    case Kind::Int6: return rows<Kind::Int6>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
   }
 }
 

@@ -1,9 +1,9 @@
-// AVX-512 + VNNI row-group kernel of the quantized types (int8, nf4, int4): one zmm of int32
+// AVX-512 + VNNI row-group kernel of the quantized types (int8, nf4, int4, int6): one zmm of int32
 // lanes is the 16 rows of a row group (quant_layout.h), so each vpdpbusd multiplies 4 inputs
 // of all 16 rows by the same 4 broadcast activation codes and the arithmetic per row is the
 // scalar one of quant_portable.cpp, bit for bit. vpdpbusd wants unsigned weights: 4-bit codes
-// are 0..15 already; int8 codes and the nf4 table get +128 (xor 0x80 / a biased table) and
-// the block's 128 * sum(a) is subtracted from the exact int32 dot product.
+// are 0..15 already, int6 codes 0..63; int8 codes and the nf4 table get +128 (xor 0x80 / a
+// biased table) and the block's 128 * sum(a) is subtracted from the exact int32 dot product.
 //
 // Compiled with AVX-512 flags: internal linkage only and no standard-library code (see
 // gemm_avx512.cpp).
@@ -51,6 +51,7 @@ void tile(const Layout& L, const uint8_t* rg, const Act& a, int64_t m, float* y,
   }
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(char(0x80));
+  const __m512i high = _mm512_set1_epi8(0x30);
   alignas(16) int8_t biased[16];
   for (int c = 0; c < 16; ++c) biased[c] = int8_t(kNf4Int8[c] ^ 0x80);
   const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<__m128i*>(biased)));
@@ -61,6 +62,7 @@ void tile(const Layout& L, const uint8_t* rg, const Act& a, int64_t m, float* y,
     __m512 s = _mm512_setzero_ps(), zm = _mm512_setzero_ps();
     if constexpr (K != Kind::Int8Row) s = f16x16(gh);
     if constexpr (K == Kind::Int4Zero || K == Kind::Int4Min) zm = f16x16(gh + kRows * 2);
+    if constexpr (K == Kind::Int6) zm = _mm512_set1_ps(float(kInt6Zero));
     for (int64_t j = 0; j < L.gb; ++j) {
       const int64_t b = g * L.gb + j;
       const uint8_t* blk = codes + j * L.block_bytes;
@@ -81,6 +83,13 @@ void tile(const Layout& L, const uint8_t* rg, const Act& a, int64_t m, float* y,
             lo = _mm512_shuffle_epi8(lut, lo);
             hi = _mm512_shuffle_epi8(lut, hi);
           }
+          if constexpr (K == Kind::Int6) {  // or in the high bits: quant_avx2.cpp explains
+            const __m512i h = _mm512_loadu_si512(blk + kHighBits + (u / 2) * 64);
+            const __m512i hl = u % 2 ? h : _mm512_slli_epi16(h, 4);
+            const __m512i hh = u % 2 ? _mm512_srli_epi16(h, 2) : _mm512_slli_epi16(h, 2);
+            lo = _mm512_or_si512(lo, _mm512_and_si512(hl, high));
+            hi = _mm512_or_si512(hi, _mm512_and_si512(hh, high));
+          }
           for (int i = 0; i < MR; ++i) {
             const int8_t* x = xq[i] + b * kBlock + 4 * u;
             isum[i] = _mm512_dpbusd_epi32(isum[i], lo, bcast4(x));
@@ -96,7 +105,7 @@ void tile(const Layout& L, const uint8_t* rg, const Act& a, int64_t m, float* y,
         const __m512 d = _mm512_set1_ps(ab.d);
         if constexpr (K == Kind::Int8Row) {
           acc[i] = _mm512_fmadd_ps(fi, d, acc[i]);
-        } else if constexpr (K == Kind::Int4Zero) {
+        } else if constexpr (K == Kind::Int4Zero || K == Kind::Int6) {
           const __m512 t = _mm512_fnmadd_ps(zm, _mm512_set1_ps(ab.sum), fi);
           acc[i] = _mm512_fmadd_ps(t, _mm512_mul_ps(s, d), acc[i]);
         } else {
@@ -149,6 +158,7 @@ void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int6
     case Kind::Nf4: return rows<Kind::Nf4>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int4Zero: return rows<Kind::Int4Zero>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
     case Kind::Int4Min: return rows<Kind::Int4Min>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
+    case Kind::Int6: return rows<Kind::Int6>(L, rg, a, m0, m1, y, ldy, nvalid, bias);
   }
 }
 

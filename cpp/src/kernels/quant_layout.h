@@ -1,4 +1,4 @@
-// The in-memory form of the quantized weight types (int8, nf4, int4) and of the activations
+// The in-memory form of the quantized weight types (int8, nf4, int4, int6) and of the activations
 // their kernels read; shared by the packer (quant_pack.cpp), the activation quantizer
 // (quant_act.cpp), the driver (quant_linear.cpp) and the per-ISA row-group kernels
 // (quant_portable.cpp, quant_avx2.cpp, quant_avx512vnni.cpp). This header holds only plain
@@ -22,6 +22,7 @@
 //   Nf4        16 x f16 scale (group absmax)                            32 bytes
 //   Int4Zero   16 x f16 scale, then 16 x f16 zero      w = (q - z) * s  64 bytes
 //   Int4Min    16 x f16 scale, then 16 x f16 min       w = q * s + m    64 bytes (GGUF Q4_1)
+//   Int6       16 x f16 scale                          w = (q - 32) * s 32 bytes
 // entry r of each array is row r of the group. Scales, zeros and mins are the file's values,
 // unchanged (no rounding is added at load), and nothing is padded inside a row group, so the
 // packed weight is as large as the file's tensors (up to the row and the end padding).
@@ -31,6 +32,11 @@
 //   4-bit: 4 units u = 0..3; byte [64 u + 4 r + t] = byte 4u + t of row r's 16-byte chunk:
 //          low nibble = code[r, 32b + 4u + t], high nibble = code[r, 32b + 16 + 4u + t]
 //          (the file's nibble order, so packing only moves whole bytes)       (256 bytes)
+//   6-bit: the 4-bit block of the codes' low 4 bits (units 0..3), then 2 units v = 0..1 of
+//          their high 2 bits: byte [256 + 64 v + 4 r + t] = byte 16 + 4v + t of row r's
+//          24-byte chunk, whose bits 2f..2f+1 are the high bits of the code in nibble f of
+//          unit 2v + f / 2 (f = 0: low nibble of unit 2v, 1: its high nibble, 2 and 3: those of
+//          unit 2v + 1); again the file's order, so packing moves whole bytes    (384 bytes)
 // Int8 rows whose length is not a multiple of 32 are padded with zero codes.
 //
 // Activations (ActFormat::Q8Block32): each row of x is cut into blocks of 32 (zero-padded) and
@@ -41,11 +47,12 @@
 //
 // Arithmetic, identical in every ISA so that all paths give bit-identical results: per output
 // row and activation block b, isum = sum_i w_i * a_i over the 32 inputs in exact int32 (w_i the
-// integer code; nf4 codes map to kNf4Int8), then in f32 with fused multiply-adds, blocks in
-// increasing order:
+// integer code; nf4 codes map to kNf4Int8; int6 codes are the raw 0..63), then in f32 with
+// fused multiply-adds, blocks in increasing order:
 //   Int8Row:           acc = fma(isum, d, acc)
 //   Int8Group, Nf4:    acc = fma(isum, s * d, acc)
 //   Int4Zero:          acc = fma(fma(-z, asum, isum), s * d, acc)
+//   Int6:              acc = fma(fma(-32, asum, isum), s * d, acc)   (Int4Zero with z = 32)
 //   Int4Min:           acc = fma(m, d * asum, fma(isum, s * d, acc))
 // and y = acc * post (+ bias as fma(acc, post, bias)), post = the row's f32 scale for Int8Row,
 // 1/127 for Nf4 (its table is scaled by 127), none otherwise (y = acc (+ bias)).
@@ -57,7 +64,7 @@ namespace medrt::cpu::quant {
 inline constexpr int kRows = 16;   // output rows per row group: 16 f32 lanes of AVX-512
 inline constexpr int kBlock = 32;  // inputs per activation block and per 4-bit chunk
 
-enum class Kind : uint32_t { Int8Row, Int8Group, Nf4, Int4Zero, Int4Min };
+enum class Kind : uint32_t { Int8Row, Int8Group, Nf4, Int4Zero, Int4Min, Int6 };
 
 struct Layout {
   Kind kind;
@@ -66,7 +73,7 @@ struct Layout {
   int64_t gb;              // blocks per scale group (nb for Int8Row)
   int64_t ngroups;         // nb / gb
   int64_t group_header;    // bytes of a group's scales (and zeros or mins)
-  int64_t block_bytes;     // one code block of 16 rows: 512 (int8) or 256 (4-bit)
+  int64_t block_bytes;     // one code block of 16 rows: 512 (int8), 256 (4-bit), 384 (6-bit)
   int64_t unit_bytes;      // 64 + P * gb * block_bytes
   int64_t rowgroup_bytes;  // ceil(ngroups / P) * 64 + ngroups * gb * block_bytes
 };
@@ -111,6 +118,8 @@ struct Act {
 extern const float kNf4[16];
 extern const int8_t kNf4Int8[16];
 inline constexpr float kInv127 = 1.0f / 127.0f;
+inline constexpr int kInt6Zero = 32;     // int6: w = (q - 32) * s
+inline constexpr int64_t kHighBits = 256;  // int6: offset of the high-bit units in a block
 
 // Rows [m0, m1) of y for the nrg consecutive row groups that start at `rg`: y[m, n] for
 // n < min(nrows, 16 nrg), nrows being the layer's output rows from rg's first one on (ldy

@@ -160,15 +160,18 @@ constexpr WeightKernels entry(const char* name) {
           linear_one<false>, kDecodeMaxRows,   quant_dequant_row, &kRowGroupKernel<Fn>};
 }
 
-constexpr WeightKernels kPortable[3] = {entry<portable::quant_rowgroups>("int8/portable"),
+constexpr WeightKernels kPortable[4] = {entry<portable::quant_rowgroups>("int8/portable"),
                                         entry<portable::quant_rowgroups>("nf4/portable"),
-                                        entry<portable::quant_rowgroups>("int4/portable")};
-constexpr WeightKernels kAvx2[3] = {entry<avx2::quant_rowgroups>("int8/avx2"),
+                                        entry<portable::quant_rowgroups>("int4/portable"),
+                                        entry<portable::quant_rowgroups>("int6/portable")};
+constexpr WeightKernels kAvx2[4] = {entry<avx2::quant_rowgroups>("int8/avx2"),
                                     entry<avx2::quant_rowgroups>("nf4/avx2"),
-                                    entry<avx2::quant_rowgroups>("int4/avx2")};
-constexpr WeightKernels kVnni[3] = {entry<avx512vnni::quant_rowgroups>("int8/avx512vnni"),
+                                    entry<avx2::quant_rowgroups>("int4/avx2"),
+                                    entry<avx2::quant_rowgroups>("int6/avx2")};
+constexpr WeightKernels kVnni[4] = {entry<avx512vnni::quant_rowgroups>("int8/avx512vnni"),
                                     entry<avx512vnni::quant_rowgroups>("nf4/avx512vnni"),
-                                    entry<avx512vnni::quant_rowgroups>("int4/avx512vnni")};
+                                    entry<avx512vnni::quant_rowgroups>("int4/avx512vnni"),
+                                    entry<avx512vnni::quant_rowgroups>("int6/avx512vnni")};
 
 }  // namespace
 
@@ -183,6 +186,7 @@ const WeightKernels* quant_weight_kernels(WeightType type, Isa isa) {
     case WeightType::Int8: i = 0; break;
     case WeightType::Nf4: i = 1; break;
     case WeightType::Int4: i = 2; break;
+    case WeightType::Int6: i = 3; break;
     default: return nullptr;
   }
   switch (isa) {

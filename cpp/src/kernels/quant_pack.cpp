@@ -1,4 +1,4 @@
-// Repacking int8, nf4 and int4 weights at load into the row-group layout of quant_layout.h,
+// Repacking int8, nf4, int4 and int6 weights at load into the row-group layout of quant_layout.h,
 // with the checks a checkpoint's tensors must pass, and the row dequantizer (embedding lookup).
 #include <algorithm>
 #include <cstring>
@@ -60,7 +60,9 @@ Layout make_layout(Kind kind, int64_t in, int64_t group_size) {
   L.ngroups = L.gb ? L.nb / L.gb : 0;
   const bool two = kind == Kind::Int4Zero || kind == Kind::Int4Min;
   L.group_header = kind == Kind::Int8Row ? kRows * 4 : two ? 2 * kRows * 2 : kRows * 2;
-  L.block_bytes = kind == Kind::Int8Row || kind == Kind::Int8Group ? 8 * 64 : 4 * 64;
+  L.block_bytes = kind == Kind::Int8Row || kind == Kind::Int8Group ? 8 * 64
+                  : kind == Kind::Int6                             ? 6 * 64
+                                                                   : 4 * 64;
   L.per_unit = uint32_t(kUnitHeader / L.group_header);
   const int64_t per_unit = L.per_unit;
   L.unit_bytes = kUnitHeader + per_unit * L.gb * L.block_bytes;
@@ -94,7 +96,7 @@ void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
   p.packed.allocate(size_t(kHeaderBytes + nrg * L.rowgroup_bytes));
   std::memcpy(p.packed.get(), &L, sizeof L);
   uint8_t* base = p.packed.get() + kHeaderBytes;
-  const bool four_bit = L.block_bytes == 4 * 64;
+  const bool four_bit = L.block_bytes == 4 * 64, six_bit = L.kind == Kind::Int6;
   for (int64_t r = 0; r < w.out; ++r) {
     uint8_t* rg = base + (r / kRows) * L.rowgroup_bytes;
     const int64_t lr = r % kRows;
@@ -113,11 +115,17 @@ void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
       }
     }
     const auto* src = static_cast<const uint8_t*>(w.weight.data);
-    if (four_bit) {
-      const uint8_t* row = src + r * (w.in / 2);
-      for (int64_t b = 0; b < L.nb; ++b)
+    if (four_bit || six_bit) {
+      const int64_t chunk = six_bit ? 24 : 16;  // file bytes per 32 inputs
+      const uint8_t* row = src + r * (w.in / kBlock) * chunk;
+      for (int64_t b = 0; b < L.nb; ++b) {
+        uint8_t* blk = block_at(rg, L, b);
         for (int u = 0; u < 4; ++u)
-          std::memcpy(block_at(rg, L, b) + u * 64 + lr * 4, row + b * 16 + u * 4, 4);
+          std::memcpy(blk + u * 64 + lr * 4, row + b * chunk + u * 4, 4);
+        if (six_bit)
+          for (int v = 0; v < 2; ++v)
+            std::memcpy(blk + kHighBits + v * 64 + lr * 4, row + b * chunk + 16 + v * 4, 4);
+      }
     } else {
       const uint8_t* row = src + r * w.in;
       for (int64_t i = 0; i < w.in; i += 4) {  // 4 inputs of a row are 4 adjacent bytes
@@ -146,13 +154,16 @@ void pack_int8(const LinearWeight& w, PackedLinear& p) {
   pack_rows(w, make_layout(kind, w.in, w.group_size), p);
 }
 
-void check_four_bit(const LinearWeight& w) {
+// 4- and 6-bit codes come in 32-input chunks of 16 or 24 bytes per row.
+void check_chunked(const LinearWeight& w, int64_t chunk_bytes) {
   if (w.in % kBlock != 0)
-    refuse(w, "in = " + std::to_string(w.in) + " is not a multiple of 32 (4-bit chunks)");
+    refuse(w, "in = " + std::to_string(w.in) + " is not a multiple of 32 (" +
+                  (chunk_bytes == 24 ? "6" : "4") + "-bit chunks)");
   check_groups(w);
-  expect(w, w.weight, "qweight", DType::U8, {w.out, w.in / 2});
+  expect(w, w.weight, "qweight", DType::U8, {w.out, w.in / kBlock * chunk_bytes});
   expect(w, w.scales, "scales", DType::F16, {w.out, w.in / w.group_size});
 }
+void check_four_bit(const LinearWeight& w) { check_chunked(w, 16); }
 
 void pack_nf4(const LinearWeight& w, PackedLinear& p) {
   check_four_bit(w);
@@ -168,6 +179,11 @@ void pack_int4(const LinearWeight& w, PackedLinear& p) {
   pack_rows(w, make_layout(zeros ? Kind::Int4Zero : Kind::Int4Min, w.in, w.group_size), p);
 }
 
+void pack_int6(const LinearWeight& w, PackedLinear& p) {
+  check_chunked(w, 24);
+  pack_rows(w, make_layout(Kind::Int6, w.in, w.group_size), p);
+}
+
 }  // namespace
 
 void pack_quant(const LinearWeight& w, PackedLinear& p) {
@@ -175,6 +191,7 @@ void pack_quant(const LinearWeight& w, PackedLinear& p) {
     case WeightType::Int8: return pack_int8(w, p);
     case WeightType::Nf4: return pack_nf4(w, p);
     case WeightType::Int4: return pack_int4(w, p);
+    case WeightType::Int6: return pack_int6(w, p);
     default: refuse(w, "not a quantized type");
   }
 }
@@ -202,13 +219,19 @@ void quant_dequant_row(const PackedLinear& p, int64_t r, float* out) {
       out[i] = code * s;
       continue;
     }
-    const int64_t jj = j % 16;
-    const uint8_t byte = block_at(rg, L, b)[(jj / 4) * 64 + lr * 4 + jj % 4];
-    const int q = j < 16 ? byte & 15 : byte >> 4;
+    const int64_t jj = j % 16, u = jj / 4, t = jj % 4;
+    const uint8_t* blk = block_at(rg, L, b);
+    const uint8_t byte = blk[u * 64 + lr * 4 + t];
+    int q = j < 16 ? byte & 15 : byte >> 4;
+    if (L.kind == Kind::Int6) {
+      const int field = int(u % 2) * 2 + (j < 16 ? 0 : 1);
+      q |= ((blk[kHighBits + (u / 2) * 64 + lr * 4 + t] >> (2 * field)) & 3) << 4;
+    }
     const float s = f16_at(g, 0);
     switch (L.kind) {
       case Kind::Nf4: out[i] = kNf4[q] * s; break;
       case Kind::Int4Zero: out[i] = (float(q) - f16_at(g, kRows * 2)) * s; break;
+      case Kind::Int6: out[i] = float(q - kInt6Zero) * s; break;
       default: {  // Int4Min: q * s, then + m (two roundings, as the format computes it)
         const float qs = float(q) * s;
         out[i] = qs + f16_at(g, kRows * 2);

@@ -29,6 +29,11 @@ int32_t block_dot(const Layout& L, const uint8_t* blk, int lr, const int8_t* xa)
       const uint8_t byte = blk[u * 64 + lr * 4 + t];
       int lo = byte & 15, hi = byte >> 4;
       if (L.kind == Kind::Nf4) lo = kNf4Int8[lo], hi = kNf4Int8[hi];
+      if (L.kind == Kind::Int6) {  // the high 2 bits: fields 2 (u % 2) and 2 (u % 2) + 1
+        const int h = blk[kHighBits + (u / 2) * 64 + lr * 4 + t] >> (4 * (u % 2));
+        lo |= (h & 3) << 4;
+        hi |= ((h >> 2) & 3) << 4;
+      }
       isum += lo * xa[4 * u + t] + hi * xa[16 + 4 * u + t];
     }
   return isum;
@@ -47,8 +52,9 @@ void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int6
         const uint8_t* gh = group_header_at(rg, L, g) + lr * 2;
         const uint8_t* codes = group_codes_at(rg, L, g);
         const float s = L.kind == Kind::Int8Row ? 0.0f : f16_at(gh);
-        const float zm =
-            L.kind == Kind::Int4Zero || L.kind == Kind::Int4Min ? f16_at(gh + kRows * 2) : 0.0f;
+        float zm = 0.0f;
+        if (L.kind == Kind::Int4Zero || L.kind == Kind::Int4Min) zm = f16_at(gh + kRows * 2);
+        if (L.kind == Kind::Int6) zm = float(kInt6Zero);
         for (int64_t j = 0; j < L.gb; ++j) {
           const int64_t b = g * L.gb + j;
           const uint8_t* blk = codes + j * L.block_bytes;
@@ -58,7 +64,8 @@ void rowgroup(const Layout& L, const uint8_t* rg, const Act& a, int64_t m0, int6
             case Kind::Int8Row: acc = std::fma(fi, ab.d, acc); break;
             case Kind::Int8Group:
             case Kind::Nf4: acc = std::fma(fi, s * ab.d, acc); break;
-            case Kind::Int4Zero: acc = std::fma(std::fma(-zm, ab.sum, fi), s * ab.d, acc); break;
+            case Kind::Int4Zero:
+            case Kind::Int6: acc = std::fma(std::fma(-zm, ab.sum, fi), s * ab.d, acc); break;
             case Kind::Int4Min: acc = std::fma(zm, ab.dsum, std::fma(fi, s * ab.d, acc)); break;
           }
         }

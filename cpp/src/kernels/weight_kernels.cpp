@@ -66,7 +66,8 @@ const WeightKernels* weight_kernels(WeightType type, Isa isa) {
     }
     case WeightType::Int8:
     case WeightType::Nf4:
-    case WeightType::Int4: return quant::quant_weight_kernels(type, isa);
+    case WeightType::Int4:
+    case WeightType::Int6: return quant::quant_weight_kernels(type, isa);
   }
   return nullptr;
 }

@@ -12,7 +12,7 @@ namespace {
 
 constexpr int kInt4Groups[] = {32, 64, 128};
 constexpr int kNf4Group = 64;
-constexpr int64_t kNibbleChunk = 32;  // 4-bit codes are packed per 32 inputs
+constexpr int64_t kNibbleChunk = 32;  // 4- and 6-bit codes are packed per 32 inputs
 
 bool one_of_int4_groups(int64_t g) {
   return std::find(std::begin(kInt4Groups), std::end(kInt4Groups), g) != std::end(kInt4Groups);
@@ -70,9 +70,15 @@ void parse_type(const json::Value& entry, const ModuleError& fail, QuantModule& 
     if (!has_group) fail("int4 needs 'group_size' (32, 64 or 128)");
     if (!one_of_int4_groups(group))
       fail("int4 group size " + g_str + " is not one of (32, 64, 128)");
+  } else if (name == "int6") {
+    m.type = WeightType::Int6;
+    if (!has_group) fail("int6 needs 'group_size' (32, 64 or 128)");
+    if (!one_of_int4_groups(group))
+      fail("int6 group size " + g_str + " is not one of (32, 64, 128)");
   } else {
     fail("unknown weight type '" + type->string +
-         "': expected one of int8, nf4, int4[-g32|-g64|-g128], f16, bf16, f32");
+         "': expected one of int8, nf4, int4[-g32|-g64|-g128], int6[-g32|-g64|-g128], f16, "
+         "bf16, f32");
   }
   m.group_size = int(group);
 }
@@ -101,7 +107,8 @@ void parse_shape(const json::Value& entry, const ModuleError& fail, QuantModule&
   if (m.group_size && m.in % m.group_size)
     fail("group size " + std::to_string(m.group_size) + " does not divide the input dimension " +
          std::to_string(m.in));
-  if ((m.type == WeightType::Int4 || m.type == WeightType::Nf4) && m.in % kNibbleChunk)
+  if ((m.type == WeightType::Int4 || m.type == WeightType::Nf4 || m.type == WeightType::Int6) &&
+      m.in % kNibbleChunk)
     fail("input dimension " + std::to_string(m.in) + " is not a multiple of 32");
 }
 
@@ -114,7 +121,9 @@ std::vector<QuantTensorSpec> quant_tensor_specs(const QuantModule& m) {
     return {{"qweight", DType::I8, {m.out, m.in}},
             {"scales", DType::F16, {m.out, m.in / m.group_size}}};
   }
-  std::vector<QuantTensorSpec> specs = {{"qweight", DType::U8, {m.out, m.in / 2}},
+  // 4-bit: two codes per byte; 6-bit: 24 bytes per 32 inputs.
+  const int64_t code_bytes = m.type == WeightType::Int6 ? m.in / 4 * 3 : m.in / 2;
+  std::vector<QuantTensorSpec> specs = {{"qweight", DType::U8, {m.out, code_bytes}},
                                         {"scales", DType::F16, {m.out, m.in / m.group_size}}};
   if (m.type == WeightType::Int4)
     specs.push_back({m.mins ? "mins" : "zeros", DType::F16, {m.out, m.in / m.group_size}});
@@ -157,6 +166,8 @@ std::map<std::string, QuantModule> parse_quant_section(const json::Value& sectio
     if (v2 && *version->integer < 2)
       fail(m.mins ? "int4 with 'mins' needs quantization.version 2"
                   : "int8 with a group size needs quantization.version 2");
+    if (m.type == WeightType::Int6 && *version->integer < 3)
+      fail("int6 needs quantization.version 3");
     out.emplace(name, m);
   }
   return out;

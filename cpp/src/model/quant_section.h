@@ -15,9 +15,10 @@
 namespace medrt::model {
 
 // Format versions this reader understands. Version 2 adds int8 with group scales (GGUF Q8_0)
-// and int4 with `mins` instead of `zeros` (GGUF Q4_1); version 1 files read unchanged.
+// and int4 with `mins` instead of `zeros` (GGUF Q4_1); version 3 adds int6; older files read
+// unchanged.
 inline constexpr int64_t kQuantVersionMin = 1;
-inline constexpr int64_t kQuantVersionMax = 2;
+inline constexpr int64_t kQuantVersionMax = 3;
 
 struct QuantModule {
   WeightType type = WeightType::F32;
@@ -40,7 +41,7 @@ std::vector<QuantTensorSpec> quant_tensor_specs(const QuantModule& m);
 // Module name -> description, from the section's JSON. Throws InvalidCheckpoint prefixed with
 // `where` (the config path) for a wrong format name or version, an empty module list, an
 // unknown type, a group size the type does not take or that does not divide the input
-// dimension, a missing or malformed shape, or a version 2 feature in a version 1 file; a
+// dimension, a missing or malformed shape, or a feature newer than the file's version; a
 // module's error names the module.
 std::map<std::string, QuantModule> parse_quant_section(const json::Value& section,
                                                        const std::string& where);

@@ -12,7 +12,7 @@ from medrt_train.quant.types import dequantize, parse_type, quantize_rtn
 from safetensors.numpy import save_file
 
 OUT_FEATURES, IN_FEATURES, ROWS = 20, 256, 5  # 20: not a multiple of the kernels' 16-row group
-TYPES = ("int8", "nf4", "int4-g32", "int4-g64", "int4-g128")
+TYPES = ("int8", "nf4", "int4-g32", "int4-g64", "int4-g128", "int6-g64")
 
 
 def build() -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@ cut against the same weights in f16, read from config.json and the safetensors h
 (no tensor data, no torch), for `medrt models` and `LLM.model_info`.
 
 Types are named as medrt_train.quant.types.WeightType prints them: "f32", "f16", "bf16",
-"int8", "int8-g32", "nf4", "int4-g64", "int4-g32-mins".
+"int8", "int8-g32", "nf4", "int4-g64", "int4-g32-mins", "int6-g64".
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _tensors(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
 def _type_name(entry: dict[str, Any]) -> str:
     name = str(entry.get("type", "?"))
     group = entry.get("group_size")
-    if name in ("int4", "int8") and group is not None and "-g" not in name:
+    if name in ("int4", "int6", "int8") and group is not None and "-g" not in name:
         name = f"{name}-g{group}"
     return name + ("-mins" if entry.get("offset") == "mins" else "")
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medrt_train.quant.calibrated import METHODS
+from medrt_train.quant.format import module_type
 from medrt_train.quant.gptq import GPTQOptions
 from medrt_train.quant.recipes import load_recipe
 from medrt_train.quant.sizes import plan_bytes, size_table
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rtn (round-to-nearest), or calibrated: gptq, awq, awq-gptq (AWQ "
                         "scaling then GPTQ) (default: the recipe's)")
     p.add_argument("--embeddings", help="override the embeddings' type (e.g. f16, int8)")
-    p.add_argument("--lm-head", help="override the LM head's type (e.g. f16, int8, nf4)")
+    p.add_argument("--lm-head",
+                   help="override the LM head's type (e.g. f16, int8, int6, int4-g32, nf4)")
     p.add_argument("--calib-data", type=Path,
                    help="PubMedQA ori_pqal.json (its dev split is used), a .jsonl corpus or "
                         ".txt; never evaluation text")
@@ -69,8 +71,8 @@ def _quantize(args: argparse.Namespace, recipe, method: str) -> int:
     section = quantize_model(args.src, args.out, recipe, method, tokens, info, options,
                              log=lambda m: print(m, file=sys.stderr))
     counts: dict[str, int] = {}
-    for entry in section["modules"].values():
-        key = entry["type"] + (f"-g{entry['group_size']}" if entry["type"] == "int4" else "")
+    for module, entry in section["modules"].items():
+        key = str(module_type(entry, module))  # e.g. int4-g64, int6-g64, int8-g32, nf4, f16
         counts[key] = counts.get(key, 0) + 1
     print(json.dumps({"out": str(args.out), "recipe": recipe.name, "method": method,
                       "modules_by_type": counts}, indent=2))

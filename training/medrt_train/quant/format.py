@@ -24,17 +24,18 @@ from medrt_train.quant.types import (
 
 FORMAT_NAME = "medrt-quant"
 # The newest version; a writer writes the lowest version its types need (format_version), so
-# a file without version 2 types stays readable by version 1 readers.
-FORMAT_VERSION = 2
-FORMAT_VERSIONS = (1, 2)
+# a file without version 2 types stays readable by version 1 readers, and one without int6
+# (version 3) by version 2 readers.
+FORMAT_VERSION = 3
+FORMAT_VERSIONS = (1, 2, 3)
 _FLOAT_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
 def module_type(entry: dict, module: str) -> WeightType:
     """The WeightType of one `modules` entry of the quantization section.
 
-    Stricter than parse_type: a 4-bit type must state its group size (no default), and
-    `offset` ("zeros" or "mins") is read for int4.
+    Stricter than parse_type: a 4-bit or 6-bit type must state its group size (no default),
+    and `offset` ("zeros" or "mins") is read for int4.
     """
     if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
         raise QuantFormatError(f"module {module}: entry needs a string 'type'")
@@ -48,7 +49,7 @@ def module_type(entry: dict, module: str) -> WeightType:
         wt = parse_type(spec, group, mins=offset == "mins")
         if offset is not None and wt.name != "int4":
             raise QuantFormatError("'offset' is only for int4")
-        if wt.name in ("int4", "nf4") and group is None and "-g" not in spec.lower():
+        if wt.name in ("int4", "nf4", "int6") and group is None and "-g" not in spec.lower():
             raise QuantFormatError(f"{wt.name} needs 'group_size'")
         return wt
     except QuantFormatError as exc:
@@ -143,7 +144,8 @@ def validate(model_dir: Path) -> dict[str, WeightType]:
     for module, entry in modules.items():
         wt = module_type(entry, module)
         if wt.format_version > version:
-            what = "int4 with 'mins'" if wt.mins else "int8 with a group size"
+            what = "int6" if wt.name == "int6" else \
+                "int4 with 'mins'" if wt.mins else "int8 with a group size"
             raise QuantFormatError(
                 f"module {module}: {what} needs quantization.version {wt.format_version}")
         types[module] = wt

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medrt_train.quant.types import NF4_TABLE, WeightType, decode, encode, fit_params, int4_params
+from medrt_train.quant.types import WeightType, decode, encode, fit_params, int4_params
 
 # Fractions of the full range tried, full range first (so the result is never worse than RTN).
 _SHRINK = np.linspace(1.0, 0.55, 19)
@@ -77,7 +77,8 @@ def _refit(wt: WeightType, w: np.ndarray, d: np.ndarray, params: tuple[np.ndarra
         new_scale = np.where(ok, scale, old_scale)
         zero = np.where(ok, -offset / np.where(ok, scale, 1.0), old_zero)
         return new_scale.astype(np.float16), zero.astype(np.float16)
-    t = NF4_TABLE[codes] if wt.name == "nf4" else codes.astype(np.float32)
+    # The codes' values in units of the scale: the table (nf4), code - 32 (int6), the code.
+    t = decode(wt, codes, (np.ones(len(w), dtype=np.float32),))
     den = (d * t * t).sum(1)
     scale = np.where(den > 0, (d * t * w).sum(1) / np.where(den > 0, den, 1.0), 0.0)
     old = params[0].astype(np.float32)

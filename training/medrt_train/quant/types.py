@@ -3,7 +3,8 @@
 Everything here is numpy and is the reference the C++ kernels are tested against; the layout
 is specified bit by bit in docs/quantized-format.md. A quantized linear layer `M` with weight
 [out, in] is stored as tensors `M.qweight`, `M.scales` and, for int4, `M.zeros` (or, format
-version 2, `M.mins`: GGUF Q4_1's form).
+version 2, `M.mins`: GGUF Q4_1's form). int6 (format version 3) stores 6-bit codes, 24 bytes per
+32 inputs (pack_int6), and one f16 scale per group.
 """
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ NF4_TABLE = np.array([
 _NF4_MIDPOINTS = (NF4_TABLE[1:] + NF4_TABLE[:-1]) / 2
 
 FLOAT_TYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}  # numpy has no bf16
-QUANT_TYPES = ("int8", "nf4", "int4")
+QUANT_TYPES = ("int8", "nf4", "int4", "int6")
 INT4_GROUP_SIZES = (32, 64, 128)
 # int8 with group scales (format version 2; GGUF Q8_0 is int8-g32) takes the same sizes.
 INT8_GROUP_SIZES = INT4_GROUP_SIZES
+# int6 (format version 3): w = (code - 32) * scale, codes 0..63, the int4 group sizes.
+INT6_GROUP_SIZES = INT4_GROUP_SIZES
+INT6_ZERO = 32
 NF4_GROUP_SIZE = 64
 # 4-bit codes are packed per chunk of 32 consecutive input elements (see pack_nibbles).
 NIBBLE_CHUNK = 32
@@ -39,7 +43,8 @@ class QuantFormatError(ValueError):
 @dataclass(frozen=True)
 class WeightType:
     """One storage type: `int8` (per row, or with group scales), `nf4`, `int4` (with a group
-    size; offsets as `zeros`, or as `mins` when `mins`) or a float dtype."""
+    size; offsets as `zeros`, or as `mins` when `mins`), `int6` (with a group size) or a float
+    dtype."""
 
     name: str
     group_size: int | None = None
@@ -52,10 +57,12 @@ class WeightType:
     @property
     def format_version(self) -> int:
         """The lowest format version that can store this type."""
+        if self.name == "int6":
+            return 3
         return 2 if self.mins or (self.name == "int8" and self.group_size is not None) else 1
 
     def __str__(self) -> str:
-        if self.name in ("int4", "int8") and self.group_size is not None:
+        if self.name in ("int4", "int6", "int8") and self.group_size is not None:
             return f"{self.name}-g{self.group_size}" + ("-mins" if self.mins else "")
         return self.name
 
@@ -69,8 +76,9 @@ class WeightType:
 
 
 def parse_type(spec: str, group_size: int | None = None, mins: bool = False) -> WeightType:
-    """Parse `int8`, `int8-g32`, `nf4`, `int4`, `int4-g64`, `f16`, `bf16` or `f32` (group size
-    optional; int4 defaults to 64). `mins` asks for int4 with mins instead of zeros."""
+    """Parse `int8`, `int8-g32`, `nf4`, `int4`, `int4-g64`, `int6`, `int6-g64`, `f16`, `bf16`
+    or `f32` (group size optional; int4 and int6 default to 64). `mins` asks for int4 with mins
+    instead of zeros."""
     spec = spec.strip().lower()
     if spec.endswith("-mins"):
         spec, mins = spec[: -len("-mins")], True
@@ -89,6 +97,12 @@ def parse_type(spec: str, group_size: int | None = None, mins: bool = False) -> 
             raise QuantFormatError(
                 f"int4 group size {group_size} is not one of {INT4_GROUP_SIZES}")
         return WeightType("int4", group_size, mins)
+    if name == "int6":
+        group_size = 64 if group_size is None else group_size
+        if group_size not in INT6_GROUP_SIZES:
+            raise QuantFormatError(
+                f"int6 group size {group_size} is not one of {INT6_GROUP_SIZES}")
+        return WeightType("int6", group_size)
     if name == "int8" and group_size is not None:
         if group_size not in INT8_GROUP_SIZES:
             raise QuantFormatError(
@@ -104,7 +118,7 @@ def parse_type(spec: str, group_size: int | None = None, mins: bool = False) -> 
         return WeightType(name)
     raise QuantFormatError(
         f"unknown weight type {spec!r}: expected one of int8[-g32|-g64|-g128], nf4, "
-        "int4[-g32|-g64|-g128], f16, bf16, f32")
+        "int4[-g32|-g64|-g128], int6[-g32|-g64|-g128], f16, bf16, f32")
 
 
 def tensor_specs(wt: WeightType, out_features: int, in_features: int
@@ -116,9 +130,12 @@ def tensor_specs(wt: WeightType, out_features: int, in_features: int
                     "scales": ((out_features, in_features // wt.group_size), "F16")}
         return {"qweight": ((out_features, in_features), "I8"),
                 "scales": ((out_features,), "F32")}
-    if wt.name not in ("nf4", "int4"):
+    if wt.name not in ("nf4", "int4", "int6"):
         raise QuantFormatError(f"{wt} is not a quantized type")
     groups = in_features // wt.group_size
+    if wt.name == "int6":
+        return {"qweight": ((out_features, in_features * 3 // 4), "U8"),
+                "scales": ((out_features, groups), "F16")}
     specs = {"qweight": ((out_features, in_features // 2), "U8"),
              "scales": ((out_features, groups), "F16")}
     if wt.name == "int4":
@@ -145,6 +162,9 @@ def fit_params(wt: WeightType, w: np.ndarray) -> tuple[np.ndarray, ...]:
     if wt.name == "nf4":
         absmax = np.abs(w).max(axis=1).astype(np.float16)
         return (np.where(absmax > 0, absmax, np.float16(1.0)),)
+    if wt.name == "int6":
+        scale = (np.abs(w).max(axis=1) / np.float32(31)).astype(np.float16)
+        return (np.where(scale > 0, scale, np.float16(1.0)),)
     if wt.mins:
         return int4_min_params(w.min(axis=1), w.max(axis=1))
     return int4_params(w.min(axis=1), w.max(axis=1))
@@ -177,6 +197,8 @@ def encode(wt: WeightType, w: np.ndarray, params: tuple[np.ndarray, ...]) -> np.
         return np.clip(np.round(w / p[0]), -127, 127).astype(np.int8)
     if wt.name == "nf4":
         return np.searchsorted(_NF4_MIDPOINTS, w / p[0]).astype(np.uint8)
+    if wt.name == "int6":
+        return np.clip(np.round(w / p[0]) + INT6_ZERO, 0, 63).astype(np.uint8)
     if wt.mins:
         return np.clip(np.round((w - p[1]) / p[0]), 0, 15).astype(np.uint8)
     return np.clip(np.round(w / p[0] + p[1]), 0, 15).astype(np.uint8)
@@ -189,6 +211,8 @@ def decode(wt: WeightType, codes: np.ndarray, params: tuple[np.ndarray, ...]) ->
         return codes.astype(np.float32) * p[0]
     if wt.name == "nf4":
         return NF4_TABLE[codes] * p[0]
+    if wt.name == "int6":
+        return (codes.astype(np.float32) - INT6_ZERO) * p[0]
     if wt.mins:
         return codes.astype(np.float32) * p[0] + p[1]
     return (codes.astype(np.float32) - p[1]) * p[0]
@@ -213,6 +237,50 @@ def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
     rows, half = packed.shape
     b = packed.reshape(rows, half // (NIBBLE_CHUNK // 2), 1, NIBBLE_CHUNK // 2)
     return np.concatenate([b & 0x0F, b >> 4], axis=2).reshape(rows, half * 2)
+
+
+# int6: per chunk of 32 inputs, 16 bytes of low nibbles (pack_nibbles) then 8 bytes of high bits.
+INT6_CHUNK_BYTES = 24
+
+
+def pack_int6(codes: np.ndarray) -> np.ndarray:
+    """Pack 6-bit codes [rows, in] (0..63, `in` a multiple of 32) into bytes [rows, in*3/4].
+
+    Per chunk of 32 consecutive inputs c[0..31], 24 bytes: bytes 0..15 are pack_nibbles of the
+    low 4 bits (byte j = c[j] & 15 | (c[j+16] & 15) << 4); byte 16 + 4v + t (v 0..1, t 0..3)
+    holds the high 2 bits (c >> 4) of c[8v+t] in bits 0-1, c[16+8v+t] in bits 2-3, c[8v+4+t]
+    in bits 4-5 and c[16+8v+4+t] in bits 6-7: one nibble per nibble byte, so the high bits
+    of nibble bytes 4u..4u+3 sit in one nibble of bytes 16+4(u//2)..+3.
+    """
+    codes = np.asarray(codes)
+    rows, cols = codes.shape
+    if cols % NIBBLE_CHUNK:
+        raise QuantFormatError(f"int6 packs rows of a multiple of {NIBBLE_CHUNK}, not {cols}")
+    if codes.size and (codes.min() < 0 or codes.max() > 63):
+        raise QuantFormatError("int6 codes must be in 0..63")
+    c = codes.astype(np.uint8)
+    low = pack_nibbles(c & 0x0F).reshape(rows, cols // NIBBLE_CHUNK, 16)
+    # h[r, chunk, half, v, s, t] = c[r, 32 chunk + 16 half + 8v + 4s + t] >> 4
+    h = (c >> 4).reshape(rows, cols // NIBBLE_CHUNK, 2, 2, 2, 4)
+    high = (h[:, :, 0, :, 0] | h[:, :, 1, :, 0] << 2 | h[:, :, 0, :, 1] << 4
+            | h[:, :, 1, :, 1] << 6).reshape(rows, cols // NIBBLE_CHUNK, 8)  # k = 4v + t
+    return np.concatenate([low, high], axis=2).reshape(rows, cols * 3 // 4)
+
+
+def unpack_int6(packed: np.ndarray) -> np.ndarray:
+    """Inverse of pack_int6: bytes [rows, in*3/4] -> codes [rows, in] (uint8, 0..63)."""
+    rows, nbytes = packed.shape
+    if nbytes % INT6_CHUNK_BYTES:
+        raise QuantFormatError(
+            f"int6 rows are whole chunks of {INT6_CHUNK_BYTES} bytes, not {nbytes} bytes")
+    chunks = nbytes // INT6_CHUNK_BYTES
+    b = packed.astype(np.uint8).reshape(rows, chunks, INT6_CHUNK_BYTES)
+    low = unpack_nibbles(b[:, :, :16].reshape(rows, chunks * 16))
+    high = b[:, :, 16:].reshape(rows, chunks, 1, 2, 1, 4)  # [.., v, .., t]
+    # fields[..., half, v, s, t] = bits 2 * (half + 2 s) of high byte 4v + t
+    h = np.concatenate([np.concatenate([high & 3, high >> 4 & 3], axis=4),
+                        np.concatenate([high >> 2 & 3, high >> 6], axis=4)], axis=2)
+    return low | (h.reshape(rows, chunks * NIBBLE_CHUNK) << 4)
 
 
 # ---- whole weights ----
@@ -250,7 +318,8 @@ def assemble(wt: WeightType, codes: np.ndarray, params: list[np.ndarray]
                 "scales": params[0].reshape(-1).astype(np.float32)}
     if wt.name == "int8":
         return {"qweight": codes.astype(np.int8), "scales": params[0].astype(np.float16)}
-    out = {"qweight": pack_nibbles(codes), "scales": params[0].astype(np.float16)}
+    packed = pack_int6(codes) if wt.name == "int6" else pack_nibbles(codes)
+    out = {"qweight": packed, "scales": params[0].astype(np.float16)}
     if wt.name == "int4":
         out["mins" if wt.mins else "zeros"] = params[1].astype(np.float16)
     return out
@@ -262,6 +331,8 @@ def dequantize(wt: WeightType, tensors: dict[str, np.ndarray]) -> np.ndarray:
         codes = tensors["qweight"]
         if wt.group_size is None:
             return decode(wt, codes, (tensors["scales"],))
+    elif wt.name == "int6":
+        codes = unpack_int6(tensors["qweight"])
     else:
         codes = unpack_nibbles(tensors["qweight"])
     rows, cols = codes.shape

@@ -158,6 +158,8 @@ std::unique_ptr<BackendWeight> CudaBackend::prepare_linear(const LinearWeight& w
   WeightView& v = cw->view;
   v.type = w.type, v.out = w.out, v.in = w.in, v.group_size = w.group_size;
   need(w.out > 0 && w.in > 0, w.name, "empty shape");
+  need(w.type != WeightType::Int6, w.name,
+       "int6 weights have no CUDA kernel yet; run this model on the CPU backend");
   const bool four_bit = w.type == WeightType::Nf4 || w.type == WeightType::Int4;
   if (four_bit) {
     need(w.in % 32 == 0, w.name,
@@ -212,6 +214,7 @@ std::unique_ptr<BackendWeight> CudaBackend::prepare_linear(const LinearWeight& w
       v.has_mins = mins;
       break;
     }
+    case WeightType::Int6: break;  // refused above
   }
   if (w.has_bias()) {
     const auto b = host_f32(w.bias, w.out, w.name, "bias");

@@ -190,6 +190,7 @@ void gemm_vec(const WeightView& w, const float* x, int64_t M, float* y, const Ge
     case WeightType::Int8: return launch_typed<WeightType::Int8>(w, x, M, y, s, stream);
     case WeightType::Nf4: return launch_typed<WeightType::Nf4>(w, x, M, y, s, stream);
     case WeightType::Int4: return launch_typed<WeightType::Int4>(w, x, M, y, s, stream);
+    case WeightType::Int6: return;  // CudaBackend::prepare_linear refuses int6
   }
 }
 

@@ -179,6 +179,7 @@ void gemv(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t
     case WeightType::Int8: return gemv_typed<WeightType::Int8>(w, x, M, y, stream);
     case WeightType::Nf4: return gemv_typed<WeightType::Nf4>(w, x, M, y, stream);
     case WeightType::Int4: return gemv_typed<WeightType::Int4>(w, x, M, y, stream);
+    case WeightType::Int6: return;  // CudaBackend::prepare_linear refuses int6
   }
 }
 

@@ -68,6 +68,7 @@ __device__ __forceinline__ float weight_at(const WeightView& w, int64_t r, int64
     case WeightType::Int4:
       return int4_value(w, nibble_at(w, r, i),
                         w.params[r * w.groups_per_row() + i / w.group_size]);
+    case WeightType::Int6: break;  // CudaBackend::prepare_linear refuses int6
   }
   return 0.0f;
 }
