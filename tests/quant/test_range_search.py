@@ -18,8 +18,8 @@ def _error(wt, w, d, params):
 
 
 # 255 levels leave little to gain by clipping: int8 is only required to improve.
-@pytest.mark.parametrize("spec,gain", [("int4-g64", 0.9), ("nf4", 0.9), ("int6", 0.9),
-                                       ("int8", 0.97)])
+@pytest.mark.parametrize("spec,gain", [("int4-g64", 0.9), ("int4-g64-mins", 0.9), ("nf4", 0.9),
+                                       ("int6", 0.9), ("int8", 0.97)])
 def test_search_never_loses_to_round_to_nearest_and_wins_on_average(spec, gain):
     wt = parse_type(spec)
     w, d = _groups()

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from medrt_train.quant.types import WeightType, decode, encode, fit_params, int4_params
+from medrt_train.quant.types import (
+    WeightType,
+    decode,
+    encode,
+    fit_params,
+    int4_min_params,
+    int4_params,
+)
 
 # Fractions of the full range tried, full range first (so the result is never worse than RTN).
 _SHRINK = np.linspace(1.0, 0.55, 19)
@@ -55,14 +62,15 @@ def _shrunk(wt: WeightType, w: np.ndarray, shrink: float) -> tuple[np.ndarray, .
     if wt.name == "int4":
         lo, hi = w.min(axis=1), w.max(axis=1)
         mid, half = (lo + hi) / 2, (hi - lo) / 2 * shrink
-        return int4_params(mid - half, mid + half)
+        return (int4_min_params if wt.mins else int4_params)(mid - half, mid + half)
     (scale,) = fit_params(wt, w)
     return ((scale.astype(np.float32) * shrink).astype(scale.dtype),)
 
 
 def _refit(wt: WeightType, w: np.ndarray, d: np.ndarray, params: tuple[np.ndarray, ...]
            ) -> tuple[np.ndarray, ...]:
-    """Weighted least-squares scale (and offset, for int4) for the codes `params` give."""
+    """Weighted least-squares scale (and offset, for int4: its zero point, or with `mins` its
+    minimum) for the codes `params` give."""
     codes = encode(wt, w, params)
     if wt.name == "int4":
         q = codes.astype(np.float32)
@@ -73,10 +81,12 @@ def _refit(wt: WeightType, w: np.ndarray, d: np.ndarray, params: tuple[np.ndarra
         scale = np.where(ok, (sd * sqw - sq * sw) / np.where(ok, det, 1.0), 0.0)
         ok &= scale > 0
         offset = (sw - scale * sq) / sd  # the value of code 0: w' = scale * q + offset
-        old_scale, old_zero = (p.astype(np.float32) for p in params)
+        old_scale, old_offset = (p.astype(np.float32) for p in params)
         new_scale = np.where(ok, scale, old_scale)
-        zero = np.where(ok, -offset / np.where(ok, scale, 1.0), old_zero)
-        return new_scale.astype(np.float16), zero.astype(np.float16)
+        # mins store that value itself; zeros store the code that maps to 0.
+        new_offset = offset if wt.mins else -offset / np.where(ok, scale, 1.0)
+        return new_scale.astype(np.float16), np.where(ok, new_offset, old_offset).astype(
+            np.float16)
     # The codes' values in units of the scale: the table (nf4), code - 32 (int6), the code.
     t = decode(wt, codes, (np.ones(len(w), dtype=np.float32),))
     den = (d * t * t).sum(1)
