@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers.quant_dirs import edit_quant_section, tiny_tied_llama
 from medrt_train.quant.format import dequantized_state, validate
 from medrt_train.quant.loader import load_dequantized
 from medrt_train.quant.quantize import quantize_model
@@ -72,15 +73,6 @@ def test_rtn_error_within_half_a_step(spec: str) -> None:
     assert err.max() > 0.2 * step.max()  # and it does quantize
 
 
-def _tiny(path: Path) -> Path:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=1, num_attention_heads=4,
-                                      num_key_value_heads=2, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return path
-
-
 def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(TOKENS).logits
@@ -88,13 +80,7 @@ def _logits(model) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
-    return _tiny(tmp_path_factory.mktemp("v2") / "src")
-
-
-def _edit_config(model_dir: Path, edit) -> None:
-    config = json.loads((model_dir / "config.json").read_text())
-    edit(config["quantization"])
-    (model_dir / "config.json").write_text(json.dumps(config))
+    return tiny_tied_llama(tmp_path_factory.mktemp("v2") / "src")
 
 
 def test_grouped_int8_directory_is_version_2(src: Path, tmp_path: Path) -> None:
@@ -109,7 +95,7 @@ def test_grouped_int8_directory_is_version_2(src: Path, tmp_path: Path) -> None:
     ref = _logits(original)
     assert (_logits(load_dequantized(out)) - ref).abs().max() < 0.02 * ref.abs().max()
 
-    _edit_config(out, lambda q: q.update(version=1))
+    edit_quant_section(out, lambda q: q.update(version=1))
     with pytest.raises(QuantFormatError,
                        match="module .*: int8 with a group size needs quantization.version 2"):
         validate(out)
@@ -139,7 +125,7 @@ def _with_mins(int4_dir: Path, tmp_path: Path, version: int = 2, rename: bool = 
     def edit(q: dict) -> None:
         q["version"] = version
         q["modules"][UP]["offset"] = "mins"
-    _edit_config(out, edit)
+    edit_quant_section(out, edit)
     return out
 
 
@@ -183,7 +169,7 @@ def test_entry_refusals_name_the_module(int4_dir: Path, tmp_path: Path, entry: d
                                         message: str) -> None:
     out = tmp_path / "bad"
     shutil.copytree(int4_dir, out)
-    _edit_config(out, lambda q: q["modules"].update({UP: entry}))
+    edit_quant_section(out, lambda q: q["modules"].update({UP: entry}))
     with pytest.raises(QuantFormatError, match=f"module {UP}: .*{message}"):
         validate(out)
 

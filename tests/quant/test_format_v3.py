@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers.quant_dirs import edit_quant_section, tiny_tied_llama
 from medrt_train.quant.format import FORMAT_VERSION, FORMAT_VERSIONS, dequantized_state, validate
 from medrt_train.quant.loader import load_dequantized
 from medrt_train.quant.quantize import quantize_model
@@ -156,24 +157,9 @@ def test_int6_rtn_within_half_a_step(group: int) -> None:
     np.testing.assert_array_equal(codes, np.clip(np.round(w / step) + 32, 0, 63))
 
 
-def _tiny(path: Path) -> Path:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=1, num_attention_heads=4,
-                                      num_key_value_heads=2, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return path
-
-
-def _edit_config(model_dir: Path, edit) -> None:
-    config = json.loads((model_dir / "config.json").read_text())
-    edit(config["quantization"])
-    (model_dir / "config.json").write_text(json.dumps(config))
-
-
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
-    return _tiny(tmp_path_factory.mktemp("v3") / "src")
+    return tiny_tied_llama(tmp_path_factory.mktemp("v3") / "src")
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +206,7 @@ def test_int6_in_an_older_version_is_refused(int6_dir: Path, tmp_path: Path,
                                              version: int) -> None:
     out = tmp_path / "old"
     shutil.copytree(int6_dir, out)
-    _edit_config(out, lambda q: q.update(version=version))
+    edit_quant_section(out, lambda q: q.update(version=version))
     with pytest.raises(QuantFormatError,
                        match=f"module {HEAD}: int6 needs quantization.version 3"):
         validate(out)
@@ -238,7 +224,7 @@ def test_int6_entry_refusals_name_the_module(int6_dir: Path, tmp_path: Path, ent
                                              message: str) -> None:
     out = tmp_path / "bad"
     shutil.copytree(int6_dir, out)
-    _edit_config(out, lambda q: q["modules"].update({HEAD: entry}))
+    edit_quant_section(out, lambda q: q["modules"].update({HEAD: entry}))
     with pytest.raises(QuantFormatError, match=f"module {HEAD}: .*{message}"):
         validate(out)
 
@@ -246,7 +232,7 @@ def test_int6_entry_refusals_name_the_module(int6_dir: Path, tmp_path: Path, ent
 def test_the_spec_form_of_an_int6_entry_is_read(int6_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "spec"
     shutil.copytree(int6_dir, out)
-    _edit_config(out, lambda q: q["modules"].update(
+    edit_quant_section(out, lambda q: q["modules"].update(
         {HEAD: {"type": "int6-g64", "shape": [128, 64]}}))
     assert validate(out)[HEAD] == parse_type("int6-g64")
 
