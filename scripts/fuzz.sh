@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-if [[ ! -x build/asan/cpp/fuzz_json ]]; then
+if [[ ! -f build/asan/build.ninja ]]; then
   cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEDRT_BUILD_PYTHON=OFF \
     -DMEDRT_BUILD_BENCH=OFF -DMEDRT_SANITIZE=ON -DMEDRT_BUILD_FUZZ=ON >/dev/null
-  cmake --build build/asan -j "$(nproc)" --target fuzz_json fuzz_config fuzz_safetensors
 fi
+# Up to date after scripts/sanitize.sh (CI); builds what a local tree lacks.
+cmake --build build/asan -j "$(nproc)" --target fuzz_json fuzz_config fuzz_safetensors \
+  fuzz_quant_section
 mkdir -p build/fuzz-corpus
-for h in json config safetensors; do
+for h in json config safetensors quant_section; do
   echo "== fuzz_$h (${seconds}s)"
   (cd build/fuzz-corpus && "../asan/cpp/fuzz_$h" -max_total_time="$seconds" \
     "../../cpp/fuzz/corpus/$h")
