@@ -3,6 +3,7 @@ tiny tied Llama they quantize, and an in-place edit of a directory's quantizatio
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,3 +26,10 @@ def edit_quant_section(model_dir: Path, edit: Callable[[dict], None]) -> None:
     config = json.loads((model_dir / "config.json").read_text())
     edit(config["quantization"])
     (model_dir / "config.json").write_text(json.dumps(config))
+
+
+def edited_copy(model_dir: Path, out: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of model_dir at `out` whose quantization section `edit` has changed."""
+    shutil.copytree(model_dir, out)
+    edit_quant_section(out, edit)
+    return out

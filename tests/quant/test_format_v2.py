@@ -11,7 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from helpers.quant_dirs import edit_quant_section, tiny_tied_llama
+from helpers.quant_dirs import edit_quant_section, edited_copy, tiny_tied_llama
 from medrt_train.quant.format import dequantized_state, validate
 from medrt_train.quant.loader import load_dequantized
 from medrt_train.quant.quantize import quantize_model
@@ -167,9 +167,7 @@ def test_mins_refusals(int4_dir: Path, tmp_path: Path, case: str, message: str) 
 ])
 def test_entry_refusals_name_the_module(int4_dir: Path, tmp_path: Path, entry: dict,
                                         message: str) -> None:
-    out = tmp_path / "bad"
-    shutil.copytree(int4_dir, out)
-    edit_quant_section(out, lambda q: q["modules"].update({UP: entry}))
+    out = edited_copy(int4_dir, tmp_path / "bad", lambda q: q["modules"].update({UP: entry}))
     with pytest.raises(QuantFormatError, match=f"module {UP}: .*{message}"):
         validate(out)
 

@@ -11,7 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from helpers.quant_dirs import edit_quant_section, tiny_tied_llama
+from helpers.quant_dirs import edited_copy, tiny_tied_llama
 from medrt_train.quant.format import FORMAT_VERSION, FORMAT_VERSIONS, dequantized_state, validate
 from medrt_train.quant.loader import load_dequantized
 from medrt_train.quant.quantize import quantize_model
@@ -204,9 +204,7 @@ def test_a_directory_without_int6_keeps_its_lower_version(src: Path, tmp_path: P
 @pytest.mark.parametrize("version", [1, 2])
 def test_int6_in_an_older_version_is_refused(int6_dir: Path, tmp_path: Path,
                                              version: int) -> None:
-    out = tmp_path / "old"
-    shutil.copytree(int6_dir, out)
-    edit_quant_section(out, lambda q: q.update(version=version))
+    out = edited_copy(int6_dir, tmp_path / "old", lambda q: q.update(version=version))
     with pytest.raises(QuantFormatError,
                        match=f"module {HEAD}: int6 needs quantization.version 3"):
         validate(out)
@@ -222,17 +220,13 @@ def test_int6_in_an_older_version_is_refused(int6_dir: Path, tmp_path: Path,
 ], ids=["no group_size", "group 48", "mins", "group 128"])
 def test_int6_entry_refusals_name_the_module(int6_dir: Path, tmp_path: Path, entry: dict,
                                              message: str) -> None:
-    out = tmp_path / "bad"
-    shutil.copytree(int6_dir, out)
-    edit_quant_section(out, lambda q: q["modules"].update({HEAD: entry}))
+    out = edited_copy(int6_dir, tmp_path / "bad", lambda q: q["modules"].update({HEAD: entry}))
     with pytest.raises(QuantFormatError, match=f"module {HEAD}: .*{message}"):
         validate(out)
 
 
 def test_the_spec_form_of_an_int6_entry_is_read(int6_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "spec"
-    shutil.copytree(int6_dir, out)
-    edit_quant_section(out, lambda q: q["modules"].update(
+    out = edited_copy(int6_dir, tmp_path / "spec", lambda q: q["modules"].update(
         {HEAD: {"type": "int6-g64", "shape": [128, 64]}}))
     assert validate(out)[HEAD] == parse_type("int6-g64")
 
