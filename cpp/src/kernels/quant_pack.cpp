@@ -34,6 +34,9 @@ const Layout& layout_of(const PackedLinear& p) {
 
 namespace {
 
+// File bytes per row and 32-input chunk of 4-bit and of 6-bit codes (docs/quantized-format.md).
+constexpr int64_t kChunk4 = 16, kChunk6 = 24;
+
 [[noreturn]] void refuse(const LinearWeight& w, const std::string& what) {
   throw InvalidCheckpoint("'" + w.name + "' (" + weight_type_name(w.type) + "): " + what);
 }
@@ -116,7 +119,7 @@ void pack_rows(const LinearWeight& w, const Layout& L, PackedLinear& p) {
     }
     const auto* src = static_cast<const uint8_t*>(w.weight.data);
     if (four_bit || six_bit) {
-      const int64_t chunk = six_bit ? 24 : 16;  // file bytes per 32 inputs
+      const int64_t chunk = six_bit ? kChunk6 : kChunk4;
       const uint8_t* row = src + r * (w.in / kBlock) * chunk;
       for (int64_t b = 0; b < L.nb; ++b) {
         uint8_t* blk = block_at(rg, L, b);
@@ -154,24 +157,23 @@ void pack_int8(const LinearWeight& w, PackedLinear& p) {
   pack_rows(w, make_layout(kind, w.in, w.group_size), p);
 }
 
-// 4- and 6-bit codes come in 32-input chunks of 16 or 24 bytes per row.
+// 4- and 6-bit codes come in 32-input chunks of 16 or 24 bytes per row (kChunk4, kChunk6).
 void check_chunked(const LinearWeight& w, int64_t chunk_bytes) {
   if (w.in % kBlock != 0)
     refuse(w, "in = " + std::to_string(w.in) + " is not a multiple of 32 (" +
-                  (chunk_bytes == 24 ? "6" : "4") + "-bit chunks)");
+                  (chunk_bytes == kChunk6 ? "6" : "4") + "-bit chunks)");
   check_groups(w);
   expect(w, w.weight, "qweight", DType::U8, {w.out, w.in / kBlock * chunk_bytes});
   expect(w, w.scales, "scales", DType::F16, {w.out, w.in / w.group_size});
 }
-void check_four_bit(const LinearWeight& w) { check_chunked(w, 16); }
 
 void pack_nf4(const LinearWeight& w, PackedLinear& p) {
-  check_four_bit(w);
+  check_chunked(w, kChunk4);
   pack_rows(w, make_layout(Kind::Nf4, w.in, w.group_size), p);
 }
 
 void pack_int4(const LinearWeight& w, PackedLinear& p) {
-  check_four_bit(w);
+  check_chunked(w, kChunk4);
   const bool zeros = w.zeros.data != nullptr, mins = w.mins.data != nullptr;
   if (zeros == mins) refuse(w, "needs exactly one of zeros and mins");
   const std::vector<int64_t> gshape{w.out, w.in / w.group_size};
@@ -180,7 +182,7 @@ void pack_int4(const LinearWeight& w, PackedLinear& p) {
 }
 
 void pack_int6(const LinearWeight& w, PackedLinear& p) {
-  check_chunked(w, 24);
+  check_chunked(w, kChunk6);
   pack_rows(w, make_layout(Kind::Int6, w.in, w.group_size), p);
 }
 
