@@ -1,9 +1,8 @@
 """medrt.LLM on a CUDA device against the CPU engine and transformers (marker `gpu`).
 
-Skipped without a usable CUDA device (medrt._core.cuda_status()), and while this build's engine
-takes no device (the CUDA model runner, docs/cuda.md "Graphs"): the kernels, the decoder on
-the CUDA backend and graph replay are covered below the engine by cpp/tests/test_cuda_*.cpp,
-which scripts/gpu_check.sh runs.
+Skipped without a usable CUDA device (medrt._core.cuda_status()). Below the engine, the kernels,
+the decoder on the CUDA backend and op-level graph replay are covered by
+cpp/tests/test_cuda_*.cpp; scripts/gpu_check.sh runs both.
 """
 
 from __future__ import annotations
@@ -60,14 +59,40 @@ def test_logits_match_transformers_in_bf16(tiny_model_dir: Callable[..., Path]) 
         assert abs(float(ref_lp[tok]) - lp.logprob) < 5e-2  # bf16 operands in the prefill GEMM
 
 
+def _tokens_and_stats(model: Path, prompts: list[list[int]], **kw: object
+                      ) -> tuple[list[list[int]], dict]:
+    with medrt.LLM(str(model), max_model_len=256, **kw) as llm:  # type: ignore[arg-type]
+        outs = llm.generate(prompts, _greedy(24))
+        return [o.outputs[0].token_ids for o in outs], llm.stats()
+
+
 def test_graph_replay_gives_the_eager_tokens(tiny_model_dir: Callable[..., Path]) -> None:
     model = tiny_model_dir("llama", "bfloat16")
-    assert _tokens(model, device="cuda") == _tokens(model, device="cuda", enforce_eager=True)
+    graphs, g_stats = _tokens_and_stats(model, PROMPTS, device="cuda")
+    eager, e_stats = _tokens_and_stats(model, PROMPTS, device="cuda", enforce_eager=True)
+    assert graphs == eager
+    # The decode steps (three sequences, then fewer) replayed graphs; eager replayed none.
+    assert g_stats["graph_replays"] >= 20 and e_stats["graph_replays"] == 0
 
 
 def test_layer_mapping_gives_the_all_gpu_tokens(tiny_model_dir: Callable[..., Path]) -> None:
     model = tiny_model_dir("llama_untied", "float32")
-    assert _tokens(model, device="cuda", device_map="auto") == _tokens(model, device="cuda")
+    # Prompts of at most 8 tokens: every GPU linear takes the f32 GEMV (no bf16 operands), so
+    # CPU and GPU layers differ only in summation order.
+    short = [p[:8] for p in PROMPTS]
+    all_gpu, a_stats = _tokens_and_stats(model, short, device="cuda")
+    mapped, m_stats = _tokens_and_stats(model, short, device="cuda", device_map="auto")
+    on_cpu, c_stats = _tokens_and_stats(model, short, device="cuda", device_map="auto:0")
+    layers = a_stats["device_layers"]
+    assert layers > 0 and m_stats["device_layers"] == layers  # everything fits the device
+    assert c_stats["device_layers"] == 0  # no budget: every decoder layer on the CPU
+    assert mapped == all_gpu and on_cpu == all_gpu
+
+
+def test_a_bad_device_or_map_is_refused(tiny_model_dir: Callable[..., Path]) -> None:
+    model = tiny_model_dir("llama", "float32")
+    with pytest.raises(medrt.errors.InvalidRequest, match="device_map"):
+        medrt.LLM(str(model), device="cuda", device_map="everywhere")
 
 
 def test_abort_frees_blocks_and_a_thousand_requests_leak_nothing(

@@ -57,6 +57,8 @@ py::dict stats_dict(const EngineStats& s) {
   d["steps"] = s.steps;
   d["prompt_tokens"] = s.prompt_tokens;
   d["generation_tokens"] = s.generation_tokens;
+  d["graph_replays"] = s.graph_replays;
+  d["device_layers"] = s.device_layers;
   return d;
 }
 
@@ -67,7 +69,8 @@ void bind_config(py::module_& m) {
               kw,
               {"model_dir", "block_size", "kv_cache_bytes", "num_blocks", "max_num_seqs",
                "max_num_batched_tokens", "max_model_len", "enable_prefix_caching", "num_threads",
-               "seed", "activation_precision", "kv_cache_dtype"},
+               "seed", "activation_precision", "kv_cache_dtype", "device", "enforce_eager",
+               "device_map"},
               "EngineConfig");
         }))
       .def_readwrite("model_dir", &EngineConfig::model_dir)
@@ -80,6 +83,9 @@ void bind_config(py::module_& m) {
       .def_readwrite("enable_prefix_caching", &EngineConfig::enable_prefix_caching)
       .def_readwrite("num_threads", &EngineConfig::num_threads)
       .def_readwrite("seed", &EngineConfig::seed)
+      .def_readwrite("device", &EngineConfig::device)
+      .def_readwrite("enforce_eager", &EngineConfig::enforce_eager)
+      .def_readwrite("device_map", &EngineConfig::device_map)
       .def_property(
           "activation_precision",
           [](const EngineConfig& c) {

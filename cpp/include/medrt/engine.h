@@ -33,6 +33,14 @@ struct EngineConfig {
   // Element type of the KV cache (F32 or F16): F16 halves the bytes each decode step reads from
   // the cache and doubles the tokens kv_cache_bytes holds, at one f16 rounding of each K and V.
   DType kv_cache_dtype = DType::F32;
+  // Where the model runs (docs/cuda.md): "cpu", or "cuda" / "cuda:N" (the CUDA backend on device
+  // N; InvalidRequest saying why when it cannot run here). On CUDA, decode-only steps replay
+  // CUDA graphs captured per batch-size bucket unless enforce_eager; device_map "auto" places
+  // the decoder layers that do not fit in device memory on the CPU ("" keeps them all on the
+  // device).
+  std::string device = "cpu";
+  bool enforce_eager = false;
+  std::string device_map;
 };
 
 // Error: a step failed (out of memory, a kernel error) and ended every request it held.
@@ -105,6 +113,8 @@ struct EngineStats {
   int64_t steps = 0;
   int64_t prompt_tokens = 0;            // prefill tokens computed (recomputes included)
   int64_t generation_tokens = 0;
+  int64_t graph_replays = 0;            // decode steps replayed from a CUDA graph
+  int64_t device_layers = 0;            // decoder layers on the CUDA device (device_map)
 };
 
 class Engine {

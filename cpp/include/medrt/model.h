@@ -66,10 +66,10 @@ class Model {
   const std::vector<Backend*>& layer_backends() const;  // one per layer
   std::vector<WeightSummary> weight_summary() const;
 
-  // Sizes the activation buffers for up to `max_tokens` rows and `max_logit_rows` logit rows
-  // now, so that forward() never reallocates (persistent addresses, as graph capture needs).
-  // forward() grows them when a batch is larger.
-  void reserve(int64_t max_tokens, int64_t max_logit_rows);
+  // Sizes the activation and index buffers for up to `max_tokens` rows, `max_logit_rows` logit
+  // rows and `max_table_entries` block-table entries now, so that forward() never reallocates
+  // (persistent addresses, as graph capture needs). forward() grows them when a batch is larger.
+  void reserve(int64_t max_tokens, int64_t max_logit_rows, int64_t max_table_entries = 0);
 
   // Adapter mode: after each base projection, rows whose batch.token_lora names an adapter of
   // `loras` get its delta (model/lora_set.h). `loras` must outlive the model; nullptr: none.
@@ -78,6 +78,21 @@ class Model {
   // Runs the decoder over the batch: writes K/V of every token into `kv`, and writes logits
   // [batch.logit_rows.size(), vocab] to `logits` (host memory).
   void forward(const ForwardBatch& batch, KVCache& kv, float* logits);
+
+  // forward() in its three parts, for CUDA graphs (docs/cuda.md, "Graphs"):
+  // - stage(): checks the batch and copies its index arrays into the model's persistent buffers
+  //   on every backend (host-to-device copies: never inside a capture);
+  // - enqueue(): queues every op of the pass over the staged batch on those buffers, the part a
+  //   graph captures (no host copy, no sync, no allocation once reserve() covered the batch,
+  //   and only the staged sizes, never their values, decide which kernels run). A host `io`
+  //   backend writes the logits straight into `host_logits`; a device one into its own buffer;
+  // - read_logits(): copies the first `rows` logit rows of a device `io` to the host (waits).
+  void stage(const ForwardBatch& batch, KVCache& kv);
+  void enqueue(KVCache& kv, float* host_logits);
+  void read_logits(float* logits, int64_t rows);
+  // How many times a persistent buffer has been reallocated (a batch larger than reserve()'s):
+  // graphs captured before the count changed hold stale addresses and must be captured again.
+  int64_t buffer_moves() const;
 
   ~Model();
 

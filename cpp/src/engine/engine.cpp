@@ -170,6 +170,7 @@ struct Engine::Impl {
     sampler = std::make_unique<engine::Sampler>(vocab, m.eos_token_ids, pool.size());
     stats.num_blocks = stats.free_blocks = num_blocks;
     stats.block_size = c.block_size;
+    stats.device_layers = runner->device_layers();
   }
 
   void validate(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
@@ -353,6 +354,7 @@ struct Engine::Impl {
     stats.prefix_cache_queries = blocks->prefix_queries();
     stats.prefix_cache_hits = blocks->prefix_hits();
     stats.steps += 1;
+    stats.graph_replays = runner->graph_replays();
     stats.prompt_tokens += prefill;
     stats.generation_tokens += sampled;
   }

@@ -19,11 +19,16 @@ int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
   return n;
 }
 
+EnginePlacement place(const EngineConfig& c, ThreadPool& pool) {
+  const std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(c.model_dir);
+  return place_model(c, pool, *ckpt, resolve_num_blocks(c, ckpt->config()));
+}
+
 }  // namespace
 
 ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
-    : cfg_(config), cpu_(make_cpu_backend(pool, cfg_.activation_precision)),
-      model_(Model::load(cfg_.model_dir, ModelPlacement{cpu_.get(), {}})),
+    : cfg_(config), placement_(place(cfg_, pool)),
+      model_(Model::load(cfg_.model_dir, placement_.placement)),
       loras_(model_->config(), pool) {
   model_->set_loras(&loras_);
   const ModelConfig& m = model_->config();
@@ -34,17 +39,63 @@ ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
   // Persistent step arrays and activations, sized for the largest step the scheduler makes.
   const int64_t max_tokens = cfg_.max_num_batched_tokens, max_seqs = cfg_.max_num_seqs;
   const int64_t max_len = cfg_.max_model_len > 0 ? cfg_.max_model_len : m.max_position_embeddings;
-  const int64_t max_blocks = std::min<int64_t>((max_len + cfg_.block_size - 1) / cfg_.block_size,
-                                               num_blocks);
+  max_blocks_ = std::min<int64_t>((max_len + cfg_.block_size - 1) / cfg_.block_size, num_blocks);
   batch_.tokens.reserve(size_t(max_tokens));
   batch_.positions.reserve(size_t(max_tokens));
   batch_.token_seq.reserve(size_t(max_tokens));
   batch_.slot_mapping.reserve(size_t(max_tokens));
   batch_.token_lora.reserve(size_t(max_tokens));
   batch_.logit_rows.reserve(size_t(max_tokens));  // prompt logprobs may want every row
-  batch_.block_tables.reserve(size_t(max_seqs * max_blocks));
+  batch_.block_tables.reserve(size_t(max_seqs * max_blocks_));
   logits_.reserve(size_t(max_seqs) * size_t(m.vocab_size));
-  model_->reserve(max_tokens, max_seqs);
+  model_->reserve(max_tokens, max_seqs, max_seqs * max_blocks_);
+
+  // Graphs replay only steps whose every op is on the device (a CPU layer's copies sync).
+  bool all_device = placement_.device != nullptr;
+  for (Backend* b : model_->layer_backends()) all_device = all_device && !b->is_host();
+  if (all_device) {
+    graphs_ = std::make_unique<DecodeGraphs>(model_->io_backend(), cfg_.max_num_seqs,
+                                             cfg_.enforce_eager);
+    hooks_.stage = [this](int rows) { stage_padded(rows); };
+    hooks_.enqueue = [this](int) { model_->enqueue(*kv_, nullptr); };
+    warm_up_graphs();
+  }
+}
+
+void ModelRunner::warm_up_graphs() {
+  if (!graphs_->enabled()) return;
+  graph_batch_real_ = false;
+  // One eager pass per bucket first: kernels load lazily on their first launch, which a
+  // capture cannot do, and it sizes every buffer before any address is captured.
+  for (int rows : graphs_->buckets().warmup_sizes()) {
+    stage_padded(rows);
+    model_->enqueue(*kv_, nullptr);
+  }
+  model_->io_backend().synchronize();
+  graphs_->warm_up(hooks_);
+  graph_moves_ = model_->buffer_moves();
+}
+
+void ModelRunner::stage_padded(int rows) {
+  ForwardBatch& g = graph_batch_;
+  g.clear();
+  const int64_t real = graph_batch_real_ ? batch_.n_seqs : 0;
+  g.n_seqs = rows;
+  g.max_blocks = max_blocks_;
+  g.block_tables.assign(size_t(rows * max_blocks_), 0);
+  for (int64_t i = 0; i < rows; ++i) {
+    const bool pad = i >= real;
+    g.tokens.push_back(pad ? 0 : batch_.tokens[size_t(i)]);
+    g.positions.push_back(pad ? 0 : batch_.positions[size_t(i)]);
+    g.token_seq.push_back(int32_t(i));
+    g.slot_mapping.push_back(pad ? -1 : batch_.slot_mapping[size_t(i)]);
+    g.logit_rows.push_back(int32_t(i));
+    if (pad) continue;
+    std::fill_n(g.block_tables.begin() + ptrdiff_t(i * max_blocks_), max_blocks_, -1);
+    std::copy_n(batch_.block_tables.begin() + ptrdiff_t(i * batch_.max_blocks), batch_.max_blocks,
+                g.block_tables.begin() + ptrdiff_t(i * max_blocks_));
+  }
+  model_->stage(g, *kv_);
 }
 
 void ModelRunner::build_batch(const std::vector<ScheduledSeq>& sched) {
@@ -75,8 +126,26 @@ void ModelRunner::build_batch(const std::vector<ScheduledSeq>& sched) {
 
 float* ModelRunner::execute(const std::vector<ScheduledSeq>& sched) {
   build_batch(sched);
-  const size_t need = batch_.logit_rows.size() * size_t(model_->config().vocab_size);
+  const int64_t R = int64_t(batch_.logit_rows.size());
+  const size_t need = size_t(R) * size_t(model_->config().vocab_size);
   if (logits_.size() < need) logits_.resize(need);
+  // A decode-only step (one token and one logit row per sequence, in order) may replay a graph
+  // of the smallest captured bucket that holds it; everything else runs eagerly.
+  const bool decode_only = int64_t(batch_.tokens.size()) == batch_.n_seqs && R == batch_.n_seqs &&
+                           batch_.max_blocks <= max_blocks_ && batch_.token_lora.empty();
+  if (graphs_ && graphs_->enabled() && decode_only && R > 0) {
+    if (model_->buffer_moves() != graph_moves_) {  // a larger step moved a captured buffer
+      graphs_ = std::make_unique<DecodeGraphs>(model_->io_backend(), cfg_.max_num_seqs, false);
+      warm_up_graphs();
+    }
+    graph_batch_real_ = true;
+    const int bucket = graphs_->run(int(R), hooks_);
+    graph_batch_real_ = false;
+    if (bucket > 0) {
+      model_->read_logits(logits_.data(), R);
+      return logits_.data();
+    }
+  }
   model_->forward(batch_, *kv_, logits_.data());
   return logits_.data();
 }

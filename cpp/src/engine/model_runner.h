@@ -8,6 +8,8 @@
 #include <memory>
 #include <vector>
 
+#include "engine/cuda_graphs.h"
+#include "engine/placement.h"
 #include "engine/scheduler.h"
 #include "medrt/backend.h"
 #include "medrt/engine.h"
@@ -19,8 +21,10 @@ namespace medrt::engine {
 
 class ModelRunner {
  public:
-  // Loads config.model_dir on the CPU backend over `pool`; throws InvalidCheckpoint, or
-  // CapacityError when the KV budget holds no block.
+  // Loads config.model_dir where config.device says (placement.h: the CPU backend over `pool`,
+  // or the CUDA backend, with device_map); throws InvalidCheckpoint, InvalidRequest (a device
+  // that cannot run here), or CapacityError when the KV budget holds no block. On CUDA it then
+  // captures the decode graphs of the warm-up buckets (unless enforce_eager).
   ModelRunner(const EngineConfig& config, ThreadPool& pool);
 
   const ModelConfig& model_config() const { return model_->config(); }
@@ -36,16 +40,31 @@ class ModelRunner {
   // Adapter mode: the LoRA adapters the model applies (change only between steps).
   model::LoraSet& loras() { return loras_; }
 
+  // CUDA graphs: decode steps replayed, and the captured bucket sizes (empty when eager).
+  int64_t graph_replays() const { return graphs_ ? graphs_->replays() : 0; }
+  int64_t device_layers() const { return placement_.device_layers; }
+
  private:
   void build_batch(const std::vector<ScheduledSeq>& sched);
+  // Decode graphs: copies batch_'s rows (none at warm-up) into graph_batch_ padded to `rows`
+  // rows and stages it (pad rows: token 0 at position 0 of block 0, slot -1 so nothing is
+  // written; their logits are never read).
+  void stage_padded(int rows);
+  void warm_up_graphs();
 
   EngineConfig cfg_;
-  std::unique_ptr<Backend> cpu_;
+  EnginePlacement placement_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<KVCache> kv_;
   model::LoraSet loras_;
   ForwardBatch batch_;
   std::vector<float> logits_;  // [rows of this step, vocab]; grows, never shrinks
+  int64_t max_blocks_ = 0;     // block-table width of a graph step (the longest sequence)
+  std::unique_ptr<DecodeGraphs> graphs_;
+  DecodeGraphs::Hooks hooks_;
+  ForwardBatch graph_batch_;
+  bool graph_batch_real_ = false;  // whether stage_padded copies batch_'s rows (not warm-up)
+  int64_t graph_moves_ = 0;        // model_->buffer_moves() when the graphs were captured
 };
 
 }  // namespace medrt::engine

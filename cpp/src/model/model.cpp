@@ -33,11 +33,15 @@ struct PreparedLayer {
   std::unique_ptr<BackendWeight> q, k, v, o, gate, up, down;
 };
 
-// A backend buffer that grows (never shrinks) to the size a batch needs.
+// A backend buffer that grows (never shrinks) to the size a batch needs; counts reallocations
+// in *moves (a captured graph holds the old address).
 template <typename T>
-T* grow(Backend& b, DeviceBuffer& buf, int64_t n) {
+T* grow(Backend& b, DeviceBuffer& buf, int64_t n, int64_t* moves = nullptr) {
   const size_t bytes = size_t(std::max<int64_t>(n, 1)) * sizeof(T);
-  if (buf.bytes() < bytes) buf = DeviceBuffer(b, bytes);
+  if (buf.bytes() < bytes) {
+    buf = DeviceBuffer(b, bytes);
+    if (moves) ++*moves;
+  }
   return buf.get<T>();
 }
 
@@ -68,8 +72,10 @@ struct Workspace {
 struct Model::Impl {
   Impl(const Checkpoint& ckpt, const ModelPlacement& placement, std::unique_ptr<Backend> owned);
 
-  void forward(const ForwardBatch& b, KVCache& kv, float* logits);
-  void reserve(int64_t T, int64_t R);
+  void stage(const ForwardBatch& b, KVCache& kv);
+  void enqueue(KVCache& kv, float* host_logits);
+  void read_logits(float* logits, int64_t rows);
+  void reserve(int64_t T, int64_t R, int64_t table_entries);
 
   Workspace& ws(Backend* b) { return *workspaces.at(b); }
   // Copies n floats of activations between workspaces of different backends.
@@ -103,6 +109,10 @@ struct Model::Impl {
   // Adapter mode: the loaded adapters, and this forward's adapted rows of T and of R.
   model::LoraSet* loras = nullptr;
   model::LoraRows lora_all, lora_out;
+
+  // The staged batch's sizes (what enqueue() runs over), and how often a buffer has moved.
+  int64_t staged_T = 0, staged_R = 0, staged_max_blocks = 0;
+  int64_t buffer_moves = 0;
 };
 
 Model::Impl::Impl(const Checkpoint& ckpt, const ModelPlacement& placement,
@@ -164,26 +174,32 @@ Model::Impl::Impl(const Checkpoint& ckpt, const ModelPlacement& placement,
   for (Backend* b : layer_backends) add_workspace(b);
 }
 
-void Model::Impl::reserve(int64_t T, int64_t R) {
+void Model::Impl::reserve(int64_t T, int64_t R, int64_t table_entries) {
   const int64_t D = cfg.hidden_size, F = cfg.intermediate_size, hd = cfg.head_dim;
   const int64_t H = cfg.num_heads, KVH = cfg.num_kv_heads;
   const int64_t rows = std::max(T, R);
   for (auto& [backend, wp] : workspaces) {
     Workspace& w = *wp;
     Backend& b = *backend;
-    grow<float>(b, w.x, T * D);
-    grow<float>(b, w.h, rows * D);
-    grow<float>(b, w.q, T * H * hd);
-    grow<float>(b, w.k, T * KVH * hd);
-    grow<float>(b, w.v, T * KVH * hd);
-    grow<float>(b, w.attn, rows * H * hd);
-    grow<float>(b, w.o, rows * D);
-    grow<float>(b, w.gate, rows * F);
-    grow<float>(b, w.up, rows * F);
-    grow<float>(b, w.act, rows * F);
-    grow<float>(b, w.x_out, R * D);
-    grow<float>(b, w.q_out, R * H * hd);
-    if (!b.is_host() && &b == io) grow<float>(b, w.logits, R * cfg.vocab_size);
+    grow<float>(b, w.x, T * D, &buffer_moves);
+    grow<float>(b, w.h, rows * D, &buffer_moves);
+    grow<float>(b, w.q, T * H * hd, &buffer_moves);
+    grow<float>(b, w.k, T * KVH * hd, &buffer_moves);
+    grow<float>(b, w.v, T * KVH * hd, &buffer_moves);
+    grow<float>(b, w.attn, rows * H * hd, &buffer_moves);
+    grow<float>(b, w.o, rows * D, &buffer_moves);
+    grow<float>(b, w.gate, rows * F, &buffer_moves);
+    grow<float>(b, w.up, rows * F, &buffer_moves);
+    grow<float>(b, w.act, rows * F, &buffer_moves);
+    grow<float>(b, w.x_out, R * D, &buffer_moves);
+    grow<float>(b, w.q_out, R * H * hd, &buffer_moves);
+    if (!b.is_host() && &b == io) grow<float>(b, w.logits, R * cfg.vocab_size, &buffer_moves);
+    if (b.is_host()) continue;  // a host backend reads the ForwardBatch's own arrays
+    for (DeviceBuffer* idx : {&w.idx_tokens, &w.idx_positions, &w.idx_seq, &w.idx_slots})
+      grow<int32_t>(b, *idx, T, &buffer_moves);
+    for (DeviceBuffer* idx : {&w.idx_rows, &w.idx_seq_out, &w.idx_pos_out})
+      grow<int32_t>(b, *idx, R, &buffer_moves);
+    grow<int32_t>(b, w.idx_tables, table_entries, &buffer_moves);
   }
   seq_out.reserve(size_t(R));
   pos_out.reserve(size_t(R));
@@ -236,13 +252,12 @@ void Model::Impl::attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu
   b.add(xs, o, n * D);
 }
 
-void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
+void Model::Impl::stage(const ForwardBatch& b, KVCache& kv) {
   model::check_batch(b, kv, cfg, check_scratch);
   const int64_t T = int64_t(b.tokens.size()), R = int64_t(b.logit_rows.size());
+  staged_T = T, staged_R = R, staged_max_blocks = b.max_blocks;
   if (T == 0) return;
-  const int64_t D = cfg.hidden_size, hd = cfg.head_dim;
-  const int64_t H = cfg.num_heads, KVH = cfg.num_kv_heads;
-  reserve(T, R);
+  reserve(T, R, int64_t(b.block_tables.size()));
   seq_out.resize(size_t(R));
   pos_out.resize(size_t(R));
   for (int64_t r = 0; r < R; ++r) {
@@ -270,6 +285,22 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     w.seq_out = w.stage(w.idx_seq_out, seq_out);
     w.pos_out = w.stage(w.idx_pos_out, pos_out);
   }
+}
+
+void Model::Impl::read_logits(float* logits, int64_t rows) {
+  if (io->is_host() || rows <= 0) return;
+  if (rows > staged_R)
+    throw InvalidRequest("read_logits: " + std::to_string(rows) + " rows asked, the step has " +
+                         std::to_string(staged_R));
+  io->to_host(logits, ws(io).logits.get<float>(), size_t(rows * cfg.vocab_size) * sizeof(float));
+}
+
+void Model::Impl::enqueue(KVCache& kv, float* host_logits) {
+  const int64_t T = staged_T, R = staged_R;
+  if (T == 0) return;
+  const int64_t D = cfg.hidden_size, hd = cfg.head_dim;
+  const int64_t H = cfg.num_heads, KVH = cfg.num_kv_heads;
+  const int64_t max_blocks = staged_max_blocks;
 
   Workspace* cur = &ws(io);
   io->embedding(*embed, cur->tokens, T, cur->x.get<float>());
@@ -299,7 +330,7 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     be.kv_write(k, v, T, w.slot_mapping, cache);
     if (li + 1 < n_layers) {
       const cpu::AttentionBatch all_rows{T, w.token_seq, w.positions, w.block_tables,
-                                         b.max_blocks};
+                                         max_blocks};
       attend_and_mlp(l, w, cache, q, x, T, all_rows, li, lora_all);
       continue;
     }
@@ -308,7 +339,7 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
     if (R == 0) return;
     be.gather_rows(x, D, w.logit_rows, R, w.x_out.get<float>());
     be.gather_rows(q, H * hd, w.logit_rows, R, w.q_out.get<float>());
-    const cpu::AttentionBatch out_rows{R, w.seq_out, w.pos_out, w.block_tables, b.max_blocks};
+    const cpu::AttentionBatch out_rows{R, w.seq_out, w.pos_out, w.block_tables, max_blocks};
     attend_and_mlp(l, w, cache, w.q_out.get<float>(), w.x_out.get<float>(), R, out_rows, li,
                    lora_out);
   }
@@ -316,12 +347,7 @@ void Model::Impl::forward(const ForwardBatch& b, KVCache& kv, float* logits) {
   if (cur != &o) transfer(cur->b, cur->x_out.get<float>(), o.b, o.x_out.get<float>(), R * D);
   float* x_out = o.x_out.get<float>();
   io->rmsnorm(x_out, R, D, *final_norm, cfg.rms_norm_eps, x_out);
-  if (io->is_host()) {
-    io->linear(*lm_head, x_out, R, logits);
-  } else {
-    io->linear(*lm_head, x_out, R, o.logits.get<float>());
-    io->to_host(logits, o.logits.get<float>(), size_t(R * cfg.vocab_size) * sizeof(float));
-  }
+  io->linear(*lm_head, x_out, R, io->is_host() ? host_logits : o.logits.get<float>());
 }
 
 std::unique_ptr<Model> Model::load(const std::string& dir, ThreadPool& pool, ActPrecision act) {
@@ -361,15 +387,22 @@ std::vector<WeightSummary> Model::weight_summary() const {
   return out;
 }
 
-void Model::reserve(int64_t max_tokens, int64_t max_logit_rows) {
-  impl_->reserve(max_tokens, max_logit_rows);
+void Model::reserve(int64_t max_tokens, int64_t max_logit_rows, int64_t max_table_entries) {
+  impl_->reserve(max_tokens, max_logit_rows, max_table_entries);
 }
 
 void Model::set_loras(model::LoraSet* loras) { impl_->loras = loras; }
 
 void Model::forward(const ForwardBatch& batch, KVCache& kv, float* logits) {
-  impl_->forward(batch, kv, logits);
+  impl_->stage(batch, kv);
+  impl_->enqueue(kv, logits);
+  impl_->read_logits(logits, int64_t(batch.logit_rows.size()));
 }
+
+void Model::stage(const ForwardBatch& batch, KVCache& kv) { impl_->stage(batch, kv); }
+void Model::enqueue(KVCache& kv, float* host_logits) { impl_->enqueue(kv, host_logits); }
+void Model::read_logits(float* logits, int64_t rows) { impl_->read_logits(logits, rows); }
+int64_t Model::buffer_moves() const { return impl_->buffer_moves; }
 
 Model::~Model() = default;
 
