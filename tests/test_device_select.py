@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from medrt import _core
@@ -89,3 +91,20 @@ def test_medrt_info_prints_the_choice_and_why() -> None:
     bad = subprocess.run([sys.executable, "-m", "medrt", "info", "--device", "x"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 1 and "device='x'" in bad.stderr
+
+
+def test_the_engine_refuses_a_bad_device_or_device_map(tiny_llama: Path) -> None:
+    def engine(**kw: object) -> object:
+        return _core.Engine(_core.EngineConfig(model_dir=str(tiny_llama), num_blocks=8, **kw))
+
+    with pytest.raises(InvalidRequest, match="device 'tpu'"):
+        engine(device="tpu")
+    with pytest.raises(InvalidRequest, match="device_map 'everywhere'"):
+        engine(device_map="everywhere")
+    with pytest.raises(InvalidRequest, match="device_map 'auto:-5'"):
+        engine(device="cuda", device_map="auto:-5")
+    if not _core.cuda_status()["available"]:  # the reason CUDA cannot run, from cuda_status()
+        with pytest.raises(InvalidRequest, match=re.escape(_core.cuda_status()["reason"][:20])):
+            engine(device="cuda")
+    stats = engine(device="cpu").stats()
+    assert stats["device_layers"] == 0 and stats["graph_replays"] == 0

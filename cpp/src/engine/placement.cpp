@@ -18,10 +18,12 @@ constexpr double kGpuBytesPerSecond = 2e12, kCpuBytesPerSecond = 2e10;
 // Device memory kept free beyond the weights and the KV pool: activations, scratch, graphs.
 constexpr double kDeviceHeadroom = 0.10;
 
-// "" (all on the device) -> -1; "auto" -> 0 (budget from free memory); "auto:<MiB>" -> bytes.
+constexpr int64_t kAllOnDevice = -1, kBudgetFromFreeMemory = -2;
+
+// "" -> kAllOnDevice; "auto" -> kBudgetFromFreeMemory; "auto:<MiB>" -> that budget in bytes.
 int64_t parse_device_map(const std::string& map) {
-  if (map.empty()) return -1;
-  if (map == "auto") return 0;
+  if (map.empty()) return kAllOnDevice;
+  if (map == "auto") return kBudgetFromFreeMemory;
   if (map.rfind("auto:", 0) == 0) {
     char* end = nullptr;
     const long long mib = std::strtoll(map.c_str() + 5, &end, 10);
@@ -66,13 +68,13 @@ EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool, const Che
   out.placement.io = out.device.get();
   out.placement.layers.assign(size_t(m.num_layers), out.device.get());
   out.device_layers = m.num_layers;
-  if (budget < 0) return out;
+  if (budget == kAllOnDevice) return out;
 
   const model::ModelWeights w = model::bind_weights(ckpt);
   const int64_t kv_per_layer =
       KVCache::bytes_per_block(m, cfg.block_size, cfg.kv_cache_dtype) / m.num_layers * num_blocks;
   int64_t layers_budget = budget;
-  if (budget == 0) {  // "auto": what is free on the device after the embedding and LM head
+  if (budget == kBudgetFromFreeMemory) {  // free device memory less the embedding and LM head
     int64_t free_bytes = 0;
     for (const CudaDeviceInfo& d : cuda_status().devices)
       if (d.index == index) free_bytes = d.free_memory;
