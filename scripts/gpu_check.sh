@@ -9,6 +9,7 @@
 #       machine without a GPU: cmake -DMEDRT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90, targets
 #       test_cuda_ops test_cuda_model medrt-gpu-bench); built here only if they do not start
 #   GPU_CHECK_SANITIZE=1 ...        # also test_cuda_ops under compute-sanitizer (memcheck)
+#   GPU_CHECK_SKIP_PEER=1 ...       # without the transformers SDPA peer
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu_check}
@@ -52,6 +53,25 @@ for t in test_cuda_ops test_cuda_model; do
 done
 
 PY=$(command -v python3 || command -v python)
+# The engine on the GPU (tests/test_gpu.py), when medrt._core imports here: an installed medrt
+# built with -DMEDRT_CUDA=ON, or the module built for this Python placed in python/medrt.
+PYPATH=python:training:tests${PYTHONPATH:+:$PYTHONPATH}
+if [ -z "${GPU_CHECK_SKIP_PYTEST:-}" ]; then
+  if PYTHONPATH=$PYPATH "$PY" -c "import medrt._core" > "$OUT/pytest_import.txt" 2>&1; then
+    log "pytest tests/test_gpu.py (medrt.LLM on the GPU)"
+    PYTHONPATH=$PYPATH "$PY" -c "from medrt.cli import main; main(['info'])" 2>&1 \
+      | tee -a "$OUT/summary.txt"
+    PYTHONPATH=$PYPATH PYTHONUNBUFFERED=1 timeout 300 "$PY" -m pytest -q -p no:cacheprovider \
+      tests/test_gpu.py > "$OUT/pytest_gpu.txt" 2>&1
+    rc=$?
+    tail -15 "$OUT/pytest_gpu.txt" | tee -a "$OUT/summary.txt"
+    log "pytest exit $rc"
+    [ $rc -eq 0 ] || status=1
+  else
+    log "pytest skipped: medrt._core does not import here ($(tail -1 "$OUT/pytest_import.txt"))"
+  fi
+fi
+
 if [ -z "${GPU_CHECK_SKIP_BENCH:-}" ]; then
   log "benchmark bf16 (7B shapes, context 128)"
   timeout 180 "$BIN/medrt-gpu-bench" --type bf16 --batch 1 --batch 16 --batch 64 \
@@ -59,13 +79,14 @@ if [ -z "${GPU_CHECK_SKIP_BENCH:-}" ]; then
   log "benchmark int4 g64"
   timeout 150 "$BIN/medrt-gpu-bench" --type int4 --batch 1 --batch 16 --steps 30 2>&1 \
     | tee "$OUT/bench_int4.txt" | tee -a "$OUT/summary.txt"
-  if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+  if [ -z "${GPU_CHECK_SKIP_PEER:-}" ] &&
+     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
   then
     log "transformers SDPA, 64 concurrent (7B shapes, random weights)"
     timeout 180 "$PY" scripts/bench/gpu_transformers_sdpa.py --batch 64 2>&1 \
       | tee "$OUT/bench_transformers.txt" | tee -a "$OUT/summary.txt"
   else
-    log "transformers comparison skipped: no CUDA torch here"
+    log "transformers comparison skipped (GPU_CHECK_SKIP_PEER, or no CUDA torch here)"
   fi
 fi
 

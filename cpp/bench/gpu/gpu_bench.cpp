@@ -4,17 +4,19 @@
 // device's bandwidth), eager and replayed as a CUDA graph.
 //
 //   medrt-gpu-bench [--type bf16|int4] [--batch N]... [--context 128] [--steps 50]
-//                   [--bandwidth-gbs 4800] [--layers 28]
+//                   [--bandwidth-gbs 4800] [--layers 28] [--skip op[,op...]]
 //
-// The step is the decoder's op sequence (model.cpp) written over the Backend directly, so it
-// measures the backend (kernels, graphs), not the scheduler. Weights of every layer are
-// distinct device copies of one random host buffer, so every step reads all of them from HBM.
+// The step is the decoder's op sequence (model.cpp) written over the Backend directly, q/k/v
+// and gate/up through linear_shared as there, so it measures the backend (kernels, graphs), not
+// the scheduler. Weights of every layer are distinct device copies of one random host buffer,
+// so every step reads all of them from HBM.
 #include <chrono>
 #include <functional>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -77,6 +79,9 @@ LinearWeight make(HostPool& pool, const std::string& name, int64_t out, int64_t 
   return w;
 }
 
+const std::set<std::string> kOps = {"linear",        "embedding", "rmsnorm", "add_rmsnorm",
+                                    "rope_kv_write", "attention", "silu_mul"};
+
 struct Layer {
   std::unique_ptr<BackendWeight> n1, n2, q, k, v, o, gate, up, down;
 };
@@ -89,6 +94,7 @@ double now() {
 
 int main(int argc, char** argv) {
   std::string type = "bf16";
+  std::set<std::string> skip;
   std::vector<int64_t> batches;
   int64_t context = 128, steps = 50;
   double bandwidth = 4800e9;
@@ -101,8 +107,20 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::stoll(v);
     else if (a == "--bandwidth-gbs") bandwidth = std::stod(v) * 1e9;
     else if (a == "--layers") s.layers = std::stoll(v);
+    else if (a == "--skip") {
+      for (size_t b = 0, e; b <= v.size(); b = e + 1) {
+        e = std::min(v.find(',', b), v.size());
+        skip.insert(v.substr(b, e - b));
+      }
+    }
     else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
   }
+  for (const std::string& op : skip)
+    if (!kOps.count(op)) {
+      std::fprintf(stderr, "--skip takes ops among linear, embedding, rmsnorm, rope_kv_write, "
+                           "attention, add_rmsnorm, silu_mul; got '%s'\n", op.c_str());
+      return 2;
+    }
   if (batches.empty()) batches = {1, 16, 64};
   if (type != "bf16" && type != "int4") { std::fprintf(stderr, "--type bf16|int4\n"); return 2; }
   const bool int4 = type == "int4";
@@ -185,30 +203,38 @@ int main(int argc, char** argv) {
       const float scale = 1.0f / std::sqrt(float(s.hd));
       const cpu::AttentionBatch ab{B, d_seq.get<int32_t>(), d_pos.get<int32_t>(),
                                    d_tables.get<int32_t>(), blocks_per_seq};
+      // --skip: the step without those ops (where the time of a step goes; values are then
+      // meaningless, times are not).
+      auto run = [&](const char* op) { return skip.count(op) == 0; };
       auto step = [&] {
-        be->embedding(*embed, d_tok.get<int32_t>(), B, x.get<float>());
+        float *xp = x.get<float>(), *hp = h.get<float>(), *qp = q.get<float>();
+        float *kp = k.get<float>(), *vp = v.get<float>(), *op = o.get<float>();
+        const int32_t* pos = d_pos.get<int32_t>();
+        if (run("embedding")) be->embedding(*embed, d_tok.get<int32_t>(), B, xp);
         for (int64_t l = 0; l < s.layers; ++l) {
           const Layer& L = layers[size_t(l)];
-          be->rmsnorm(x.get<float>(), B, s.D, *L.n1, 1e-6f, h.get<float>());
-          be->linear(*L.q, h.get<float>(), B, q.get<float>());
-          be->linear(*L.k, h.get<float>(), B, k.get<float>());
-          be->linear(*L.v, h.get<float>(), B, v.get<float>());
-          be->rope(q.get<float>(), B, s.H, s.hd, d_pos.get<int32_t>(), d_inv.get<float>());
-          be->rope(k.get<float>(), B, s.KVH, s.hd, d_pos.get<int32_t>(), d_inv.get<float>());
-          be->kv_write(k.get<float>(), v.get<float>(), B, d_slots.get<int32_t>(),
-                       caches[size_t(l)]);
-          be->paged_attention(q.get<float>(), s.H, caches[size_t(l)], ab, scale, att.get<float>());
-          be->linear(*L.o, att.get<float>(), B, o.get<float>());
-          be->add(x.get<float>(), o.get<float>(), B * s.D);
-          be->rmsnorm(x.get<float>(), B, s.D, *L.n2, 1e-6f, h.get<float>());
-          be->linear(*L.gate, h.get<float>(), B, g.get<float>());
-          be->linear(*L.up, h.get<float>(), B, u.get<float>());
-          be->silu_mul(g.get<float>(), u.get<float>(), B, s.F, a.get<float>());
-          be->linear(*L.down, a.get<float>(), B, o.get<float>());
-          be->add(x.get<float>(), o.get<float>(), B * s.D);
+          // The previous layer's MLP output joins the residual stream in this norm (model.cpp).
+          if (l == 0 && run("rmsnorm")) be->rmsnorm(xp, B, s.D, *L.n1, 1e-6f, hp);
+          if (l > 0 && run("add_rmsnorm")) be->add_rmsnorm(xp, op, B, s.D, *L.n1, 1e-6f, hp);
+          // q/k/v and gate/up as model.cpp runs them: weights of one input in linear_shared.
+          const BackendWeight* qkv[3] = {L.q.get(), L.k.get(), L.v.get()};
+          float* qkv_out[3] = {qp, kp, vp};
+          if (run("linear")) be->linear_shared(qkv, qkv_out, 3, hp, B);
+          if (run("rope_kv_write"))
+            be->rope_kv_write(qp, kp, vp, B, s.H, pos, d_inv.get<float>(),
+                              d_slots.get<int32_t>(), caches[size_t(l)]);
+          if (run("attention"))
+            be->paged_attention(qp, s.H, caches[size_t(l)], ab, scale, att.get<float>());
+          if (run("linear")) be->linear(*L.o, att.get<float>(), B, op);
+          if (run("add_rmsnorm")) be->add_rmsnorm(xp, op, B, s.D, *L.n2, 1e-6f, hp);
+          const BackendWeight* gate_up[2] = {L.gate.get(), L.up.get()};
+          float* gate_up_out[2] = {g.get<float>(), u.get<float>()};
+          if (run("linear")) be->linear_shared(gate_up, gate_up_out, 2, hp, B);
+          if (run("silu_mul")) be->silu_mul(g.get<float>(), u.get<float>(), B, s.F, a.get<float>());
+          if (run("linear")) be->linear(*L.down, a.get<float>(), B, op);
         }
-        be->rmsnorm(x.get<float>(), B, s.D, *final_norm, 1e-6f, x.get<float>());
-        be->linear(*lm_head, x.get<float>(), B, logits.get<float>());
+        if (run("add_rmsnorm")) be->add_rmsnorm(xp, op, B, s.D, *final_norm, 1e-6f, xp);
+        if (run("linear")) be->linear(*lm_head, xp, B, logits.get<float>());
       };
       auto timed = [&](const std::function<void()>& run) {
         run();

@@ -88,6 +88,25 @@ class Backend {
   virtual void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,
                                const cpu::AttentionBatch& batch, float scale, float* out) = 0;
 
+  // Fused pairs the decoder runs back to back, each exactly what its default composes (the
+  // results are the same bits): a backend where every op is a kernel launch (CUDA) runs each
+  // pair as one, saving launches per layer.
+  // x += y, then h = rmsnorm(x) (the residual add, then the next norm); h may be x.
+  virtual void add_rmsnorm(float* x, const float* y, int64_t T, int64_t D,
+                           const BackendWeight& w, float eps, float* h) {
+    add(x, y, T * D);
+    rmsnorm(x, T, D, w, eps, h);
+  }
+  // RoPE of q [T, n_heads, hd] and k [T, kv_heads, hd] in place, then k and v into the cache
+  // (kv_heads and hd are the cache's).
+  virtual void rope_kv_write(float* q, float* k, const float* v, int64_t T, int64_t n_heads,
+                             const int32_t* positions, const float* inv_freq,
+                             const int32_t* slot_mapping, const cpu::PagedKV& cache) {
+    rope(q, T, n_heads, cache.head_dim, positions, inv_freq);
+    rope(k, T, cache.n_kv_heads, cache.head_dim, positions, inv_freq);
+    kv_write(k, v, T, slot_mapping, cache);
+  }
+
   // --- encoder ops (BERT, model/bert_encoder.cpp) -------------------------------------------
   // Pure like the rest, so that a backend says for each op what it does: the CUDA backend
   // answers them with an Error "not implemented on CUDA yet" (cuda_encoder_ops.cpp).

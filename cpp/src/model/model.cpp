@@ -80,8 +80,9 @@ struct Model::Impl {
   Workspace& ws(Backend* b) { return *workspaces.at(b); }
   // Copies n floats of activations between workspaces of different backends.
   void transfer(Backend& from, const float* src, Backend& to, float* dst, int64_t n);
-  // Attention over the paged cache for `n` query rows, then o_proj, the MLP and both residual
-  // adds onto x [n, hidden], on the layer's backend.
+  // Attention over the paged cache for `n` query rows, then o_proj, the first residual add
+  // onto x [n, hidden] with the post-attention norm, and the MLP, on the layer's backend. The
+  // MLP's output is left in w.o: the caller adds it into x with the next norm (add_rmsnorm).
   void attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu::PagedKV& cache,
                       const float* q, float* x, int64_t n, const cpu::AttentionBatch& ab,
                       int64_t li, const model::LoraRows& lora_rows);
@@ -235,9 +236,7 @@ void Model::Impl::attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu
   b.paged_attention(qs, cfg.num_heads, cache, ab, scale, attn);
   b.linear(*l.o, attn, n, o);
   lora_delta(b, li, LoraProj::O, lr, attn, o);
-  b.add(xs, o, n * D);
-
-  b.rmsnorm(xs, n, D, *l.post_attention_norm, cfg.rms_norm_eps, h);
+  b.add_rmsnorm(xs, o, n, D, *l.post_attention_norm, cfg.rms_norm_eps, h);
   // Two weights of one input rather than one fused [2F, D] weight: gate and up sit apart in the
   // mapping and fusing them would mean copying the weights; linear_shared lets the backend
   // convert h once and run both in one pass.
@@ -249,7 +248,7 @@ void Model::Impl::attend_and_mlp(const PreparedLayer& l, Workspace& w, const cpu
   b.silu_mul(gate, up, n, F, act);
   b.linear(*l.down, act, n, o);
   lora_delta(b, li, LoraProj::Down, lr, act, o);
-  b.add(xs, o, n * D);
+  // The residual add of o into xs is left to the caller, which fuses it with the next norm.
 }
 
 void Model::Impl::stage(const ForwardBatch& b, KVCache& kv) {
@@ -298,16 +297,21 @@ void Model::Impl::read_logits(float* logits, int64_t rows) {
 void Model::Impl::enqueue(KVCache& kv, float* host_logits) {
   const int64_t T = staged_T, R = staged_R;
   if (T == 0) return;
-  const int64_t D = cfg.hidden_size, hd = cfg.head_dim;
-  const int64_t H = cfg.num_heads, KVH = cfg.num_kv_heads;
+  const int64_t D = cfg.hidden_size, hd = cfg.head_dim, H = cfg.num_heads;
   const int64_t max_blocks = staged_max_blocks;
 
   Workspace* cur = &ws(io);
   io->embedding(*embed, cur->tokens, T, cur->x.get<float>());
+  // The last MLP output not yet added into the residual stream `cur->x` (or x_out after the
+  // last layer): it is added by the next norm (add_rmsnorm), or before the stream crosses to
+  // another backend.
+  const float* pending = nullptr;
   const int64_t n_layers = int64_t(layers.size());
   for (int64_t li = 0; li < n_layers; ++li) {
     Workspace& w = ws(layer_backends[size_t(li)]);
     if (&w != cur) {  // the layer runs elsewhere: its input crosses once
+      if (pending) cur->b.add(cur->x.get<float>(), pending, T * D);
+      pending = nullptr;
       transfer(cur->b, cur->x.get<float>(), w.b, w.x.get<float>(), T * D);
       cur = &w;
     }
@@ -316,8 +320,16 @@ void Model::Impl::enqueue(KVCache& kv, float* host_logits) {
     const cpu::PagedKV cache = kv.layer(li);
     float *x = w.x.get<float>(), *h = w.h.get<float>(), *q = w.q.get<float>();
     float *k = w.k.get<float>(), *v = w.v.get<float>();
-    if (loras && !lora_all.empty() && be.is_host()) loras->route(li, lora_all, x);  // LoRA-MoE
-    be.rmsnorm(x, T, D, *l.input_norm, cfg.rms_norm_eps, h);
+    if (loras && !lora_all.empty() && be.is_host()) {  // LoRA-MoE routes on the residual stream
+      if (pending) be.add(x, pending, T * D);
+      pending = nullptr;
+      loras->route(li, lora_all, x);
+    }
+    if (pending)
+      be.add_rmsnorm(x, pending, T, D, *l.input_norm, cfg.rms_norm_eps, h);
+    else
+      be.rmsnorm(x, T, D, *l.input_norm, cfg.rms_norm_eps, h);
+    pending = nullptr;
     // One input: the backend may convert h once and run the three in one pass.
     const BackendWeight* qkv[3] = {l.q.get(), l.k.get(), l.v.get()};
     float* qkv_out[3] = {q, k, v};
@@ -325,13 +337,12 @@ void Model::Impl::enqueue(KVCache& kv, float* host_logits) {
     lora_delta(be, li, model::LoraProj::Q, lora_all, h, q);
     lora_delta(be, li, model::LoraProj::K, lora_all, h, k);
     lora_delta(be, li, model::LoraProj::V, lora_all, h, v);
-    be.rope(q, T, H, hd, w.positions, w.inv_freq.get<float>());
-    be.rope(k, T, KVH, hd, w.positions, w.inv_freq.get<float>());
-    be.kv_write(k, v, T, w.slot_mapping, cache);
+    be.rope_kv_write(q, k, v, T, H, w.positions, w.inv_freq.get<float>(), w.slot_mapping, cache);
     if (li + 1 < n_layers) {
       const cpu::AttentionBatch all_rows{T, w.token_seq, w.positions, w.block_tables,
                                          max_blocks};
       attend_and_mlp(l, w, cache, q, x, T, all_rows, li, lora_all);
+      pending = w.o.get<float>();
       continue;
     }
     // Past the last K/V write only the rows whose logits are wanted still matter; every op is
@@ -342,11 +353,19 @@ void Model::Impl::enqueue(KVCache& kv, float* host_logits) {
     const cpu::AttentionBatch out_rows{R, w.seq_out, w.pos_out, w.block_tables, max_blocks};
     attend_and_mlp(l, w, cache, w.q_out.get<float>(), w.x_out.get<float>(), R, out_rows, li,
                    lora_out);
+    pending = w.o.get<float>();
   }
   Workspace& o = ws(io);
-  if (cur != &o) transfer(cur->b, cur->x_out.get<float>(), o.b, o.x_out.get<float>(), R * D);
+  if (cur != &o) {
+    if (pending) cur->b.add(cur->x_out.get<float>(), pending, R * D);
+    pending = nullptr;
+    transfer(cur->b, cur->x_out.get<float>(), o.b, o.x_out.get<float>(), R * D);
+  }
   float* x_out = o.x_out.get<float>();
-  io->rmsnorm(x_out, R, D, *final_norm, cfg.rms_norm_eps, x_out);
+  if (pending)
+    io->add_rmsnorm(x_out, pending, R, D, *final_norm, cfg.rms_norm_eps, x_out);
+  else
+    io->rmsnorm(x_out, R, D, *final_norm, cfg.rms_norm_eps, x_out);
   io->linear(*lm_head, x_out, R, io->is_host() ? host_logits : o.logits.get<float>());
 }
 

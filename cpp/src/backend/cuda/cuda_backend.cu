@@ -260,6 +260,17 @@ void CudaBackend::linear(const BackendWeight& w, const float* x, int64_t M, floa
   cuda::linear(view_of(w), x, M, y, gemm_scratch_, stream_);
 }
 
+void CudaBackend::linear_shared(const BackendWeight* const* ws, float* const* ys, int n,
+                                const float* x, int64_t M) {
+  make_current();
+  if (n >= 1 && n <= kGemvMaxWeights) {
+    WeightView views[kGemvMaxWeights];
+    for (int i = 0; i < n; ++i) views[i] = view_of(*ws[i]);
+    if (gemv_shared(views, ys, n, x, M, stream_)) return;
+  }
+  Backend::linear_shared(ws, ys, n, x, M);
+}
+
 void CudaBackend::rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim,
                        const int32_t* positions, const float* inv_freq) {
   make_current();
@@ -275,6 +286,19 @@ void CudaBackend::silu_mul(const float* gate, const float* up, int64_t T, int64_
 void CudaBackend::add(float* x, const float* y, int64_t n) {
   make_current();
   cuda::add(x, y, n, stream_);
+}
+
+void CudaBackend::add_rmsnorm(float* x, const float* y, int64_t T, int64_t D,
+                              const BackendWeight& w, float eps, float* h) {
+  make_current();
+  cuda::add_rmsnorm(x, y, T, D, static_cast<const float*>(view_of(w).data), eps, h, stream_);
+}
+
+void CudaBackend::rope_kv_write(float* q, float* k, const float* v, int64_t T, int64_t n_heads,
+                                const int32_t* positions, const float* inv_freq,
+                                const int32_t* slot_mapping, const cpu::PagedKV& cache) {
+  make_current();
+  cuda::rope_kv_write(q, k, v, T, n_heads, positions, inv_freq, slot_mapping, cache, stream_);
 }
 
 void CudaBackend::gather_rows(const float* src, int64_t width, const int32_t* rows, int64_t n,

@@ -44,10 +44,19 @@ class CudaBackend : public Backend {
   void rmsnorm(const float* x, int64_t T, int64_t D, const BackendWeight& w, float eps,
                float* y) override;
   void linear(const BackendWeight& w, const float* x, int64_t M, float* y) override;
+  // q/k/v or gate/up in one GEMV launch when M <= kGemvMaxRows and all take the GEMV with one
+  // type and input width (each result bit-identical to linear()); else one linear() each.
+  void linear_shared(const BackendWeight* const* ws, float* const* ys, int n, const float* x,
+                     int64_t M) override;
   void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions,
             const float* inv_freq) override;
   void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, float* out) override;
   void add(float* x, const float* y, int64_t n) override;
+  void add_rmsnorm(float* x, const float* y, int64_t T, int64_t D, const BackendWeight& w,
+                   float eps, float* h) override;
+  void rope_kv_write(float* q, float* k, const float* v, int64_t T, int64_t n_heads,
+                     const int32_t* positions, const float* inv_freq,
+                     const int32_t* slot_mapping, const cpu::PagedKV& cache) override;
   void gather_rows(const float* src, int64_t width, const int32_t* rows, int64_t n,
                    float* dst) override;
   void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_mapping,

@@ -23,6 +23,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/launch.h"
+#include "backend/cuda/rope_math.cuh"
 #include "medrt/error.h"
 
 namespace medrt::cuda {
@@ -57,6 +58,39 @@ __global__ void kv_write_kernel(const float* k, const float* v, int64_t T,
   } else {
     static_cast<float*>(cache.k)[dst] = k[idx];
     static_cast<float*>(cache.v)[dst] = v[idx];
+  }
+}
+
+// RoPE of q and k and the KV write in one launch: one thread per (row, head, pair i) over the
+// query heads then the kv heads; a kv-head thread also writes its two roped keys and the two
+// values beside them into the cache (kv_write_kernel's layout and rounding).
+__global__ void rope_kv_write_kernel(float* q, float* k, const float* v, int64_t T,
+                                     int64_t n_heads, const int32_t* positions,
+                                     const float* inv_freq, const int32_t* slot_mapping,
+                                     cpu::PagedKV cache) {
+  const int64_t hd = cache.head_dim, half = hd / 2, heads = n_heads + cache.n_kv_heads;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= T * heads * half) return;
+  const int64_t t = idx / (heads * half), head = (idx / half) % heads, i = idx % half;
+  if (head < n_heads) {
+    rope_rotate(q + (t * n_heads + head) * hd, i, half, positions[t], inv_freq[i]);
+    return;
+  }
+  const int64_t h = head - n_heads, src = (t * cache.n_kv_heads + h) * hd;
+  rope_rotate(k + src, i, half, positions[t], inv_freq[i]);
+  const int32_t slot = slot_mapping[t];
+  if (slot < 0) return;
+  const int64_t block = slot / cache.block_size, off = slot % cache.block_size;
+  const int64_t dst = ((block * cache.n_kv_heads + h) * cache.block_size + off) * hd;
+  for (int e = 0; e < 2; ++e) {
+    const int64_t d = i + e * half;
+    if (cache.dtype == DType::F16) {
+      static_cast<__half*>(cache.k)[dst + d] = __float2half_rn(k[src + d]);
+      static_cast<__half*>(cache.v)[dst + d] = __float2half_rn(v[src + d]);
+    } else {
+      static_cast<float*>(cache.k)[dst + d] = k[src + d];
+      static_cast<float*>(cache.v)[dst + d] = v[src + d];
+    }
   }
 }
 
@@ -249,6 +283,17 @@ void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_map
   cpu::check_kv_dtype(cache.dtype);
   kv_write_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, stream>>>(k, v, T, slot_mapping, cache);
   check_launch("kv_write_kernel");
+}
+
+void rope_kv_write(float* q, float* k, const float* v, int64_t T, int64_t n_heads,
+                   const int32_t* positions, const float* inv_freq, const int32_t* slot_mapping,
+                   const cpu::PagedKV& cache, cudaStream_t stream) {
+  const int64_t n = T * (n_heads + cache.n_kv_heads) * (cache.head_dim / 2);
+  if (n <= 0) return;
+  cpu::check_kv_dtype(cache.dtype);
+  rope_kv_write_kernel<<<unsigned(ceil_div(n, 256)), 256, 0, stream>>>(
+      q, k, v, T, n_heads, positions, inv_freq, slot_mapping, cache);
+  check_launch("rope_kv_write_kernel");
 }
 
 void paged_attention(const float* q, int64_t n_heads, const cpu::PagedKV& cache,

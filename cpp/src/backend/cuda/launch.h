@@ -23,8 +23,17 @@ struct GemmScratch {
 void linear(const WeightView& w, const float* x, int64_t M, float* y, const GemmScratch& scratch,
             cudaStream_t stream);
 constexpr int64_t kGemvMaxRows = 8;
+constexpr int kGemvMaxWeights = 3;        // weights of one input gemv_shared runs in one launch
 bool gemv_supports(const WeightView& w);  // row length a whole number of 16-byte loads
+// A row's result depends only on its weight row and its x row: not on M (1..8), the other rows
+// or the other weights of a gemv_shared launch.
 void gemv(const WeightView& w, const float* x, int64_t M, float* y, cudaStream_t stream);
+// ys[i] = x @ ws[i]^T + bias_i for n weights of one input (q/k/v, gate/up) in one launch, each
+// bit-identical to gemv(ws[i], ...). Launches nothing and returns false unless 1 <= n <=
+// kGemvMaxWeights, 1 <= M <= kGemvMaxRows and every weight takes the GEMV with one type and
+// input width.
+bool gemv_shared(const WeightView* ws, float* const* ys, int n, const float* x, int64_t M,
+                 cudaStream_t stream);
 bool gemm_vec_supports(const WeightView& w);  // in % 32 == 0 and 16-byte rows
 void gemm_vec(const WeightView& w, const float* x, int64_t M, float* y,
               const GemmScratch& scratch, cudaStream_t stream);
@@ -34,6 +43,9 @@ void embedding(const WeightView& table, const int32_t* tokens, int64_t T, float*
                cudaStream_t stream);
 void rmsnorm(const float* x, int64_t T, int64_t D, const float* w, float eps, float* y,
              cudaStream_t stream);
+// x += res, then y = rmsnorm(x) in one launch (rows of whole float4s; else the two ops).
+void add_rmsnorm(float* x, const float* res, int64_t T, int64_t D, const float* w, float eps,
+                 float* y, cudaStream_t stream);
 void rope(float* x, int64_t T, int64_t n_heads, int64_t head_dim, const int32_t* positions,
           const float* inv_freq, cudaStream_t stream);
 void silu_mul(const float* gate, const float* up, int64_t T, int64_t F, float* out,
@@ -44,6 +56,10 @@ void gather_rows(const float* src, int64_t width, const int32_t* rows, int64_t n
 
 void kv_write(const float* k, const float* v, int64_t T, const int32_t* slot_mapping,
               const cpu::PagedKV& cache, cudaStream_t stream);
+// RoPE of q [T, n_heads, hd] and k [T, kv_heads, hd] in place, then kv_write, in one launch.
+void rope_kv_write(float* q, float* k, const float* v, int64_t T, int64_t n_heads,
+                   const int32_t* positions, const float* inv_freq, const int32_t* slot_mapping,
+                   const cpu::PagedKV& cache, cudaStream_t stream);
 
 // Scratch the split-KV partials may use; the launcher picks the number of key splits from the
 // host-known shapes only (T, max_blocks), so a captured graph stays valid on replay.
