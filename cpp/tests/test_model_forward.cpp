@@ -263,3 +263,30 @@ TEST(load_refuses_integer_weights) {
   CHECK_THROWS(InvalidCheckpoint, Model::load(dir.path.string(), pool),
                "model.layers.0.self_attn.v_proj.weight");
 }
+
+TEST(stage_enqueue_read_is_forward_and_reserve_keeps_buffers_in_place) {
+  // forward() in its three parts (what a CUDA graph captures the middle of) gives the same
+  // logits; once reserve() covers a batch no buffer moves, and a larger batch moves some.
+  Fixture f;
+  const int32_t na = int32_t(f.a.tokens.size());
+  const std::vector<float> whole = f.prefill(f.a, DType::F32);
+  KVCache kv(f.model->config(), 8, kBlock);
+  ForwardBatch b;
+  add_rows(b, f.a, 0, 0, na);
+  set_tables(b, {&f.a});
+  f.model->reserve(na, na, b.max_blocks);
+  const int64_t moves = f.model->buffer_moves();
+  std::vector<float> parts(whole.size());
+  f.model->stage(b, kv);
+  f.model->enqueue(kv, parts.data());
+  f.model->read_logits(parts.data(), na);  // a host io backend wrote them in enqueue
+  CHECK(bitwise_equal(parts.data(), whole.data(), whole.size()));
+  CHECK(f.model->buffer_moves() == moves);
+  ForwardBatch longer;
+  add_rows(longer, f.b, 0, 0, int32_t(f.b.tokens.size()));
+  set_tables(longer, {&f.b});
+  KVCache kv2(f.model->config(), 8, kBlock);
+  std::vector<float> logits(longer.logit_rows.size() * size_t(f.vocab()));
+  f.model->forward(longer, kv2, logits.data());
+  CHECK(f.model->buffer_moves() > moves);
+}

@@ -148,7 +148,9 @@ class EngineFrontend:
 
     def stats(self) -> dict[str, int]:
         """Engine counters: KV blocks (num_blocks, free_blocks), running/waiting requests,
-        preemptions, prefix-cache queries and hits, steps, prompt and generation tokens."""
+        preemptions, prefix-cache queries and hits, steps, prompt and generation tokens; on
+        CUDA, graph_replays (decode steps replayed from a CUDA graph) and device_layers
+        (decoder layers on the GPU under device_map)."""
         return dict(self._client.engine.stats())
 
     def get_tokenizer(self) -> Tokenizer:

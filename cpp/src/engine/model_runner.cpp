@@ -131,8 +131,9 @@ float* ModelRunner::execute(const std::vector<ScheduledSeq>& sched) {
   if (logits_.size() < need) logits_.resize(need);
   // A decode-only step (one token and one logit row per sequence, in order) may replay a graph
   // of the smallest captured bucket that holds it; everything else runs eagerly.
-  const bool decode_only = int64_t(batch_.tokens.size()) == batch_.n_seqs && R == batch_.n_seqs &&
-                           batch_.max_blocks <= max_blocks_ && batch_.token_lora.empty();
+  bool decode_only = int64_t(batch_.tokens.size()) == batch_.n_seqs && R == batch_.n_seqs &&
+                     batch_.max_blocks <= max_blocks_ && batch_.token_lora.empty();
+  for (int64_t r = 0; decode_only && r < R; ++r) decode_only = batch_.logit_rows[size_t(r)] == r;
   if (graphs_ && graphs_->enabled() && decode_only && R > 0) {
     if (model_->buffer_moves() != graph_moves_) {  // a larger step moved a captured buffer
       graphs_ = std::make_unique<DecodeGraphs>(model_->io_backend(), cfg_.max_num_seqs, false);
