@@ -30,9 +30,15 @@ def _greedy(n: int) -> medrt.SamplingParams:
     return medrt.SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
 
 
-def _tokens(model: Path, **kw: object) -> list[list[int]]:
+def _tokens_and_stats(model: Path, prompts: list[list[int]], **kw: object
+                      ) -> tuple[list[list[int]], dict]:
     with medrt.LLM(str(model), max_model_len=256, **kw) as llm:  # type: ignore[arg-type]
-        return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, _greedy(24))]
+        outs = llm.generate(prompts, _greedy(24))
+        return [o.outputs[0].token_ids for o in outs], llm.stats()
+
+
+def _tokens(model: Path, **kw: object) -> list[list[int]]:
+    return _tokens_and_stats(model, PROMPTS, **kw)[0]
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "llama_bias"])
@@ -57,13 +63,6 @@ def test_logits_match_transformers_in_bf16(tiny_model_dir: Callable[..., Path]) 
     ref_lp = torch.log_softmax(ref, -1)
     for tok, lp in top.items():
         assert abs(float(ref_lp[tok]) - lp.logprob) < 5e-2  # bf16 operands in the prefill GEMM
-
-
-def _tokens_and_stats(model: Path, prompts: list[list[int]], **kw: object
-                      ) -> tuple[list[list[int]], dict]:
-    with medrt.LLM(str(model), max_model_len=256, **kw) as llm:  # type: ignore[arg-type]
-        outs = llm.generate(prompts, _greedy(24))
-        return [o.outputs[0].token_ids for o in outs], llm.stats()
 
 
 def test_graph_replay_gives_the_eager_tokens(tiny_model_dir: Callable[..., Path]) -> None:

@@ -19,9 +19,15 @@ int64_t resolve_num_blocks(const EngineConfig& c, const ModelConfig& m) {
   return n;
 }
 
+// The backends and layer placement; the checkpoint is opened here only when a device map needs
+// its weight sizes (Model::load opens it again).
 EnginePlacement place(const EngineConfig& c, ThreadPool& pool) {
-  const std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(c.model_dir);
-  return place_model(c, pool, *ckpt, resolve_num_blocks(c, ckpt->config()));
+  EnginePlacement p = place_model(c, pool);
+  if (needs_layer_map(c)) {
+    const std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(c.model_dir);
+    map_layers(p, c, *ckpt, resolve_num_blocks(c, ckpt->config()));
+  }
+  return p;
 }
 
 }  // namespace
@@ -56,30 +62,30 @@ ModelRunner::ModelRunner(const EngineConfig& config, ThreadPool& pool)
   if (all_device) {
     graphs_ = std::make_unique<DecodeGraphs>(model_->io_backend(), cfg_.max_num_seqs,
                                              cfg_.enforce_eager);
-    hooks_.stage = [this](int rows) { stage_padded(rows); };
-    hooks_.enqueue = [this](int) { model_->enqueue(*kv_, nullptr); };
+    step_hooks_.stage = [this](int rows) { stage_padded(rows, batch_.n_seqs); };
+    step_hooks_.enqueue = [this](int) { model_->enqueue(*kv_, nullptr); };
     warm_up_graphs();
   }
 }
 
 void ModelRunner::warm_up_graphs() {
   if (!graphs_->enabled()) return;
-  graph_batch_real_ = false;
-  // One eager pass per bucket first: kernels load lazily on their first launch, which a
-  // capture cannot do, and it sizes every buffer before any address is captured.
+  // Warm-up steps are all pad rows. One eager pass per bucket first: kernels load lazily on
+  // their first launch, which a capture cannot do, and it sizes every buffer before any
+  // address is captured.
+  const DecodeGraphs::Hooks pads{[this](int rows) { stage_padded(rows, 0); }, step_hooks_.enqueue};
   for (int rows : graphs_->buckets().warmup_sizes()) {
-    stage_padded(rows);
-    model_->enqueue(*kv_, nullptr);
+    pads.stage(rows);
+    pads.enqueue(rows);
   }
   model_->io_backend().synchronize();
-  graphs_->warm_up(hooks_);
+  graphs_->warm_up(pads);
   graph_moves_ = model_->buffer_moves();
 }
 
-void ModelRunner::stage_padded(int rows) {
+void ModelRunner::stage_padded(int rows, int64_t real) {
   ForwardBatch& g = graph_batch_;
   g.clear();
-  const int64_t real = graph_batch_real_ ? batch_.n_seqs : 0;
   g.n_seqs = rows;
   g.max_blocks = max_blocks_;
   g.block_tables.assign(size_t(rows * max_blocks_), 0);
@@ -124,6 +130,11 @@ void ModelRunner::build_batch(const std::vector<ScheduledSeq>& sched) {
   }
 }
 
+int64_t ModelRunner::device_layers() const {
+  const std::vector<Backend*>& layers = model_->layer_backends();
+  return std::count_if(layers.begin(), layers.end(), [](Backend* b) { return !b->is_host(); });
+}
+
 float* ModelRunner::execute(const std::vector<ScheduledSeq>& sched) {
   build_batch(sched);
   const int64_t R = int64_t(batch_.logit_rows.size());
@@ -139,9 +150,7 @@ float* ModelRunner::execute(const std::vector<ScheduledSeq>& sched) {
       graphs_ = std::make_unique<DecodeGraphs>(model_->io_backend(), cfg_.max_num_seqs, false);
       warm_up_graphs();
     }
-    graph_batch_real_ = true;
-    const int bucket = graphs_->run(int(R), hooks_);
-    graph_batch_real_ = false;
+    const int bucket = graphs_->run(int(R), step_hooks_);
     if (bucket > 0) {
       model_->read_logits(logits_.data(), R);
       return logits_.data();

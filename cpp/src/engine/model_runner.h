@@ -42,14 +42,14 @@ class ModelRunner {
 
   // CUDA graphs: decode steps replayed, and the captured bucket sizes (empty when eager).
   int64_t graph_replays() const { return graphs_ ? graphs_->replays() : 0; }
-  int64_t device_layers() const { return placement_.device_layers; }
+  int64_t device_layers() const;  // decoder layers on a device backend (not the host)
 
  private:
   void build_batch(const std::vector<ScheduledSeq>& sched);
-  // Decode graphs: copies batch_'s rows (none at warm-up) into graph_batch_ padded to `rows`
-  // rows and stages it (pad rows: token 0 at position 0 of block 0, slot -1 so nothing is
-  // written; their logits are never read).
-  void stage_padded(int rows);
+  // Decode graphs: copies the first `real` rows of batch_ (0 at warm-up) into graph_batch_
+  // padded to `rows` rows and stages it (pad rows: token 0 at position 0 of block 0, slot -1
+  // so nothing is written; their logits are never read).
+  void stage_padded(int rows, int64_t real);
   void warm_up_graphs();
 
   EngineConfig cfg_;
@@ -61,10 +61,9 @@ class ModelRunner {
   std::vector<float> logits_;  // [rows of this step, vocab]; grows, never shrinks
   int64_t max_blocks_ = 0;     // block-table width of a graph step (the longest sequence)
   std::unique_ptr<DecodeGraphs> graphs_;
-  DecodeGraphs::Hooks hooks_;
+  DecodeGraphs::Hooks step_hooks_;  // stage this step's rows padded to a bucket; enqueue
   ForwardBatch graph_batch_;
-  bool graph_batch_real_ = false;  // whether stage_padded copies batch_'s rows (not warm-up)
-  int64_t graph_moves_ = 0;        // model_->buffer_moves() when the graphs were captured
+  int64_t graph_moves_ = 0;  // model_->buffer_moves() when the graphs were captured
 };
 
 }  // namespace medrt::engine

@@ -51,12 +51,11 @@ int parse_device(const std::string& device) {
   throw InvalidRequest("device '" + device + "': expected \"cpu\", \"cuda\" or \"cuda:N\"");
 }
 
-EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool, const Checkpoint& ckpt,
-                            int64_t num_blocks) {
+EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool) {
   EnginePlacement out;
   out.cpu = make_cpu_backend(pool, cfg.activation_precision);
   const int index = parse_device(cfg.device);
-  const int64_t budget = parse_device_map(cfg.device_map);  // checked on the CPU too
+  parse_device_map(cfg.device_map);  // refused on the CPU too
   if (index < 0) {
     out.placement = ModelPlacement{out.cpu.get(), {}};
     return out;
@@ -64,11 +63,19 @@ EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool, const Che
   CudaBackendOptions options;
   options.device = index;
   out.device = make_cuda_backend(options);  // InvalidRequest saying why it cannot run here
+  out.placement = ModelPlacement{out.device.get(), {}};  // every layer on the device
+  return out;
+}
+
+bool needs_layer_map(const EngineConfig& cfg) {
+  return parse_device(cfg.device) >= 0 && parse_device_map(cfg.device_map) != kAllOnDevice;
+}
+
+void map_layers(EnginePlacement& out, const EngineConfig& cfg, const Checkpoint& ckpt,
+                int64_t num_blocks) {
+  const int64_t budget = parse_device_map(cfg.device_map);  // needs_layer_map: not all-device
   const ModelConfig& m = ckpt.config();
-  out.placement.io = out.device.get();
-  out.placement.layers.assign(size_t(m.num_layers), out.device.get());
-  out.device_layers = m.num_layers;
-  if (budget == kAllOnDevice) return out;
+  const int index = parse_device(cfg.device);
 
   const model::ModelWeights w = model::bind_weights(ckpt);
   const int64_t kv_per_layer =
@@ -96,12 +103,9 @@ EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool, const Che
                                  double(bytes) / kCpuBytesPerSecond});
   }
   const DeviceMap plan = plan_device_map(p);
-  out.device_layers = 0;
-  for (size_t i = 0; i < plan.on_gpu.size(); ++i) {
-    out.placement.layers[i] = plan.on_gpu[i] ? out.device.get() : out.cpu.get();
-    out.device_layers += plan.on_gpu[i];
-  }
-  return out;
+  out.placement.layers.clear();
+  for (const bool on_gpu : plan.on_gpu)
+    out.placement.layers.push_back(on_gpu ? out.device.get() : out.cpu.get());
 }
 
 }  // namespace medrt::engine

@@ -24,18 +24,23 @@ struct EnginePlacement {
   std::unique_ptr<Backend> cpu;     // always made (host layers; LoRA adapter mode)
   std::unique_ptr<Backend> device;  // the CUDA backend, when EngineConfig.device names one
   ModelPlacement placement;
-  int64_t device_layers = 0;        // decoder layers on the device
 };
 
 // Parses "cpu", "cuda", "cuda:N": -1 for the CPU, else the device index. InvalidRequest names
 // anything else.
 int parse_device(const std::string& device);
 
-// The backends and placement for `cfg` on the checkpoint `ckpt` with a KV pool of `num_blocks`
-// blocks. InvalidRequest when the device cannot run here (the reason from cuda_status()) or
-// device_map is not "", "auto" or "auto:<MiB>"; CapacityError when the device cannot hold the
-// embedding and LM head.
-EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool, const Checkpoint& ckpt,
-                            int64_t num_blocks);
+// The backends for `cfg` with every layer on the device it names (the CPU, or the CUDA
+// device). InvalidRequest when the device cannot run here (the reason from cuda_status()) or
+// device_map is not "", "auto" or "auto:<MiB>".
+EnginePlacement place_model(const EngineConfig& cfg, ThreadPool& pool);
+
+// Whether cfg's device_map moves layers (a CUDA device with a map). Only then is map_layers
+// called: it reads the checkpoint's weight sizes and decides each layer's backend for a KV
+// pool of `num_blocks`.
+// CapacityError when the device cannot hold the embedding and LM head.
+bool needs_layer_map(const EngineConfig& cfg);
+void map_layers(EnginePlacement& placement, const EngineConfig& cfg, const Checkpoint& ckpt,
+                int64_t num_blocks);
 
 }  // namespace medrt::engine
