@@ -57,6 +57,24 @@ def test_generate_matches_llm(home: Path, tiny_llama: Path) -> None:
     assert want
 
 
+def test_generate_passes_penalty_and_min_p(home: Path, tiny_llama: Path) -> None:
+    """--repetition-penalty and --min-p reach the sampler: the command prints what the API
+    gives for the same parameters, and the penalty changes the greedy text."""
+    params = medrt.SamplingParams(max_tokens=24, temperature=0.0, repetition_penalty=1.8,
+                                  min_p=0.05)
+    with medrt.LLM(tiny_llama) as llm:
+        plain = llm.generate("The patient reports", _greedy(24))[0].outputs[0].text
+        want = llm.generate("The patient reports", params)[0].outputs[0].text
+    assert want != plain
+    r = run_medrt(home, "generate", "--model", str(tiny_llama), "--max-tokens", "24",
+                  "--repetition-penalty", "1.8", "--min-p", "0.05", "The patient reports")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
+    r = run_medrt(home, "generate", "--model", str(tiny_llama), "--repetition-penalty", "0",
+                  "hi")
+    assert r.returncode != 0 and "repetition_penalty" in r.stderr
+
+
 def test_chat_one_shot_and_repl_keep_history(home: Path, tiny_qwen2: Path) -> None:
     first, second = "Is ibuprofen safe?", "And with food?"
     with medrt.LLM(tiny_qwen2) as llm:

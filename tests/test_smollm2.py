@@ -151,10 +151,10 @@ def engine_4bit(smollm2: tuple[Path, Path]) -> Any:
 def _pubmedqa_documents(tok: Any, n_tokens: int) -> list[list[int]]:
     """Token ids of PubMedQA `test` entries (question, abstract, conclusion), whole entries
     until they hold n_tokens predicted positions."""
-    from medrt_train.data.pubmedqa import DEFAULT_PATH, load_split
+    from medrt_train.data.pubmedqa import default_path, load_split
 
-    if not DEFAULT_PATH.is_file():
-        pytest.skip(f"PubMedQA is not at {DEFAULT_PATH} (../shared/data/pubmedqa)")
+    if default_path() is None:
+        pytest.skip("PubMedQA not found ($MEDRT_DATA or ../shared/data/pubmedqa)")
     docs, total = [], 0
     for q in load_split("test"):
         if total >= n_tokens:

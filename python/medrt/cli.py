@@ -25,6 +25,12 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
                    help="sampling temperature; 0 is greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 keeps every token")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens below this fraction of the top token's probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="make tokens already in the prompt or output less likely (a positive "
+                        "logit is divided by it, a negative one multiplied; 1 is off, as "
+                        "vLLM's repetition_penalty)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the output contains TEXT (repeatable)")
@@ -88,7 +94,9 @@ def _sampling(args: argparse.Namespace) -> Any:
     from medrt import SamplingParams
 
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop)
+                          top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=args.stop)
 
 
 def _load(args: argparse.Namespace) -> Any:

@@ -158,9 +158,9 @@ def test_cli_trains_and_reports(tiny_pair, tmp_path) -> None:
     from medrt_train.cli import main
 
     out = tmp_path / "moe_run"
-    from medrt_train.data.pubmedqa import DEFAULT_PATH
+    from medrt_train.data.pubmedqa import default_path
 
-    test = ["--test", "4"] if DEFAULT_PATH.is_file() else []
+    test = ["--test", "4"] if default_path() is not None else []
     rc = main(["moe", "--model", str(tiny_pair["student"]), "--out", str(out), "--steps", "6",
                "--batch", "4", "--experts", "5", "--lora-r", "2", "--queue-size", "4", *test])
     assert rc == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from medrt_train.data.pubmedqa import ANSWERS, DEFAULT_PATH, Question, load_split
+from medrt_train.data.pubmedqa import ANSWERS, Question, load_split
 
 
 @torch.no_grad()
@@ -237,7 +237,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+",
                    help="model directories (Hugging Face or medrt quantized), as PATH or NAME=PATH")
     p.add_argument("--reference", type=Path, help="unquantized model for KL and Δppl")
-    p.add_argument("--data", type=Path, default=DEFAULT_PATH, help="PubMedQA ori_pqal.json")
+    p.add_argument("--data", type=Path, default=None,
+                   help="PubMedQA ori_pqal.json (default: $MEDRT_DATA, else shared/data beside "
+                        "the working directory or the package)")
     p.add_argument("--texts", type=int, default=200,
                    help="PubMedQA test entries scored for perplexity/KL (of 200; 0: skip)")
     p.add_argument("--questions", type=int, default=200,

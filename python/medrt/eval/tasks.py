@@ -52,20 +52,31 @@ class Question:
         return self.choices[self.gold]
 
 
-def find_pubmedqa(data: str | Path | None = None) -> Path:
-    """``data`` (a file, or a directory holding pubmedqa/ori_pqal.json), else $MEDRT_DATA, else
-    ``shared/data`` beside the working directory or the package (the project's layout)."""
-    if data is not None:
-        path = Path(data)
-        return path / PUBMEDQA_FILE if path.is_dir() else path
+def locate_pubmedqa() -> Path | None:
+    """Where PubMedQA is when no path is given: $MEDRT_DATA, else ``shared/data`` beside the
+    working directory or the package (the project's layout), whichever holds the file first;
+    None when none does. An installed package sits far from the checkout, so the working
+    directory is searched before it."""
     roots = [Path(os.environ[DATA_ENV])] if os.environ.get(DATA_ENV) else []
     for base in (Path.cwd().resolve(), Path(__file__).resolve()):
         roots += [p / "shared" / "data" for p in base.parents]
     for root in roots:
         if (root / PUBMEDQA_FILE).is_file():
             return root / PUBMEDQA_FILE
-    raise InvalidRequest(f"PubMedQA not found: pass --data PATH/ori_pqal.json or set "
-                         f"${DATA_ENV} to a directory holding {PUBMEDQA_FILE}")
+    return None
+
+
+def find_pubmedqa(data: str | Path | None = None) -> Path:
+    """``data`` (a file, or a directory holding pubmedqa/ori_pqal.json), else
+    ``locate_pubmedqa()``."""
+    if data is not None:
+        path = Path(data)
+        return path / PUBMEDQA_FILE if path.is_dir() else path
+    found = locate_pubmedqa()
+    if found is None:
+        raise InvalidRequest(f"PubMedQA not found: pass --data PATH/ori_pqal.json or set "
+                             f"${DATA_ENV} to a directory holding {PUBMEDQA_FILE}")
+    return found
 
 
 def load_task(task: str, data: str | Path | None = None, split: str | None = None,

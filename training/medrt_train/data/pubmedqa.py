@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PATH = Path(__file__).resolve().parents[3].parent / "shared/data/pubmedqa/ori_pqal.json"
+from medrt.eval.tasks import DATA_ENV, locate_pubmedqa
+
 DEV_SIZE = 800
 DEV_CALIB_SIZE = 600
 SPLITS = ("dev", "dev-calib", "dev-held-out", "test")
@@ -35,12 +36,21 @@ class Question:
                                                             self.question)
 
 
+def default_path() -> Path | None:
+    """PubMedQA's ori_pqal.json where medrt looks for it (medrt.eval.tasks.locate_pubmedqa:
+    $MEDRT_DATA, then shared/data beside the working directory or the package), or None."""
+    return locate_pubmedqa()
+
+
 def load_split(split: str, path: Path | str | None = None) -> list[Question]:
     """The `dev` (800), `dev-calib` (600), `dev-held-out` (200) or `test` (200) questions, in
     id order."""
     if split not in SPLITS:
         raise ValueError(f"PubMedQA split must be one of {', '.join(SPLITS)}, not {split!r}")
-    path = Path(path) if path is not None else DEFAULT_PATH
+    path = Path(path) if path is not None else default_path()
+    if path is None:
+        raise FileNotFoundError(f"PubMedQA not found: pass its ori_pqal.json or set ${DATA_ENV} "
+                                f"to a directory holding pubmedqa/ori_pqal.json")
     if not path.is_file():
         raise FileNotFoundError(f"PubMedQA not found at {path} (see shared/data/pubmedqa)")
     data = json.loads(path.read_text())
