@@ -134,6 +134,25 @@ def test_calibration_and_method_choice_never_read_the_same_entries(tmp_path: Pat
         load_split("train", data)
 
 
+def test_pubmedqa_is_found_without_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An installed medrt_train lives far from the checkout: the default PubMedQA comes from
+    $MEDRT_DATA, else from shared/data above the working directory (as `medrt eval` finds it)."""
+    from medrt_train.data.pubmedqa import default_path, load_split
+
+    entries = {f"{i:05d}": {"QUESTION": f"q{i}", "CONTEXTS": ["c"], "LONG_ANSWER": "a",
+                            "final_decision": "no"} for i in range(1000)}
+    for root in ("env", "tree/shared/data"):
+        (tmp_path / root / "pubmedqa").mkdir(parents=True)
+        (tmp_path / root / "pubmedqa" / "ori_pqal.json").write_text(json.dumps(entries))
+    (tmp_path / "tree" / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "tree" / "checkout")
+    monkeypatch.setenv("MEDRT_DATA", str(tmp_path / "env"))
+    assert default_path() == tmp_path / "env" / "pubmedqa" / "ori_pqal.json"
+    monkeypatch.delenv("MEDRT_DATA")
+    assert default_path() == (tmp_path / "tree/shared/data/pubmedqa/ori_pqal.json").resolve()
+    assert [q.pubmed_id for q in load_split("test")][:2] == ["00800", "00801"]
+
+
 def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
     """--engine medrt scores the quantized model with the runtime's own kernels (int8 and NF4
     at their precision, activations quantized per block); its perplexity and KL agree with the
