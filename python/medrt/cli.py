@@ -21,16 +21,21 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
                    help=f"model directory or known model name (default: {DEFAULT_MODEL}, "
                         "pulled on first use)")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature; 0 is greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 keeps every token")
-    p.add_argument("--min-p", type=float, default=0.0,
-                   help="drop tokens below this fraction of the top token's probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
+    # Unset sampling flags take the model's generation_config.json values (as vLLM does:
+    # medrt.generation_defaults), else the neutral value in brackets.
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature; 0 is greedy (default: the model's "
+                        "generation_config.json, else 0)")
+    p.add_argument("--top-p", type=float, default=None, help="(default: the model's, else 1)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="0 keeps every token (default: the model's, else 0)")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens below this fraction of the top token's probability "
+                        "(default: the model's, else 0)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
                    help="make tokens already in the prompt or output less likely (a positive "
                         "logit is divided by it, a negative one multiplied; 1 is off, as "
-                        "vLLM's repetition_penalty)")
+                        "vLLM's repetition_penalty; default: the model's, else 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the output contains TEXT (repeatable)")
@@ -90,13 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sampling(args: argparse.Namespace) -> Any:
+_CLI_NEUTRAL = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                "repetition_penalty": 1.0}
+
+
+def _sampling(args: argparse.Namespace, llm: Any) -> Any:
+    """The flags given, over the model's generation_config.json sampling, over greedy."""
     from medrt import SamplingParams
 
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                          repetition_penalty=args.repetition_penalty, seed=args.seed,
-                          stop=args.stop)
+    model = {k: v for k, v in llm.sampling_defaults.items() if k in _CLI_NEUTRAL}
+    fields = {k: getattr(args, k) if getattr(args, k) is not None else model.get(k, neutral)
+              for k, neutral in _CLI_NEUTRAL.items()}
+    return SamplingParams(max_tokens=args.max_tokens, seed=args.seed, stop=args.stop, **fields)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -175,7 +185,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     with _load(args) as llm:
-        out = llm.generate(" ".join(args.prompt), _sampling(args))
+        out = llm.generate(" ".join(args.prompt), _sampling(args, llm))
     print(out[0].outputs[0].text)
     return 0
 
@@ -190,11 +200,11 @@ def _answer(llm: Any, history: list[dict[str, str]], params: Any) -> str:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    params = _sampling(args)
     history: list[dict[str, str]] = []
     if args.system:
         history.append({"role": "system", "content": args.system})
     with _load(args) as llm:
+        params = _sampling(args, llm)
         if args.prompt is not None:
             history.append({"role": "user", "content": args.prompt})
             _answer(llm, history, params)

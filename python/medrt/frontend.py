@@ -11,6 +11,7 @@ from typing import Any
 
 from medrt.engine_client import EngineClient, Sink
 from medrt.errors import InvalidCheckpoint, InvalidRequest
+from medrt.generation_defaults import sampling_defaults
 from medrt.request_state import RequestState
 from medrt.sampling_params import SamplingParams
 from medrt.tokenizer import Tokenizer
@@ -87,6 +88,7 @@ class EngineFrontend:
             raise InvalidCheckpoint(f"{model_dir}: no config.json")
         self.model_dir = model_dir
         self.tokenizer = Tokenizer(tokenizer if tokenizer is not None else model_dir)
+        self.sampling_defaults = sampling_defaults(model_dir)  # generation_config.json's
         config = _core.EngineConfig()
         config.model_dir = str(model_dir)
         config.block_size = block_size
@@ -156,6 +158,11 @@ class EngineFrontend:
     def get_tokenizer(self) -> Tokenizer:
         return self.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What a request without SamplingParams runs with: SamplingParams' defaults, with
+        the model's generation_config.json sampling over them (medrt.generation_defaults)."""
+        return SamplingParams(**self.sampling_defaults)
+
     @property
     def model_info(self) -> dict[str, Any]:
         """The model directory and its weights: ``weight_types`` (type -> number of modules,
@@ -196,7 +203,7 @@ class EngineFrontend:
     def _prepare(self, prompt: PromptType, params: SamplingParams | None,
                  lora_request: Any = None) -> PreparedRequest:
         lora = self._lora.resolve(lora_request)
-        params = params if params is not None else SamplingParams()
+        params = params if params is not None else self.get_default_sampling_params()
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"sampling_params must be a medrt.SamplingParams, "
                                  f"not {type(params).__name__}")

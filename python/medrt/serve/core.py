@@ -313,7 +313,8 @@ class ServeCore:
         if engine_id in self._running:
             raise invalid("request_id", f"{request_id!r} is already running")
         prompt, category = self._render(req)
-        params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]))
+        params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]),
+                                 self.llm.sampling_defaults)
         fp = self.fingerprint(params, req.medical_template, adapter)
         key, question = self._cache_key(tenant, req, category, params, adapter)
         if key is not None and req.cache != "refresh":

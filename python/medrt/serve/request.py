@@ -97,14 +97,20 @@ def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
                       f"{req.medical_template!r} is not one of {list(TEMPLATE_CHOICES)}")
 
 
-def sampling_params(req: ServeRequest, max_model_len: int, prompt_len: int) -> SamplingParams:
-    """The SamplingParams in effect; a missing seed is drawn so that the answer can be replayed
-    from its fingerprint."""
+def sampling_params(req: ServeRequest, max_model_len: int, prompt_len: int,
+                    model_defaults: dict[str, Any] | None = None) -> SamplingParams:
+    """The SamplingParams in effect: the client's fields over the model's generation_config.json
+    defaults (medrt.generation_defaults); a missing seed is drawn so that the answer can be
+    replayed from its fingerprint."""
     given = dict(req.sampling)
     p = req.field_prefix
     for name in given:
         if name not in SAMPLING_FIELDS:
             raise invalid(f"{p}{name}", "is not a sampling parameter")
+    model = {k: v for k, v in (model_defaults or {}).items() if k not in given}
+    if "max_tokens" in model:  # the model's max_new_tokens, within what the context leaves
+        model["max_tokens"] = max(min(model["max_tokens"], max_model_len - prompt_len), 1)
+    given = {**model, **given}
     for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
                  "presence_penalty"):
         v = given.get(name)
