@@ -42,6 +42,9 @@ def test_defaults_follow_vllm() -> None:
     ("stop", ""),
     ("stop", ["ok", 3]),
     ("stop_token_ids", [-1]),
+    ("stop_token_ids", [2**31]),
+    ("max_tokens", 2**40),    # beyond the engine's 32-bit field: named, not a TypeError
+    ("prompt_logprobs_start", 2**31),
     ("ignore_eos", "yes"),
 ])
 def test_bad_values_name_the_field(field: str, value: object) -> None:
@@ -67,6 +70,7 @@ def test_changed_attributes_are_checked_again() -> None:
 def test_top_k_off_values_accepted() -> None:
     for k in (-1, 0, 40):
         assert medrt.SamplingParams(top_k=k).top_k == k
+    assert medrt.SamplingParams(top_k=2**40).top_k == 2**40  # more than the vocabulary: all
 
 
 def test_import_is_light() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import medrt
 import numpy as np
 import pytest
 import torch
@@ -259,9 +260,10 @@ def test_tokenizer_and_chat_template_survive(hf_models: dict[str, Path], tmp_pat
 
 def _edited_gguf(src: Path, path: Path, arch: str | None = None,
                  extra_tensor: str | None = None, ints: dict[str, int] | None = None,
-                 extra_merges: list[str] | None = None) -> Path:
-    """A GGUF with a different architecture name, an extra tensor, integer fields replaced or
-    merges appended."""
+                 extra_merges: list[str] | None = None,
+                 sampling: dict[str, float] | None = None) -> Path:
+    """A GGUF with a different architecture name, an extra tensor, integer fields replaced,
+    merges appended or general.sampling.* keys (top_k an int32, the others f32) added."""
     reader = gguf.GGUFReader(write_gguf(src, path.with_suffix(".orig.gguf")))
     w = gguf.GGUFWriter(str(path), arch or "llama")
     for f in reader.fields.values():
@@ -278,6 +280,11 @@ def _edited_gguf(src: Path, path: Path, arch: str | None = None,
         w.add_key_value(name, value, vtype, sub_type=sub)
     for name, value in (ints or {}).items():
         w.add_uint32(name, value)
+    for name, value in (sampling or {}).items():
+        if name.endswith(".top_k"):
+            w.add_int32(name, int(value))
+        else:
+            w.add_float32(name, value)
     for t in reader.tensors:
         w.add_tensor(t.name, np.array(t.data))
     if extra_tensor:
@@ -316,6 +323,31 @@ def test_merge_of_a_token_outside_the_vocabulary(hf_models: dict[str, Path],
     with pytest.raises(InvalidCheckpoint, match=r"m\.gguf: the tokenizer failed while building "
                                                 r"it from the GGUF's vocabulary"):
         import_gguf(path, tmp_path / "out")
+
+
+def test_sampling_metadata_becomes_the_model_default(hf_models: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    # llama.cpp's converter writes generation_config's sampling as general.sampling.*.
+    keys = {"general.sampling.temp": 0.6, "general.sampling.top_p": 0.95,
+            "general.sampling.top_k": 20, "general.sampling.penalty_repeat": 1.05}
+    path = _edited_gguf(hf_models["llama"], tmp_path / "s.gguf", sampling=keys)
+    out = import_gguf(path, tmp_path / "out")
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert {k: gen[k] for k in ("do_sample", "temperature", "top_p", "top_k",
+                                "repetition_penalty")} == \
+        {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20,
+         "repetition_penalty": 1.05}
+    with medrt.LLM(out) as llm:
+        d = llm.get_default_sampling_params()
+    assert (d.temperature, d.top_p, d.top_k, d.repetition_penalty) == (0.6, 0.95, 20, 1.05)
+    plain = import_gguf(write_gguf(hf_models["llama"], tmp_path / "p.gguf"), tmp_path / "p")
+    gen = json.loads((plain / "generation_config.json").read_text())
+    assert "do_sample" not in gen and "temperature" not in gen
+    bad = _edited_gguf(hf_models["llama"], tmp_path / "b.gguf",
+                       sampling={"general.sampling.temp": -1.0})
+    with pytest.raises(InvalidCheckpoint, match="general.sampling.temp"):
+        import_gguf(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
 def test_unknown_tensor_is_named(hf_models: dict[str, Path], tmp_path: Path) -> None:

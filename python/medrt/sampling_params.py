@@ -9,6 +9,7 @@ from typing import Any
 from medrt.errors import InvalidRequest
 
 MAX_LOGPROBS = 20  # the engine returns at most this many alternatives per token
+INT32_MAX = 2**31 - 1  # the engine's integer fields (cpp/include/medrt/sampling.h)
 
 
 @dataclass
@@ -65,8 +66,9 @@ class SamplingParams:
         else:
             self.stop_token_ids = list(self.stop_token_ids)
             for tok in self.stop_token_ids:
-                if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
-                    _bad("stop_token_ids", self.stop_token_ids, "must be non-negative integers")
+                if isinstance(tok, bool) or not isinstance(tok, int) or not 0 <= tok <= INT32_MAX:
+                    _bad("stop_token_ids", self.stop_token_ids,
+                         "must be token ids (non-negative 32-bit integers)")
 
     def _check_ints(self) -> None:
         for name in ("n", "max_tokens", "min_tokens", "top_k"):
@@ -84,6 +86,9 @@ class SamplingParams:
             _bad("min_tokens", self.min_tokens, f"must be <= max_tokens ({self.max_tokens})")
         if self.top_k < -1:
             _bad("top_k", self.top_k, "must be -1 or 0 (off) or a positive integer")
+        for name in ("max_tokens", "min_tokens"):  # the engine's fields are 32-bit
+            if getattr(self, name) > INT32_MAX:
+                _bad(name, getattr(self, name), f"must be at most {INT32_MAX}")
         for name in ("seed", "logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -96,9 +101,9 @@ class SamplingParams:
             _bad("prompt_logprobs", self.prompt_logprobs,
                  f"must be in [0, {MAX_LOGPROBS}] or None")
         start = self.prompt_logprobs_start
-        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
-            _bad("prompt_logprobs_start", start,
-                 "must be an integer >= 1 (the first prompt token has no prefix to score it)")
+        if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= INT32_MAX:
+            _bad("prompt_logprobs_start", start, f"must be an integer in [1, {INT32_MAX}] (the "
+                 "first prompt token has no prefix to score it)")
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 _bad(name, getattr(self, name), "must be a bool")
@@ -143,7 +148,7 @@ class SamplingParams:
         core.max_tokens = self.max_tokens
         core.min_tokens = self.min_tokens
         core.temperature = float(self.temperature)
-        core.top_k = max(self.top_k, 0)
+        core.top_k = min(max(self.top_k, 0), INT32_MAX)  # beyond the vocabulary: keeps all
         core.top_p = float(self.top_p)
         core.min_p = float(self.min_p)
         core.repetition_penalty = float(self.repetition_penalty)

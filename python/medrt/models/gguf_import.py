@@ -26,11 +26,12 @@ import numpy as np
 from safetensors import TensorSpec, serialize_file
 from tqdm import tqdm
 
-from medrt.errors import InvalidCheckpoint
+from medrt.errors import InvalidCheckpoint, InvalidRequest
 from medrt.hf_tokenizer import panics_as_invalid
 from medrt.models.gguf_blocks import GROUP, KEPT, split_blocks
 from medrt.models.gguf_metadata import check_tensor_data, read_metadata
 from medrt.models.gguf_tokenizer import eos_token_ids, write_tokenizer_files
+from medrt.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,34 @@ def _token_id(meta: Mapping[str, Any], kind: str, vocab_size: int) -> int:
     return idx
 
 
+# llama.cpp's converter stores the Hugging Face generation_config's sampling under
+# general.sampling.*: they go back into generation_config.json, where medrt reads the model's
+# sampling defaults (medrt.generation_defaults) and transformers reads them too.
+_GGUF_SAMPLING = {"general.sampling.temp": "temperature", "general.sampling.top_k": "top_k",
+                  "general.sampling.top_p": "top_p", "general.sampling.min_p": "min_p",
+                  "general.sampling.penalty_repeat": "repetition_penalty"}
+
+
+def generation_sampling(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """generation_config.json's sampling keys from the GGUF's general.sampling.* (do_sample
+    true when any of temperature, top_k, top_p or min_p is given); a value medrt would refuse
+    is an InvalidCheckpoint naming the GGUF key."""
+    out: dict[str, Any] = {}
+    for key, name in _GGUF_SAMPLING.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        try:
+            value = int(value) if name == "top_k" else _f32(value)
+            SamplingParams(**{name: value})
+        except (InvalidRequest, TypeError, ValueError) as e:
+            raise InvalidCheckpoint(f"GGUF metadata '{key}' = {meta[key]!r}: {e}") from None
+        out[name] = value
+    if out.keys() - {"repetition_penalty"}:
+        out["do_sample"] = True
+    return out
+
+
 def _auto_dtype(reader: gguf.GGUFReader) -> str:
     # f16 holds dequantized GGUF blocks (f16 scales times small integers) more closely than
     # bf16 does; a model stored in bf16 keeps bf16, since its values may not fit f16's range.
@@ -374,6 +403,7 @@ def import_gguf(
     if keep:
         dtype = _auto_dtype(reader)
     cfg = hf_config(meta, reader, dtype)
+    sampling = generation_sampling(meta)  # checked before anything is written
     if keep and any(_kept(t, keep) for t in _weights(reader)):
         cfg["quantization"] = quantization_section(reader, gguf_path.name, dtype)
     if keep:
@@ -420,6 +450,7 @@ def import_gguf(
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
     if meta.get("tokenizer.ggml.padding_token_id") is not None:
         gen["pad_token_id"] = _token_id(meta, "padding", cfg["vocab_size"])
+    gen.update(sampling)
     _write_json(out_dir / "generation_config.json", gen)
     return out_dir
 
