@@ -9,7 +9,7 @@ from pathlib import Path
 
 import medrt
 import pytest
-from medrt.errors import InvalidCheckpoint
+from medrt.errors import InvalidCheckpoint, InvalidRequest
 from medrt.generation_defaults import sampling_defaults
 from medrt.serve.request import ServeRequest, sampling_params
 from test_cli import run_medrt
@@ -67,6 +67,19 @@ def test_api_requests_without_params_use_the_model_sampling(tiny_llama: Path,
     assert len(plain.token_ids) == 16 or plain.finish_reason == "stop"
 
 
+def test_generation_config_option(tiny_llama: Path, tmp_path: Path) -> None:
+    """generation_config="none" keeps SamplingParams' defaults; a directory lends its file to a
+    model without one; anything else is refused by name."""
+    model = _with_config(tiny_llama, tmp_path / "m", SAMPLED)
+    with medrt.LLM(model, generation_config="none") as llm:
+        assert llm.get_default_sampling_params() == medrt.SamplingParams()
+    with medrt.LLM(tiny_llama, generation_config=str(model)) as llm:
+        d = llm.get_default_sampling_params()
+        assert (d.temperature, d.top_k, d.max_tokens) == (0.7, 5, 9)
+    with pytest.raises(InvalidRequest, match="generation_config='/nonexistent'"):
+        medrt.LLM(tiny_llama, generation_config="/nonexistent")
+
+
 def test_cli_flags_over_model_sampling_over_greedy(tiny_llama: Path, tmp_path: Path) -> None:
     model = _with_config(tiny_llama, tmp_path / "m", SAMPLED)
     home = tmp_path / "home"
@@ -83,6 +96,12 @@ def test_cli_flags_over_model_sampling_over_greedy(tiny_llama: Path, tmp_path: P
                   "--temperature", "0", PROMPT)
     assert r.returncode == 0, r.stderr
     assert r.stdout == greedy + "\n"
+    with medrt.LLM(model) as llm:
+        plain = llm.generate(PROMPT, medrt.SamplingParams(temperature=0.0, max_tokens=12))
+    r = run_medrt(home, "generate", "--model", str(model), "--max-tokens", "12",
+                  "--generation-config", "none", PROMPT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == plain[0].outputs[0].text + "\n"
 
 
 def test_service_fills_only_what_the_client_left_out() -> None:

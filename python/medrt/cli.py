@@ -37,6 +37,9 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
                         "logit is divided by it, a negative one multiplied; 1 is off, as "
                         "vLLM's repetition_penalty; default: the model's, else 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    p.add_argument("--generation-config", default="auto", metavar="auto|none|DIR",
+                   help="where unset sampling flags come from: the model's "
+                        "generation_config.json (auto), none (greedy), or DIR's file")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when the output contains TEXT (repeatable)")
     p.add_argument("--threads", type=_thread_count, default=0,
@@ -112,7 +115,8 @@ def _sampling(args: argparse.Namespace, llm: Any) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     from medrt import LLM
 
-    return LLM(args.model, num_threads=args.threads, **engine_options(args))
+    return LLM(args.model, num_threads=args.threads, generation_config=args.generation_config,
+               **engine_options(args))
 
 
 def _human(n: int) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from medrt.engine_client import EngineClient, Sink
 from medrt.errors import InvalidCheckpoint, InvalidRequest
-from medrt.generation_defaults import sampling_defaults
+from medrt.generation_defaults import defaults_from
 from medrt.request_state import RequestState
 from medrt.sampling_params import SamplingParams
 from medrt.tokenizer import Tokenizer
@@ -73,6 +73,7 @@ class EngineFrontend:
         device_map: str | None = None,
         activation_precision: str = "int8",
         kv_cache_dtype: str = "f32",
+        generation_config: str | Path = "auto",
     ) -> None:
         from medrt import _core
         from medrt.device import select_device
@@ -88,7 +89,9 @@ class EngineFrontend:
             raise InvalidCheckpoint(f"{model_dir}: no config.json")
         self.model_dir = model_dir
         self.tokenizer = Tokenizer(tokenizer if tokenizer is not None else model_dir)
-        self.sampling_defaults = sampling_defaults(model_dir)  # generation_config.json's
+        # What requests leave unset: the model's generation_config.json ("auto"), SamplingParams'
+        # own defaults ("none"), or another directory's file (medrt.generation_defaults).
+        self.sampling_defaults = defaults_from(generation_config, model_dir)
         config = _core.EngineConfig()
         config.model_dir = str(model_dir)
         config.block_size = block_size

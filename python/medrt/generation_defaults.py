@@ -22,6 +22,20 @@ from medrt.sampling_params import SamplingParams
 
 FILE = "generation_config.json"
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p")
+SOURCES = ("auto", "none")  # or a directory holding a generation_config.json
+
+
+def defaults_from(source: str | Path, model_dir: str | Path) -> dict[str, Any]:
+    """The defaults ``generation_config`` asks for (vLLM's option of that name): "auto" reads
+    the model's file, "none" keeps SamplingParams' own defaults, a directory reads its file."""
+    if source == "auto":
+        return sampling_defaults(model_dir)
+    if source == "none":
+        return {}
+    if not (Path(source) / FILE).is_file():
+        raise InvalidRequest(f"generation_config={str(source)!r}: not 'auto', 'none' or a "
+                             f"directory holding {FILE}")
+    return sampling_defaults(source)
 
 
 def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class LLM(EngineFrontend):
     scoring, at about 0.6x the prompt speed; docs/quantization.md). ``kv_cache_dtype`` is
     "f32" (default) or "f16" (llama.cpp's default: the pool holds twice the tokens and a decode
     step reads half the cache bytes, at one f16 rounding of each key and value).
+    ``generation_config`` says what a request's unset sampling parameters are: "auto" (default)
+    the model's generation_config.json, "none" SamplingParams' own defaults, or a directory
+    holding another generation_config.json (vLLM's option; ``get_default_sampling_params()``).
 
     All requests of one call run together in the engine (continuous batching). The engine
     computes on its own threads without the GIL. Use as a context manager, or call

@@ -36,6 +36,16 @@ def test_openai_requests_take_the_model_sampling(start_server: Callable[..., Ser
                                          max_tokens=8, extra_body={"ignore_eos": True})
     finally:
         st.stop()
+    # An operator's --generation-config none: OpenAI's rule again (no max_tokens: the context).
+    st = start_server(model=str(model), generation_config="none")
+    try:
+        client = openai.OpenAI(base_url=st.http_base + "/v1", api_key="unused", timeout=30,
+                               max_retries=0)
+        none = client.completions.create(model=MODEL, prompt=PROMPT,
+                                         extra_body={"ignore_eos": True})
+    finally:
+        st.stop()
+    assert none.usage.completion_tokens == 512 - none.usage.prompt_tokens
     want = medrt.SamplingParams(temperature=0.0, top_k=5, repetition_penalty=1.8, max_tokens=8,
                                 ignore_eos=True)
     plain = medrt.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)

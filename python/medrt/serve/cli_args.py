@@ -47,6 +47,10 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument("--drain-grace-s", type=float, default=30.0,
                    help="on SIGTERM, how long running requests may take to finish")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generation-config", default="auto", metavar="auto|none|DIR",
+                   help="sampling fields a request leaves out: the model's "
+                        "generation_config.json (auto), SamplingParams' own defaults (none), "
+                        "or DIR's generation_config.json")
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     p.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                    help="peft LoRA adapters served by name: a request whose model is NAME runs "
@@ -92,7 +96,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests,
         tenant_max_concurrency=args.tenant_max_concurrency,
         max_prompt_bytes=args.max_prompt_bytes, drain_grace_s=args.drain_grace_s,
-        seed=args.seed, semantic_cache=args.semantic_cache,
+        seed=args.seed, generation_config=args.generation_config,
+        semantic_cache=args.semantic_cache,
         semantic_cache_a=args.semantic_cache_a,
         semantic_cache_threshold=args.semantic_cache_threshold,
         semantic_cache_embedder=args.semantic_cache_embedder,

@@ -51,6 +51,7 @@ class ServeConfig:
     # How the quantized weights' CPU kernels read activations: "int8" or "int8x2" (LLM).
     activation_precision: str = "int8"
     kv_cache_dtype: str = "f32"  # element type of the KV cache: "f32" or "f16" (LLM)
+    generation_config: str = "auto"  # defaults of unset sampling fields: "auto", "none", a dir
     max_model_len: int | None = None
     max_queued_requests: int = 256
     tenant_max_concurrency: int = 0
@@ -203,7 +204,7 @@ class Server:
                 max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens,
                 max_model_len=c.max_model_len, seed=c.seed,
                 activation_precision=c.activation_precision, kv_cache_dtype=c.kv_cache_dtype,
-                enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
+                generation_config=c.generation_config, enable_lora=bool(self.lora_modules), max_loras=c.max_loras,
                 max_lora_rank=c.max_lora_rank)
             weights = await asyncio.to_thread(weights_fingerprint, llm.model_dir)
             self.core.adapters = await asyncio.to_thread(self._load_adapters, llm)
