@@ -22,7 +22,7 @@ def _add_model_and_sampling(p: argparse.ArgumentParser) -> None:
                         "pulled on first use)")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
     # Unset sampling flags take the model's generation_config.json values (as vLLM does:
-    # medrt.generation_defaults), else the neutral value in brackets.
+    # medrt.generation_defaults), else the neutral value each help text names.
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature; 0 is greedy (default: the model's "
                         "generation_config.json, else 0)")

@@ -9,6 +9,10 @@ auto``), medrt starts every request that leaves a parameter unset from these val
 Hugging Face's meaning is kept: ``temperature``, ``top_p``, ``top_k`` and ``min_p`` count only
 when ``do_sample`` is true, ``do_sample: false`` means greedy, and ``repetition_penalty`` and
 ``max_new_tokens`` count either way. A file without ``do_sample`` changes nothing but those two.
+
+``generation_config`` (LLM keyword, ``--generation-config`` of ``medrt serve|chat|generate``)
+chooses the source: "auto" (the model's file), "none" (SamplingParams' own defaults) or a
+directory holding another generation_config.json.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from medrt.sampling_params import SamplingParams
 
 FILE = "generation_config.json"
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p")
-SOURCES = ("auto", "none")  # or a directory holding a generation_config.json
 
 
 def defaults_from(source: str | Path, model_dir: str | Path) -> dict[str, Any]:
