@@ -64,9 +64,15 @@ def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
     if cfg.get("max_new_tokens") is not None:
         out["max_tokens"] = cfg["max_new_tokens"]
     for name, value in out.items():
-        try:
-            SamplingParams(**{name: value})
-        except (InvalidRequest, TypeError) as e:
-            key = "max_new_tokens" if name == "max_tokens" else name
-            raise InvalidCheckpoint(f"{path}: {key} = {value!r} is not usable: {e}") from None
+        key = "max_new_tokens" if name == "max_tokens" else name
+        check_value(name, value, f"{path}: {key}")
     return out
+
+
+def check_value(name: str, value: Any, where: str) -> None:
+    """An InvalidCheckpoint naming ``where`` (the file and key the value came from) when
+    SamplingParams refuses ``value`` for its field ``name``."""
+    try:
+        SamplingParams(**{name: value})
+    except (InvalidRequest, TypeError) as e:
+        raise InvalidCheckpoint(f"{where} = {value!r} is not usable: {e}") from None

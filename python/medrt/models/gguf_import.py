@@ -26,12 +26,12 @@ import numpy as np
 from safetensors import TensorSpec, serialize_file
 from tqdm import tqdm
 
-from medrt.errors import InvalidCheckpoint, InvalidRequest
+from medrt.errors import InvalidCheckpoint
+from medrt.generation_defaults import check_value
 from medrt.hf_tokenizer import panics_as_invalid
 from medrt.models.gguf_blocks import GROUP, KEPT, split_blocks
 from medrt.models.gguf_metadata import check_tensor_data, read_metadata
 from medrt.models.gguf_tokenizer import eos_token_ids, write_tokenizer_files
-from medrt.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +240,9 @@ def generation_sampling(meta: Mapping[str, Any]) -> dict[str, Any]:
             continue
         try:
             value = int(value) if name == "top_k" else _f32(value)
-            SamplingParams(**{name: value})
-        except (InvalidRequest, TypeError, ValueError) as e:
-            raise InvalidCheckpoint(f"GGUF metadata '{key}' = {meta[key]!r}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidCheckpoint(f"GGUF metadata '{key}' = {value!r}: {e}") from None
+        check_value(name, value, f"GGUF metadata '{key}'")
         out[name] = value
     if out.keys() - {"repetition_penalty"}:
         out["do_sample"] = True
