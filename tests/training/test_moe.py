@@ -110,14 +110,14 @@ def test_zero_experts_equal_the_base_and_training_lowers_the_loss(tiny_pair) -> 
     for _ in range(12):
         out = model(**batch, labels=labels, targets=targets, update_queue=True)
         on_target = out.seq_probs.gather(1, targets[:, None]).mean()
-        first = first or (float(out.lm_loss), float(on_target))
+        first = first or (out.lm_loss.item(), on_target.item())
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-    assert float(out.lm_loss) < 0.95 * first[0]
+    assert out.lm_loss.item() < 0.95 * first[0]
     # The contrastive term pulls each sequence's routing toward its category's expert.
-    assert float(on_target) > first[1] + 0.1
-    assert float(out.con_loss) > 0 and float(out.bal_loss) > 0
+    assert on_target.item() > first[1] + 0.1
+    assert out.con_loss.item() > 0 and out.bal_loss.item() > 0
     # 12 steps of 3 sequences entered each layer's queues, bounded at 8 per expert.
     for q in model.queues:
         assert 8 <= int(q.count.sum()) <= 3 * 8 and max(q.count.tolist()) <= 8

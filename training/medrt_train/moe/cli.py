@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         opt.step()
         if step % max(1, args.steps // 10) == 0 or step == args.steps:
             row = {"step": step, "loss": out.loss.item(), "lm": out.lm_loss.item(),
-                   "con": float(out.con_loss), "bal": float(out.bal_loss),
+                   "con": out.con_loss.item(), "bal": out.bal_loss.item(),
                    "max_rss_mib": round(_rss_mib(), 1), "seconds": round(time.time() - start, 1)}
             log.info("%s", row)
             history.append(row)
