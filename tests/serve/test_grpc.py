@@ -71,6 +71,7 @@ def test_stream_concatenates_to_the_unary_answer(stub: medrt_pb2_grpc.MedrtStub)
         assert lp.token_id == tok and lp.logprob <= 0 and 1 <= len(lp.top) <= 3
         # greedy: the chosen token is the most likely one
         assert lp.top[0].token_id == tok and math.isclose(lp.top[0].logprob, lp.logprob)
+        assert lp.text == lp.top[0].text
 
 
 def test_chat_uses_the_chat_template(stub: medrt_pb2_grpc.MedrtStub,
@@ -159,6 +160,8 @@ _USER = [medrt_pb2.ChatMessage(role="user", content="hi")]
      "messages[0].role"),
     ("Chat", medrt_pb2.ChatRequest(messages=_USER, sampling=medrt_pb2.SamplingParams(n=2)),
      "sampling.n"),
+    ("Generate", medrt_pb2.GenerateRequest(prompt="hi", sampling=medrt_pb2.SamplingParams(
+        stop_token_ids=[10**9])), "sampling.stop_token_ids"),
 ])
 def test_bad_input_is_invalid_argument_naming_the_field(stub: medrt_pb2_grpc.MedrtStub,
                                                         method: str, request_: object,

@@ -24,9 +24,18 @@ def _greedy(n: int) -> dict:
     return {"max_tokens": n, "temperature": 0.0, "extra_body": {"ignore_eos": True}}
 
 
-def test_models(client: openai.OpenAI) -> None:
+def test_models(client: openai.OpenAI, server: ServerThread) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert info.value.body["param"] == "model"
+    # aiohttp's own 404 and 405 come as OpenAI error JSON too
+    status, body = _post(server, "/v1/nothing", b"{}")
+    assert status == 404 and body["error"]["code"] == "not_found", body
+    status, body = _post(server, "/v1/models", b"{}")
+    assert status == 405 and body["error"]["type"] == "invalid_request_error", body
 
 
 def test_chat_completion_and_stream_agree(client: openai.OpenAI) -> None:
@@ -56,6 +65,54 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
     for entry in content:
         assert len(entry.top_logprobs) == 3 and entry.logprob <= 0
         assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+
+
+def test_logprobs_name_the_chosen_token(server: ServerThread, tiny_llama) -> None:
+    # Sampled tokens need not be among the top alternatives (here there are none): each entry
+    # still carries its own token's text, as OpenAI's do.
+    from medrt.tokenizer import Tokenizer
+
+    tok = Tokenizer(tiny_llama)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+            "temperature": 1.0, "seed": 7, "ignore_eos": True, "logprobs": True}
+    status, body = _post(server, "/v1/chat/completions", json.dumps(chat).encode())
+    assert status == 200, body
+    choice = body["choices"][0]
+    entries = choice["logprobs"]["content"]
+    assert [e["token"] for e in entries] == [tok.decode([t], skip_special_tokens=False)
+                                             for t in choice["token_ids"]]
+    assert all(e["token"] and e["bytes"] == list(e["token"].encode()) for e in entries)
+    completion = {"model": MODEL, "prompt": "hi", "max_tokens": 6, "temperature": 1.0,
+                  "seed": 7, "ignore_eos": True, "logprobs": 0}
+    status, body = _post(server, "/v1/completions", json.dumps(completion).encode())
+    choice = body["choices"][0]
+    assert choice["logprobs"]["tokens"] == [tok.decode([t], skip_special_tokens=False)
+                                            for t in choice["token_ids"]]
+
+
+def test_openai_message_shapes(client: openai.OpenAI) -> None:
+    # text content parts, and an assistant turn whose content is null (it called a tool)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Metformin"},
+                                          {"type": "text", "text": "is"}]}]
+    joined = [{"role": "user", "content": "Metformin\nis"}]
+    a = client.chat.completions.create(model=MODEL, messages=parts, **_greedy(5))
+    b = client.chat.completions.create(model=MODEL, messages=joined, **_greedy(5))
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None},
+               {"role": "user", "content": "again"}]
+    assert client.chat.completions.create(model=MODEL, messages=history,
+                                          **_greedy(2)).usage.completion_tokens == 2
+    for messages, param in [
+        ([{"role": "user", "content": None}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+         "messages[0].content[0]"),
+        ([{"role": "user", "content": [{"type": "text", "text": 5}]}],
+         "messages[0].content[0].text"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+        assert info.value.body["param"] == param, info.value.body
 
 
 def test_completions_match_grpc_generate(client: openai.OpenAI, server: ServerThread) -> None:
@@ -90,6 +147,7 @@ def test_completions_match_grpc_generate(client: openai.OpenAI, server: ServerTh
     ({"messages": [{"role": "user", "content": "x" * (10 << 20)}]}, "messages[0].content"),
     ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ({"extra_body": {"medical_template": "astrology"}}, "medical_template"),
+    ({"extra_body": {"stop_token_ids": [10**9]}}, "stop_token_ids"),
 ])
 def test_bad_input_is_400_naming_the_field(client: openai.OpenAI, kwargs: dict,
                                            param: str) -> None:
@@ -120,10 +178,20 @@ def _post(server: ServerThread, path: str, data: bytes) -> tuple[int, dict]:
     (b'{"model": "tiny-llama", "prompt": "\xff\xfe"}', "body"),
     (b'[1, 2]', "body"),
     (b'{"prompt": {"a": 1}}', "prompt"),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body"),  # nesting
 ])
 def test_malformed_bodies(server: ServerThread, data: bytes, param: str) -> None:
     status, body = _post(server, "/v1/completions", data)
     assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_a_body_over_the_limit_is_413(server: ServerThread) -> None:
+    from medrt.serve.http_api import MAX_BODY_BYTES
+
+    data = b'{"prompt": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    status, body = _post(server, "/v1/completions", data)
+    assert status == 413 and body["error"]["param"] == "body", body
+    assert str(MAX_BODY_BYTES) in body["error"]["message"]
 
 
 def test_health_and_metrics(server: ServerThread, client: openai.OpenAI) -> None:

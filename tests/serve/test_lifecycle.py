@@ -147,6 +147,7 @@ def test_tenant_concurrency_limit(start_server: Callable[..., ServerThread], med
     keys = tmp_path / "keys.txt"
     solo = add_key("solo", keys, max_concurrency=1)
     other = add_key("other", keys)
+    nested = add_key("solo/icu", keys)  # a name that extends another with "/"
     st = start_server(model=str(medium_llama), served_model_name="medium", max_model_len=1024,
                       api_keys=str(keys), max_num_seqs=4, max_queued_requests=0)
     with grpc.insecure_channel(st.grpc_target) as ch:
@@ -167,6 +168,16 @@ def test_tenant_concurrency_limit(start_server: Callable[..., ServerThread], med
         # another tenant cannot abort solo's request, solo can
         assert not stub.Abort(medrt_pb2.AbortRequest(request_id="q"), metadata=auth_other,
                               timeout=10).aborted
+        # nor can "solo" reach "solo/icu"'s request "r1" by spelling it "icu/r1"
+        auth_nested = (("authorization", f"Bearer {nested}"),)
+        victim = stub.GenerateStream(_holding("four", request_id="r1"), metadata=auth_nested,
+                                     timeout=180)
+        next(victim)
+        assert not stub.Abort(medrt_pb2.AbortRequest(request_id="icu/r1"), metadata=auth_solo,
+                              timeout=10).aborted
+        assert stub.Abort(medrt_pb2.AbortRequest(request_id="r1"), metadata=auth_nested,
+                          timeout=10).aborted
+        victim.cancel()
         assert stub.Abort(medrt_pb2.AbortRequest(request_id="q"), metadata=auth_solo,
                           timeout=10).aborted
         first.cancel()

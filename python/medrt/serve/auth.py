@@ -18,6 +18,7 @@ from pathlib import Path
 
 KEY_PREFIX = "mrt-"
 ANONYMOUS = "anonymous"  # the tenant of every request when no key file is given
+UNAUTHENTICATED = "unauthenticated"  # the metrics' tenant label of a request without one
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ def parse_key_file(path: Path) -> dict[str, Tenant]:
             raise ValueError(f"{where}: max_concurrency must be >= 0")
         models = (frozenset(m for m in settings["models"].split(",") if m)
                   if "models" in settings else None)
+        if parts[1] == UNAUTHENTICATED:
+            raise ValueError(f"{where}: the tenant name {UNAUTHENTICATED!r} is reserved (it "
+                             "labels the metrics of requests without a valid key)")
         keys[digest] = Tenant(parts[1], limit, models)
     return keys
 
@@ -110,6 +114,9 @@ def add_key(tenant: str, path: str | os.PathLike[str], max_concurrency: int = 0)
     (shown once; only its hash is stored)."""
     if not tenant or any(c.isspace() for c in tenant) or "#" in tenant:
         raise ValueError(f"tenant {tenant!r}: must be non-empty, without spaces or '#'")
+    if tenant == UNAUTHENTICATED:
+        raise ValueError(f"tenant {tenant!r}: the name is reserved (it labels the metrics of "
+                         "requests without a valid key)")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     line = f"sha256:{hash_key(key)} {tenant}"
     if max_concurrency:

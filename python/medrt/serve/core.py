@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -90,7 +91,8 @@ class Adapter:
 class Delta:
     text: str
     token_ids: list[int]
-    logprobs: list[tuple[int, float, list[tuple[int, float, str]]]] | None
+    # per token: (id, logprob, text, [(id, logprob, text) of the top alternatives, best first])
+    logprobs: list[tuple[int, float, str, list[tuple[int, float, str]]]] | None
     finish_reason: str | None = None
     stop_reason: str | None = None
 
@@ -213,16 +215,24 @@ class RunningRequest:
         self.core.llm.abort(self.engine_request_id)
 
 
+def _engine_request_id(tenant: Tenant, request_id: str) -> str:
+    """The engine's id of a tenant's request: the tenant's name quoted, so that no (tenant,
+    request id) pair spells another's ("ward/icu" + "r1" against "ward" + "icu/r1"): a
+    tenant reaches only its own requests (Abort, "already running")."""
+    return f"{urllib.parse.quote(tenant.name, safe='')}/{request_id}"
+
+
 def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob]] | None
-              ) -> list[tuple[int, float, list[tuple[int, float, str]]]] | None:
+              ) -> list[tuple[int, float, str, list[tuple[int, float, str]]]] | None:
     if entries is None:
         return None
     out = []
     for tid, entry in zip(token_ids, entries):
-        chosen = entry[tid].logprob
+        chosen = entry[tid]  # present whether or not it ranks among the alternatives
         top = sorted(((t, lp) for t, lp in entry.items() if lp.rank is not None),
                      key=lambda item: item[1].rank or 0)
-        out.append((tid, chosen, [(t, lp.logprob, lp.decoded_token or "") for t, lp in top]))
+        out.append((tid, chosen.logprob, chosen.decoded_token or "",
+                    [(t, lp.logprob, lp.decoded_token or "") for t, lp in top]))
     return out
 
 
@@ -243,12 +253,20 @@ class ServeCore:
         self.adapters: dict[str, Adapter] = {}  # served LoRA adapters by name
         self.metrics = ServeMetrics(self._stats, lambda: self.admission.num_waiting)
         self._running: dict[str, RunningRequest] = {}
+        self.kv_tokens: int | None = None  # positions of the whole KV pool (attach)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self, llm: medrt.AsyncLLM, weights: WeightsFingerprint) -> None:
         self.llm = llm
         self.weights = weights
+        stats = llm.stats()
+        self.kv_tokens = int(stats["num_blocks"]) * int(stats["block_size"])
+        if self.kv_tokens + 1 < llm.max_model_len:
+            log.warning(f"the KV cache holds {self.kv_tokens} positions, fewer than the "
+                        f"context ({llm.max_model_len} tokens): a request longer than that is "
+                        "refused; raise --kv-cache-memory-bytes or lower --max-model-len",
+                        extra={"event": "kv_cache_smaller_than_context"})
 
     @property
     def ready(self) -> bool:
@@ -291,30 +309,30 @@ class ServeCore:
                              f"tenant {tenant.name!r} may not use model {name!r}")
         return adapter
 
-    async def start(self, tenant: Tenant, req: ServeRequest,
-                    deadline_s: float | None = None) -> RunningRequest:
-        try:
-            return await self._start(tenant, req, deadline_s)
-        except ServeError as e:
-            self.count_failure(tenant.name, e.code)
-            raise
-
     def count_failure(self, tenant: str, code: str) -> None:
-        """A request refused before it started (bad input, auth, a full queue, draining)."""
+        """A request refused before it started (bad input, auth, a full queue, draining).
+        The transports call it for every completion request that fails before ``start``
+        returns (tenant "unauthenticated" when no tenant was established); a started request
+        counts its own outcome when its events end."""
         self.metrics.request_failure.labels(tenant, code).inc()
 
-    async def _start(self, tenant: Tenant, req: ServeRequest,
-                     deadline_s: float | None) -> RunningRequest:
+    async def start(self, tenant: Tenant, req: ServeRequest,
+                    deadline_s: float | None = None) -> RunningRequest:
         arrival = time.monotonic()
         adapter = self.check_model(tenant, req.model)
         check_shape(req, self.max_prompt_bytes)
         request_id = req.request_id or f"req-{uuid.uuid4().hex}"
-        engine_id = f"{tenant.name}/{request_id}"
+        engine_id = _engine_request_id(tenant, request_id)
         if engine_id in self._running:
             raise invalid("request_id", f"{request_id!r} is already running")
         prompt, category = self._render(req)
         params = sampling_params(req, self.llm.max_model_len, len(prompt["prompt_token_ids"]),
-                                 self.llm.sampling_defaults)
+                                 self.llm.sampling_defaults, self.kv_tokens)
+        vocab = int(self.llm.model_config["vocab_size"])
+        for t in params.stop_token_ids or []:  # the engine checks too, but only once queued
+            if not 0 <= t < vocab:
+                raise invalid(f"{req.field_prefix}stop_token_ids", f"{t} is outside the "
+                              f"vocabulary [0, {vocab})")
         fp = self.fingerprint(params, req.medical_template, adapter)
         key, question = self._cache_key(tenant, req, category, params, adapter)
         if key is not None and req.cache != "refresh":
@@ -414,7 +432,7 @@ class ServeCore:
                                             "seconds": round(time.monotonic() - rr.arrival, 4)})
 
     def abort(self, tenant: Tenant, request_id: str) -> bool:
-        rr = self._running.get(f"{tenant.name}/{request_id}")
+        rr = self._running.get(_engine_request_id(tenant, request_id))
         if rr is None:
             return False
         rr.aborted_by_client = True

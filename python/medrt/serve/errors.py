@@ -21,17 +21,19 @@ class ServeError(Exception):
     input, the field at fault (``field`` is named in google.rpc.BadRequest and OpenAI's
     ``param``)."""
 
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None,
+                 http_status: int | None = None) -> None:
         if code not in _HTTP:
             raise ValueError(f"unknown status code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self._http_status = http_status  # a finer HTTP status than the code's (413)
 
     @property
     def http_status(self) -> int:
-        return _HTTP[self.code][0]
+        return self._http_status or _HTTP[self.code][0]
 
     def openai_json(self) -> dict:
         """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import medrt
-from medrt.serve.auth import Tenant
+from medrt.serve.auth import UNAUTHENTICATED, Tenant
 from medrt.serve.core import Delta, RunningRequest, ServeCore, map_engine_error
 from medrt.serve.errors import ServeError, invalid
 from medrt.serve.request import ServeRequest
@@ -158,9 +158,9 @@ def _chat_request(msg: medrt_pb2.ChatRequest, check: bool = True) -> ServeReques
 def _fill(msg: Any, d: Delta) -> None:
     msg.text = d.text
     msg.token_ids.extend(d.token_ids)
-    for tid, lp, top in d.logprobs or []:
+    for tid, lp, text, top in d.logprobs or []:
         msg.logprobs.append(medrt_pb2.TokenLogprob(
-            token_id=tid, logprob=lp,
+            token_id=tid, logprob=lp, text=text,
             top=[medrt_pb2.TopLogprob(token_id=t, logprob=v, text=s) for t, v, s in top]))
 
 
@@ -198,6 +198,8 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
         request at once: the engine aborts it and its KV blocks and queue slot are freed then,
         not whenever a suspended generator is garbage collected.
         """
+        tenant: Tenant | None = None
+        rr: RunningRequest | None = None
         try:
             tenant = self._tenant(context)
             req = make()
@@ -208,7 +210,11 @@ class MedrtServicer(medrt_pb2_grpc.MedrtServicer):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every error leaves as a status
-            await _abort(context, map_engine_error(e))
+            err = map_engine_error(e)
+            if rr is None:  # a started request counted its outcome as its events ended
+                self.core.count_failure(UNAUTHENTICATED if tenant is None else tenant.name,
+                                        err.code)
+            await _abort(context, err)
 
     async def _unary(self, context: grpc.aio.ServicerContext,
                      make: Callable[[], ServeRequest]) -> medrt_pb2.GenerateResponse:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from medrt.serve.auth import Tenant
+from medrt.serve.auth import UNAUTHENTICATED, Tenant
 from medrt.serve.core import Delta, RunningRequest, ServeCore, map_engine_error
 from medrt.serve.errors import ServeError, invalid
 from medrt.serve.metrics import CONTENT_TYPE
@@ -41,14 +41,36 @@ def _error(e: ServeError) -> web.Response:
     return web.json_response(e.openai_json(), status=e.http_status)
 
 
+# aiohttp's own refusals (no such route, a method the route does not take) as OpenAI error JSON,
+# which OpenAI clients parse, rather than aiohttp's plain text.
+_ROUTE_ERRORS = {404: "NOT_FOUND", 405: "INVALID_ARGUMENT"}
+
+
+@web.middleware
+async def _json_route_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status not in _ROUTE_ERRORS:
+            raise
+        err = ServeError(_ROUTE_ERRORS[e.status], f"{request.method} {request.path}: {e.reason}")
+        return web.json_response(err.openai_json(), status=e.status)
+
+
 async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ServeError("INVALID_ARGUMENT", f"body: is larger than the limit of "
+                         f"{MAX_BODY_BYTES} bytes", "body", http_status=413) from None
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise invalid("body", f"is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise invalid("body", f"is not valid JSON: {e}") from None
+    except RecursionError:
+        raise invalid("body", "nests arrays or objects too deeply") from None
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
     for name in body:
@@ -80,10 +102,12 @@ class HttpFrontend:
         self.core = core
         self._authenticate = authenticate
         self._metrics_auth = metrics_auth
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES,
+                                   middlewares=[_json_route_errors])
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_get("/v1/models/{model}", self.model)
         self.app.router.add_get("/health", self.health)
         self.app.router.add_get("/metrics", self.metrics)
 
@@ -105,12 +129,10 @@ class HttpFrontend:
         return web.Response(body=self.core.metrics.render(),
                             headers={"Content-Type": CONTENT_TYPE})
 
-    async def models(self, request: web.Request) -> web.Response:
-        try:
-            tenant = self._tenant(request)
-            self.core.check_ready()
-        except ServeError as e:
-            return _error(e)
+    def _models(self, request: web.Request) -> list[dict[str, Any]]:
+        """The models this request's tenant may use, as OpenAI's model objects."""
+        tenant = self._tenant(request)
+        self.core.check_ready()
         now, base = int(time.time()), self.core.model_name
         models = []
         for name in self.core.served_models(tenant):  # only what this tenant may use
@@ -119,9 +141,28 @@ class HttpFrontend:
             if name != base:  # a LoRA adapter: a model of its own over the base, as in vLLM
                 entry["parent"] = base
             models.append(entry)
-        return web.json_response({"object": "list", "data": models})
+        return models
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response({"object": "list", "data": self._models(request)})
+        except ServeError as e:
+            return _error(e)
+
+    async def model(self, request: web.Request) -> web.Response:
+        """GET /v1/models/{model}: one model, 404 when this tenant has no such model."""
+        name = request.match_info["model"]
+        try:
+            for entry in self._models(request):
+                if entry["id"] == name:
+                    return web.json_response(entry)
+            raise ServeError("NOT_FOUND", f"model: {name!r} is not a model this server "
+                             "serves", "model")
+        except ServeError as e:
+            return _error(e)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        tenant: Tenant | None = None
         try:
             tenant = self._tenant(request)
             body = await _body(request, _CHAT_FIELDS)
@@ -147,10 +188,11 @@ class HttpFrontend:
                                default_max_tokens_to_context=True, **_cache_fields(body))
             rr = await self.core.start(tenant, req)
         except Exception as e:  # noqa: BLE001 - before the response starts: a JSON error
-            return _error(map_engine_error(e))
+            return self._refused(tenant, e)
         return await _respond(request, rr, "chat", stream, usage)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        tenant: Tenant | None = None
         try:
             tenant = self._tenant(request)
             body = await _body(request, _COMPLETION_FIELDS)
@@ -180,8 +222,14 @@ class HttpFrontend:
                               "(one prompt per request)")
             rr = await self.core.start(tenant, req)
         except Exception as e:  # noqa: BLE001
-            return _error(map_engine_error(e))
+            return self._refused(tenant, e)
         return await _respond(request, rr, "completion", stream, usage)
+
+    def _refused(self, tenant: Tenant | None, e: Exception) -> web.Response:
+        """A request that failed before it started: counted, and answered with error JSON."""
+        err = map_engine_error(e)
+        self.core.count_failure(UNAUTHENTICATED if tenant is None else tenant.name, err.code)
+        return _error(err)
 
 
 def _cache_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -216,10 +264,8 @@ def _chat_logprobs(d: Delta) -> dict[str, Any] | None:
     if d.logprobs is None:
         return None
     content = []
-    for _tid, lp, top in d.logprobs:
+    for _tid, lp, token, top in d.logprobs:
         tops = [{"token": s, "logprob": v, "bytes": list(s.encode())} for _t, v, s in top]
-        chosen = next((s for t, _v, s in top if t == _tid), None)
-        token = chosen if chosen is not None else ""
         content.append({"token": token, "logprob": lp, "bytes": list(token.encode()),
                         "top_logprobs": tops})
     return {"content": content}
@@ -229,8 +275,8 @@ def _completion_logprobs(d: Delta) -> dict[str, Any] | None:
     if d.logprobs is None:
         return None
     tokens, values, tops = [], [], []
-    for tid, lp, top in d.logprobs:
-        tokens.append(next((s for t, _v, s in top if t == tid), ""))
+    for _tid, lp, token, top in d.logprobs:
+        tokens.append(token)
         values.append(lp)
         tops.append({s: v for _t, v, s in top})
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops}

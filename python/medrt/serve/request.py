@@ -76,18 +76,19 @@ def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
         if not msgs:
             raise invalid(req.messages_field, "is empty; send at least one message")
         total = 0
+        texts = []
         for i, m in enumerate(msgs):
             where = f"{req.messages_field}[{i}]"
             if not isinstance(m, dict):
                 raise invalid(where, "must be an object with 'role' and 'content'")
             if m.get("role") not in ROLES:
                 raise invalid(f"{where}.role", f"{m.get('role')!r} is not one of {list(ROLES)}")
-            content = m.get("content")
-            if content is None:
-                content = ""
+            content = _content_text(m, f"{where}.content")
             total += len(check_text(content, f"{where}.content", max_prompt_bytes))
             if total > max_prompt_bytes:
                 raise invalid(req.messages_field, f"hold more than {max_prompt_bytes} bytes")
+            texts.append({**m, "content": content})
+        req.messages = texts  # what the chat template and the cache read: content as text
     if req.cache not in CACHE_MODES:
         raise invalid("cache", f"{req.cache!r} is not one of {list(CACHE_MODES)}")
     if not isinstance(req.patient_context, bool):
@@ -97,19 +98,53 @@ def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
                       f"{req.medical_template!r} is not one of {list(TEMPLATE_CHOICES)}")
 
 
+def _content_text(message: dict[str, Any], where: str) -> Any:
+    """A message's content as one string, as OpenAI's API takes it: a string; a list of text
+    parts (joined by newlines, as vLLM does); or null on an assistant message (one that
+    called tools). Anything else is returned as it is, for check_text to refuse by type."""
+    content = message.get("content")
+    if content is None:
+        if message.get("role") != "assistant":
+            raise invalid(where, "is null; only an assistant message may leave it out")
+        return ""
+    if not isinstance(content, list):
+        return content
+    parts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise invalid(f"{where}[{j}]", f"a {kind!r} part: this server takes text parts "
+                          "({'type': 'text', 'text': ...}) only")
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"{where}[{j}].text", "must be a string")
+        parts.append(part["text"])
+    return "\n".join(parts)
+
+
 def sampling_params(req: ServeRequest, max_model_len: int, prompt_len: int,
-                    model_defaults: dict[str, Any] | None = None) -> SamplingParams:
+                    model_defaults: dict[str, Any] | None = None,
+                    kv_tokens: int | None = None) -> SamplingParams:
     """The SamplingParams in effect: the client's fields over the model's generation_config.json
     defaults (medrt.generation_defaults); a missing seed is drawn so that the answer can be
-    replayed from its fingerprint."""
+    replayed from its fingerprint.
+
+    ``kv_tokens``: the positions the whole KV pool holds. A sequence of n tokens needs n - 1 of
+    them, so when the pool is smaller than the context, a default max_tokens stops where the
+    pool ends, and a request that could never fit is refused here, naming what to shorten
+    (the engine would refuse it as a full cache, which clients retry)."""
     given = dict(req.sampling)
     p = req.field_prefix
     for name in given:
         if name not in SAMPLING_FIELDS:
             raise invalid(f"{p}{name}", "is not a sampling parameter")
+    room = max_model_len if kv_tokens is None else min(max_model_len, kv_tokens + 1)
+    if room < max_model_len and prompt_len >= room:
+        raise invalid(req.messages_field if req.kind == "chat" else req.prompt_field,
+                      f"the prompt has {prompt_len} tokens; the server's KV cache holds "
+                      f"{kv_tokens} positions, which leaves no room to generate")
     model = {k: v for k, v in (model_defaults or {}).items() if k not in given}
     if "max_tokens" in model:  # the model's max_new_tokens, within what the context leaves
-        model["max_tokens"] = max(min(model["max_tokens"], max_model_len - prompt_len), 1)
+        model["max_tokens"] = max(min(model["max_tokens"], room - prompt_len), 1)
     given = {**model, **given}
     for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
                  "presence_penalty"):
@@ -117,10 +152,15 @@ def sampling_params(req: ServeRequest, max_model_len: int, prompt_len: int,
         if isinstance(v, float) and math.isnan(v):
             raise invalid(f"{p}{name}", "is NaN")
     if "max_tokens" not in given and req.default_max_tokens_to_context:
-        given["max_tokens"] = max(max_model_len - prompt_len, 1)
+        given["max_tokens"] = max(room - prompt_len, 1)
     mt = given.get("max_tokens")
-    if isinstance(mt, int) and not isinstance(mt, bool) and mt > max_model_len:
-        raise invalid(f"{p}max_tokens", f"{mt} is more than the context ({max_model_len})")
+    if isinstance(mt, int) and not isinstance(mt, bool):
+        if mt > max_model_len:
+            raise invalid(f"{p}max_tokens", f"{mt} is more than the context ({max_model_len})")
+        if room < max_model_len and prompt_len + mt > room:
+            raise invalid(f"{p}max_tokens", f"the prompt's {prompt_len} tokens and {mt} new "
+                          f"ones need {prompt_len + mt - 1} KV positions; the server's KV cache "
+                          f"holds {kv_tokens}: ask for at most {room - prompt_len}")
     if given.get("seed") is None:
         given["seed"] = secrets.randbelow(2**63)
     try:

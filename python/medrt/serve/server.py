@@ -137,8 +137,7 @@ class Server:
             return Tenant(ANONYMOUS)
         token = bearer_token(header)
         tenant = None if token is None else self.keys.lookup(token)
-        if tenant is None:
-            self.core.count_failure("unauthenticated", "UNAUTHENTICATED")
+        if tenant is None:  # counted by the transport, as any request refused at its start
             raise ServeError("UNAUTHENTICATED",
                              "missing credentials: send 'authorization: Bearer <API key>'"
                              if token is None else "the API key is not valid")
