@@ -84,6 +84,44 @@ def test_bad_adapters_name_what_is_wrong(tiny_llama: Path, tmp_path: Path,
         read_adapter(big, shapes)
 
 
+def test_damaged_adapters_are_refused_naming_the_tensor(tiny_llama: Path, tmp_path: Path,
+                                                         shapes: dict) -> None:
+    from safetensors.numpy import save_file
+
+    def adapter(name: str) -> Path:
+        return build_adapter(tiny_llama, tmp_path / name, r=2, targets=["q_proj"])
+
+    # cut in half: the offsets of the second half's tensors lie beyond the end
+    cut = adapter("cut") / "adapter_model.safetensors"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(InvalidCheckpoint, match=r"tensor '.*lora_.*' has data_offsets .* "
+                                                r"\(truncated\?\)"):
+        read_adapter(cut.parent, shapes)
+    # a header that promises more than the file holds
+    head = adapter("head") / "adapter_model.safetensors"
+    head.write_bytes((10**6).to_bytes(8, "little") + head.read_bytes()[8:])
+    with pytest.raises(InvalidCheckpoint, match="header claims 1000000 bytes"):
+        read_adapter(head.parent, shapes)
+    # weights that diverged, and integer weights
+    for name, bad, match in [("nan", np.nan, "NaN or infinite"), ("inf", np.inf, "NaN or inf"),
+                             ("int", None, "is I32; LoRA weights are F32, F16 or BF16")]:
+        path = adapter(name)
+        tensors, _ = read_tensors(path / "adapter_model.safetensors")
+        if bad is None:
+            tensors = {k: v.astype(np.int32) for k, v in tensors.items()}
+        else:
+            tensors = {k: (np.full_like(v, bad) if "lora_B" in k else v)
+                       for k, v in tensors.items()}
+        save_file(tensors, str(path / "adapter_model.safetensors"))
+        with pytest.raises(InvalidCheckpoint, match=match):
+            read_adapter(path, shapes)
+    path = adapter("alpha")
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    (path / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": "x"}))
+    with pytest.raises(InvalidCheckpoint, match="lora_alpha must be a number, got 'x'"):
+        read_adapter(path, shapes)
+
+
 def test_unknown_names_and_bad_requests(tiny_llama: Path, tmp_path: Path) -> None:
     manager = LoraManager(tiny_llama, enable_lora=True)
     with pytest.raises(InvalidRequest, match="unknown LoRA adapter 'cardiology'"):

@@ -41,7 +41,9 @@ def render_chat_template(
     import jinja2
 
     _check_messages(messages)
-    chat = [{k: _plain(v) for k, v in m.items() if v is not None} for m in messages]
+    chat = [{k: _plain(v) for k, v in {**m, "content": content_text(m, f"messages[{i}].content")
+                                         }.items() if v is not None}
+            for i, m in enumerate(messages)]
     variables = {**(special_tokens or {}), **{k: _plain(v) for k, v in kwargs.items()}}
     compiled = _compile(template)
     try:
@@ -76,6 +78,35 @@ def _check_messages(messages: Sequence[Message]) -> None:
         if m["role"] not in ROLES:
             raise InvalidRequest(f"messages[{i}]['role'] = {m['role']!r}: unknown role "
                                  f"(one of {', '.join(ROLES)})")
+
+
+def content_text(message: Message, where: str) -> str:
+    """A message's content as the text a chat template reads, from the shapes OpenAI's API
+    allows: a string; a list of text parts (joined by newlines, as vLLM does for text-only
+    models); null or absent on an assistant message (a turn that only called tools: ""). Other
+    part types and a missing content elsewhere raise InvalidRequest naming the field (``where``
+    is the content's path, e.g. ``messages[0].content``)."""
+    content = message.get("content")
+    if content is None:
+        if message.get("role") != "assistant":
+            raise InvalidRequest(f"{where}: is missing or null; only an assistant message may "
+                                 "leave it out", where)
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}: must be a string or a list of text parts, not "
+                             f"{type(content).__name__}", where)
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, Mapping) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise InvalidRequest(f"{where}[{j}]: a {kind!r} part; only text parts "
+                                 "({'type': 'text', 'text': ...}) are read", f"{where}[{j}]")
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequest(f"{where}[{j}].text: must be a string", f"{where}[{j}].text")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _plain(value: Any) -> Any:

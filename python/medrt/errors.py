@@ -18,7 +18,13 @@ class InvalidCheckpoint(MedrtError, ValueError):
 
 
 class InvalidRequest(MedrtError, ValueError):
-    """A request (prompt, sampling parameters) cannot be served as given."""
+    """A request (prompt, sampling parameters) cannot be served as given. ``field``, when
+    known, is the path of the input at fault (``messages[0].content``), as the service names
+    it to its clients."""
+
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class CapacityError(MedrtError, RuntimeError):

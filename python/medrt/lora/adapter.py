@@ -23,6 +23,7 @@ from medrt.lora.tensors import read_header, read_tensors
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TENSOR = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])"
                      r"(?:\.default)?\.weight$")
+_FLOAT_DTYPES = ("F32", "F16", "BF16")  # what peft saves; anything else is not an adapter
 
 
 @dataclass
@@ -89,13 +90,23 @@ def read_adapter(path: str | Path, base_shapes: dict[str, tuple[int, int]],
         raise InvalidCheckpoint(f"LoRA adapter {cfg_file}: not valid JSON: {e}") from e
     _check_config(path, cfg)
     rank, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", 8))
+    if not math.isfinite(alpha):
+        raise InvalidCheckpoint(f"LoRA adapter {path}: lora_alpha must be finite, got {alpha}")
     if max_lora_rank is not None and rank > max_lora_rank:
         raise InvalidCheckpoint(f"LoRA adapter {path}: rank r={rank} is above max_lora_rank="
                                 f"{max_lora_rank}; raise max_lora_rank or use a smaller rank")
     adapter = LoraAdapter(path, rank, alpha, bool(cfg.get("use_rslora", False)))
-    tensors, _ = read_tensors(weights_file)
+    tensors, dtypes = read_tensors(weights_file)
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for name, t in tensors.items():
+        if dtypes[name] not in _FLOAT_DTYPES:
+            raise InvalidCheckpoint(f"LoRA adapter {weights_file}: tensor '{name}' is "
+                                    f"{dtypes[name]}; LoRA weights are F32, F16 or BF16")
+        if not np.isfinite(t).all():
+            # An adapter that diverged in training: its NaN/Inf would turn every answer into
+            # token 0 with a normal finish, so it is refused here.
+            raise InvalidCheckpoint(f"LoRA adapter {weights_file}: tensor '{name}' holds NaN "
+                                    "or infinite values")
         m = _TENSOR.match(name)
         if m is None:
             raise InvalidCheckpoint(f"LoRA adapter {weights_file}: tensor '{name}' is not a "
@@ -132,6 +143,10 @@ def _check_config(path: Path, cfg: dict) -> None:
     if not isinstance(cfg.get("r"), int) or cfg["r"] < 1:
         raise InvalidCheckpoint(f"LoRA adapter {path}: r must be a positive integer, "
                                 f"got {cfg.get('r')!r}")
+    alpha = cfg.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise InvalidCheckpoint(f"LoRA adapter {path}: lora_alpha must be a number, "
+                                f"got {alpha!r}")
 
 
 def _checked_module(path: Path, module: str, ab: dict[str, np.ndarray], rank: int,

@@ -20,15 +20,46 @@ _SPEC = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64
 
 
 def read_header(path: Path) -> dict[str, dict]:
-    """{name: {"dtype", "shape", "data_offsets"}} of a .safetensors file (metadata left out)."""
+    """{name: {"dtype", "shape", "data_offsets"}} of a .safetensors file (metadata left out).
+    Every entry is checked against the file: a known dtype, a shape of non-negative ints, and
+    offsets that lie in the data and hold exactly the shape's bytes (a truncated or damaged file
+    is an InvalidCheckpoint naming the tensor, never a numpy error later)."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"its header claims {n} bytes; the file has {size}")
             header = json.loads(f.read(n))
     except (OSError, struct.error, ValueError) as e:
         raise InvalidCheckpoint(f"{path}: not a readable safetensors file: {e}") from e
+    if not isinstance(header, dict):
+        raise InvalidCheckpoint(f"{path}: the safetensors header is not a JSON object")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        _check_entry(path, name, info, size - 8 - n)
     return header
+
+
+def _check_entry(path: Path, name: str, info: object, data_bytes: int) -> None:
+    def bad(why: str) -> InvalidCheckpoint:
+        return InvalidCheckpoint(f"{path}: tensor '{name}' {why}")
+
+    if not isinstance(info, dict):
+        raise bad("has no {dtype, shape, data_offsets} entry")
+    dt, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dt not in _NUMPY:
+        raise bad(f"has unsupported dtype {dt}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise bad(f"has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_bytes):
+        raise bad(f"has data_offsets {offsets!r} outside the file's {data_bytes} data bytes "
+                  "(truncated?)")
+    need = int(np.prod(shape, dtype=np.int64)) * np.dtype(_NUMPY[dt]).itemsize
+    if offsets[1] - offsets[0] != need:
+        raise bad(f"holds {offsets[1] - offsets[0]} bytes; {dt} {shape} needs {need}")
 
 
 def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -37,12 +68,10 @@ def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     header = read_header(path)
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if header else None
     out, dtypes = {}, {}
     for name, info in header.items():
         dt = info["dtype"]
-        if dt not in _NUMPY:
-            raise InvalidCheckpoint(f"{path}: tensor '{name}' has unsupported dtype {dt}")
         start, end = info["data_offsets"]
         a = np.frombuffer(raw[start:end], dtype=_NUMPY[dt]).reshape(info["shape"])
         if dt == "BF16":

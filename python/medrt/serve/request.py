@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medrt.cache.frontend_cache import MODES as CACHE_MODES
+from medrt.chat_template import content_text
 from medrt.errors import InvalidRequest
 from medrt.medical.conversation import TEMPLATE_CHOICES
 from medrt.sampling_params import SamplingParams
-from medrt.serve.errors import invalid
+from medrt.serve.errors import ServeError, invalid
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 SAMPLING_FIELDS = ("n", "max_tokens", "min_tokens", "temperature", "top_k", "top_p", "min_p",
@@ -83,7 +84,10 @@ def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
                 raise invalid(where, "must be an object with 'role' and 'content'")
             if m.get("role") not in ROLES:
                 raise invalid(f"{where}.role", f"{m.get('role')!r} is not one of {list(ROLES)}")
-            content = _content_text(m, f"{where}.content")
+            try:
+                content = content_text(m, f"{where}.content")
+            except InvalidRequest as e:
+                raise ServeError("INVALID_ARGUMENT", str(e), e.field) from None
             total += len(check_text(content, f"{where}.content", max_prompt_bytes))
             if total > max_prompt_bytes:
                 raise invalid(req.messages_field, f"hold more than {max_prompt_bytes} bytes")
@@ -96,29 +100,6 @@ def check_shape(req: ServeRequest, max_prompt_bytes: int) -> None:
     if req.medical_template and req.medical_template not in TEMPLATE_CHOICES:
         raise invalid("medical_template",
                       f"{req.medical_template!r} is not one of {list(TEMPLATE_CHOICES)}")
-
-
-def _content_text(message: dict[str, Any], where: str) -> Any:
-    """A message's content as one string, as OpenAI's API takes it: a string; a list of text
-    parts (joined by newlines, as vLLM does); or null on an assistant message (one that
-    called tools). Anything else is returned as it is, for check_text to refuse by type."""
-    content = message.get("content")
-    if content is None:
-        if message.get("role") != "assistant":
-            raise invalid(where, "is null; only an assistant message may leave it out")
-        return ""
-    if not isinstance(content, list):
-        return content
-    parts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise invalid(f"{where}[{j}]", f"a {kind!r} part: this server takes text parts "
-                          "({'type': 'text', 'text': ...}) only")
-        if not isinstance(part.get("text"), str):
-            raise invalid(f"{where}[{j}].text", "must be a string")
-        parts.append(part["text"])
-    return "\n".join(parts)
 
 
 def sampling_params(req: ServeRequest, max_model_len: int, prompt_len: int,
