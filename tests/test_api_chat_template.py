@@ -114,6 +114,10 @@ def test_template_helpers_behave_like_transformers(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="too long"):
         tok.apply_chat_template(chat * 2)
     with pytest.raises(InvalidRequest, match="TypeError"):  # tojson of a missing key
+        render_chat_template("{{ messages[0]['name'] | tojson }}", [{"role": "user",
+                                                                      "content": "x"}])
+    # a user message without content is named before the template runs
+    with pytest.raises(InvalidRequest, match=r"messages\[0\].content: is missing or null"):
         tok.apply_chat_template([{"role": "user"}])
 
 

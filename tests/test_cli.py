@@ -96,11 +96,12 @@ def test_chat_one_shot_and_repl_keep_history(home: Path, tiny_qwen2: Path) -> No
     assert r.stdout == a1 + "\n" + a2 + "\n"
 
     # A turn the model cannot take (longer than its context) is reported and skipped; the
-    # conversation goes on without it. End of input quits.
+    # conversation goes on without it. End of input quits, with status 1 when input was piped,
+    # so that a script feeding questions learns one got no answer.
     too_long = "pain " * 3000
     r = run_medrt(home, "chat", "--model", str(tiny_qwen2), "--max-tokens", "10",
                   "--system", "Be brief.", stdin=f"{too_long}\n{first}\n")
-    assert r.returncode == 0 and r.stdout == a1 + "\n"
+    assert r.returncode == 1 and r.stdout == a1 + "\n" and "[stopped]" in r.stderr
     assert "[stopped]" in r.stderr and "max_model_len" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -139,3 +140,8 @@ def test_bad_sampling_value_is_an_error(home: Path, tiny_llama: Path) -> None:
     r = run_medrt(home, "generate", "--model", str(tiny_llama), "--temperature", "-1", "hi")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "temperature" in r.stderr
+
+
+def test_pull_names_every_model_it_pulls(home: Path) -> None:
+    r = run_medrt(home, "pull", "no-such-model")
+    assert r.returncode != 0 and "known: all-minilm-l6-v2, smollm2-135m-instruct" in r.stderr

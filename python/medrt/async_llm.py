@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,10 @@ class AsyncLLM(EngineFrontend):
         ``lora_request`` names its LoRA adapter (adapter mode; the cache keeps each adapter's
         answers apart).
         """
+        if (isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence)
+                or not all(isinstance(m, Mapping) for m in messages)):
+            raise InvalidRequest("messages: AsyncLLM.chat takes one conversation, a list of "
+                                 "{'role': ..., 'content': ...} dicts")
         category = None
         if medical_template is not None:
             from medrt.llm import _apply_medical_template

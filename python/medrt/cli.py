@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medrt.engine_options import add_engine_options, engine_options
-from medrt.errors import MedrtError
+from medrt.errors import InvalidCheckpoint, MedrtError
 from medrt.eval.cli import add_parser as _add_eval_parser
 from medrt.eval.cli import cmd_eval
 from medrt.models.registry import DEFAULT_MODEL
@@ -147,6 +147,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
         print(pull_encoder(args.name))
         return 0
+    from medrt.models.registry import KNOWN_MODELS
+
+    if args.name not in KNOWN_MODELS:  # the library names its models; the CLI pulls both
+        raise InvalidCheckpoint(f"unknown model '{args.name}' (known: "
+                                f"{', '.join(sorted({*KNOWN_MODELS, *KNOWN_ENCODERS}))})")
     model_dir = pull(args.name, dtype=args.dtype)
     print(model_dir)
     _say_weights(model_dir)
@@ -217,15 +222,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if interactive:
             print("Type a message; /exit or Ctrl-D quits, Ctrl-C stops an answer.",
                   file=sys.stderr)
+        failed = 0  # turns that got no answer: a script piping questions sees exit status 1
         while True:
             try:
                 line = input(">>> " if interactive else "")
             except EOFError:
                 if interactive:
                     print(file=sys.stderr)
-                return 0
+                return 1 if failed and not interactive else 0
             if line.strip() in EXIT_COMMANDS:
-                return 0
+                return 1 if failed and not interactive else 0
             if not line.strip():
                 continue
             history.append({"role": "user", "content": line})
@@ -235,6 +241,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 # The stream's iterator aborts the request when it is dropped; the unanswered
                 # message leaves the history so the next turn starts clean.
                 history.pop()
+                failed += 1
                 print(f"\n[stopped] {_one_line(e)}".rstrip(), file=sys.stderr)
 
 

@@ -45,6 +45,40 @@ def _close(client: EngineClient, lora: Any) -> None:
     lora.close()
 
 
+_INT32, _INT64, _UINT64 = (-(2**31), 2**31 - 1), (-(2**63), 2**63 - 1), (0, 2**64 - 1)
+
+
+def _check_int_options(**options: tuple[Any, tuple[int, int]]) -> None:
+    """Integer engine options of the type and range of their C++ fields (None: left unset).
+    The engine checks what each value means; this keeps a string or a negative seed from
+    reaching pybind as a TypeError that names no option."""
+    for name, (value, (lo, hi)) in options.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"{name} = {value!r}: must be an integer")
+        if not lo <= value <= hi:
+            raise InvalidRequest(f"{name} = {value}: must be in [{lo}, {hi}]")
+
+
+# What chat() passes to the template itself; chat_template_kwargs may not name them again.
+_CHAT_ARGUMENTS = frozenset({"messages", "add_generation_prompt", "chat_template", "tools"})
+
+
+def _token_ids(ids: Any, where: str) -> list[int]:
+    """A prompt given as token ids: a list or tuple of ints (the engine checks the range).
+    Text where ids are expected is named as such, not as an out-of-vocabulary 'id'."""
+    if isinstance(ids, str) or not isinstance(ids, Sequence):
+        raise InvalidRequest(f"{where}: token ids must be a list of ints, not "
+                             f"{type(ids).__name__}")
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, int):
+            hint = (" (a list of prompts? AsyncLLM.generate takes one prompt; LLM.generate "
+                    "takes a list of them)" if isinstance(t, str) else "")
+            raise InvalidRequest(f"{where}[{i}] = {t!r}: token ids must be ints{hint}")
+    return list(ids)
+
+
 class EngineFrontend:
     """Loads a checkpoint and turns user requests into engine requests."""
 
@@ -92,6 +126,12 @@ class EngineFrontend:
         # What requests leave unset: the model's generation_config.json ("auto"), SamplingParams'
         # own defaults ("none"), or another directory's file (medrt.generation_defaults).
         self.sampling_defaults = defaults_from(generation_config, model_dir)
+        _check_int_options(block_size=(block_size, _INT32), max_num_seqs=(max_num_seqs, _INT32),
+                           max_num_batched_tokens=(max_num_batched_tokens, _INT32),
+                           max_model_len=(max_model_len, _INT32),
+                           num_threads=(num_threads, _INT32), seed=(seed, _UINT64),
+                           kv_cache_memory_bytes=(kv_cache_memory_bytes, _INT64),
+                           num_kv_blocks=(num_kv_blocks, _INT64))
         config = _core.EngineConfig()
         config.model_dir = str(model_dir)
         config.block_size = block_size
@@ -236,12 +276,13 @@ class EngineFrontend:
             return prompt, self.tokenizer.encode(prompt)
         if isinstance(prompt, Mapping):
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+                return prompt.get("prompt"), _token_ids(prompt["prompt_token_ids"],
+                                                        "prompt_token_ids")
             if isinstance(prompt.get("prompt"), str):
                 return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
             raise InvalidRequest("a prompt dict needs 'prompt' (text) or 'prompt_token_ids'")
         if isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
-            return None, list(prompt)
+            return None, _token_ids(prompt, "prompt")
         raise InvalidRequest(f"a prompt is text or a list of token ids, not {type(prompt).__name__}")
 
     def _render_chat(self, messages: Conversation, add_generation_prompt: bool,
@@ -249,9 +290,14 @@ class EngineFrontend:
                      tools: list[dict] | None) -> dict[str, Any]:
         # The template writes BOS itself, so the text is encoded without adding it again;
         # control tokens spelled inside messages are encoded as text (no forged turns).
+        extra = dict(chat_template_kwargs or {})
+        taken = sorted(extra.keys() & _CHAT_ARGUMENTS)
+        if taken:
+            raise InvalidRequest(f"chat_template_kwargs: {taken} are chat() arguments of their "
+                                 "own; pass them as such")
         text, ids = self.tokenizer.encode_chat(
             messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
-            tools=tools, **dict(chat_template_kwargs or {}))
+            tools=tools, **extra)
         return {"prompt": text, "prompt_token_ids": ids}
 
     def _submit(self, prepared: PreparedRequest, sink: Sink,

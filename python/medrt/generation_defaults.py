@@ -18,6 +18,7 @@ directory holding another generation_config.json.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p")
 def defaults_from(source: str | Path, model_dir: str | Path) -> dict[str, Any]:
     """The defaults ``generation_config`` asks for (vLLM's option of that name): "auto" reads
     the model's file, "none" keeps SamplingParams' own defaults, a directory reads its file."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidRequest(f"generation_config={source!r}: not 'auto', 'none' or a directory")
     if source == "auto":
         return sampling_defaults(model_dir)
     if source == "none":

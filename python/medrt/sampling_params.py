@@ -64,6 +64,8 @@ class SamplingParams:
         if self.stop_token_ids is None:
             self.stop_token_ids = []
         else:
+            if not isinstance(self.stop_token_ids, (list, tuple)):
+                _bad("stop_token_ids", self.stop_token_ids, "must be a list of token ids")
             self.stop_token_ids = list(self.stop_token_ids)
             for tok in self.stop_token_ids:
                 if isinstance(tok, bool) or not isinstance(tok, int) or not 0 <= tok <= INT32_MAX:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medrt.errors import InvalidCheckpoint
+from medrt.errors import InvalidCheckpoint, InvalidRequest
 from medrt.hf_tokenizer import load_hf_tokenizer, panics_as_invalid
 
 # Stand-ins for message text that spells a control token while the template renders: private
@@ -102,6 +102,7 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; with ``add_special_tokens`` the BOS/EOS rule applies."""
+        _check_unicode(text)
         with panics_as_invalid(self._path, "encoding"):
             if self._use_post_processor:
                 return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -112,6 +113,7 @@ class Tokenizer:
 
     def encode_as_text(self, text: str) -> list[int]:
         """Token ids of ``text`` with control tokens spelled in it read as plain text."""
+        _check_unicode(text)
         with self._as_text_lock:
             if self._as_text is None:
                 # A copy of its own: the flag is per tokenizer, and the main one is shared by
@@ -167,7 +169,6 @@ class Tokenizer:
     ) -> str:
         """Renders a conversation with the checkpoint's template (or ``chat_template``)."""
         from medrt.chat_template import render_chat_template
-        from medrt.errors import InvalidRequest
 
         template = chat_template or self.chat_template
         if template is None:
@@ -195,6 +196,19 @@ class Tokenizer:
                                     chat_template=chat_template, **kwargs)[1]
         return self.render_chat(messages, add_generation_prompt=add_generation_prompt,
                                 chat_template=chat_template, **kwargs)
+
+
+def _check_unicode(text: Any) -> None:
+    """Text the tokenizer can read: a str that is valid Unicode. A lone surrogate ("\\ud800",
+    which JSON allows) would reach the tokenizers library as a bare TypeError."""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"text to encode must be a str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(f"the text holds an unpaired surrogate "
+                             f"(U+{ord(text[e.start]):04X} at character {e.start}): it is not "
+                             "valid Unicode") from None
 
 
 def _map_strings(value: Any, fn: Any, key: str | None = None) -> Any:
