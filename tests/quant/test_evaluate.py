@@ -183,3 +183,15 @@ def test_eval_through_the_engine_agrees_with_transformers(tmp_path: Path):
     assert rt["reference_perplexity"] == pytest.approx(hf["reference_perplexity"], rel=1e-4)
     assert rt["kl_mean"] == pytest.approx(hf["kl_mean"], rel=0.1, abs=1e-3)
     assert rt["pubmedqa_predicted"] == hf["pubmedqa_predicted"]
+
+
+def test_eval_refuses_an_adapter_folder_before_scoring_anything(tmp_path: Path, capsys):
+    src, data = _quantized_tiny_model_and_data(tmp_path)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": str(src)}))
+    assert main(["eval", f"f32={src}", f"lora={adapter}", "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{adapter}: not a model directory, it has no config.json" in err
+    assert "merge" in err and "scored" not in err  # refused before an hour of scoring

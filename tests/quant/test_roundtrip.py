@@ -187,3 +187,33 @@ def test_shards_and_index_are_written_and_read_back(tmp_path):
     read = TensorIndex(tmp_path)
     assert read.meta("t2") == ((8, 8), "F16")
     np.testing.assert_array_equal(read.numpy("t1"), arrays["t1"])
+
+
+def test_quantize_over_an_older_sharded_save_leaves_a_valid_model(tmp_path, llama):
+    from medrt_train.cli import main
+
+    out = tmp_path / "out"
+    # A previous save in OUT, sharded: its index would otherwise win over the new weights.
+    transformers.LlamaForCausalLM.from_pretrained(llama).save_pretrained(
+        out, max_shard_size="100KB")
+    assert (out / "model.safetensors.index.json").is_file()
+    assert main(["quantize", str(llama), str(out), "--recipe", "int8"]) == 0
+    assert not (out / "model.safetensors.index.json").exists()
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    validate(out)
+    model = load_dequantized(out)
+    ref = transformers.LlamaForCausalLM.from_pretrained(llama)
+    assert (_logits(model) - _logits(ref)).abs().max() < 0.05
+
+
+def test_quantize_refuses_its_source_as_output_and_names_bad_calibration(tmp_path, llama,
+                                                                       capsys):
+    from medrt_train.cli import main
+
+    assert main(["quantize", str(llama), str(llama), "--recipe", "int8"]) == 2
+    assert "is the source directory" in capsys.readouterr().err
+    bad = tmp_path / "calib.jsonl"
+    bad.write_text('{"text": "fine"}\n{broken\n')
+    assert main(["quantize", str(llama), str(tmp_path / "q"), "--recipe", "int4",
+                 "--method", "gptq", "--calib-data", str(bad)]) == 2
+    assert f"{bad}:2: malformed JSON" in capsys.readouterr().err

@@ -60,3 +60,24 @@ def test_curriculum_orders_basic_to_complex() -> None:
     stage_of = lambda i: sorted(range(6), key=lambda k: scores[k]).index(i) // 2
     assert [stage_of(i) for i in order] == [0, 0, 1, 1, 2, 2]
     assert curriculum_order(scores, stages=6) == [3, 1, 5, 2, 4, 0]
+
+
+def test_pubmedqa_seeds_never_bring_test_questions(tiny_pair, tmp_path: Path, caplog) -> None:
+    import logging
+
+    from medrt_train.data.pubmedqa import load_split
+
+    caplog.set_level(logging.INFO)
+    entries = {f"{i:05d}": {"QUESTION": f"Does drug {i} help?", "CONTEXTS": ["A trial."],
+                            "LONG_ANSWER": "It helps.", "final_decision": "yes"}
+               for i in range(1000)}
+    seeds = tmp_path / "ori_pqal.json"
+    seeds.write_text(json.dumps(entries))
+    assert main(["corpus", "--seeds", str(seeds), "--format", "pubmedqa", "--sample", "50",
+                 "--teacher", str(tiny_pair["teacher"]), "--out", str(tmp_path / "c"),
+                 "--max-new-tokens", "1", "--batch-size", "25"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "c" / "corpus.jsonl").read_text().splitlines()]
+    test_ids = {q.pubmed_id for q in load_split("test", seeds)}
+    assert len(rows) == 50
+    assert not [r["id"] for r in rows if r["id"].split("-", 1)[1] in test_ids]
+    assert "kept 800 dev questions, dropped 200 test questions" in caplog.text

@@ -164,3 +164,72 @@ def test_qlora_on_gpu(tiny_pair, tmp_path: Path) -> None:
                  "--out", str(tmp_path), "--qlora", "--max-steps", "2", *FAST]) == 0
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert all(r["ce"] > 0 for r in _log(tmp_path))
+
+
+def test_typed_flag_wins_over_yaml_even_at_its_default(tiny_pair, tmp_path: Path) -> None:
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({"lr_max": 1e-3, "lora_r": 2}))
+    # 2e-4 is --lr-max's default, typed on purpose: the command line still wins.
+    assert main(["sft", "--config", str(cfg), "--lr-max", "2e-4", "--model",
+                 str(tiny_pair["student"]), "--data", str(tiny_pair["corpus"]),
+                 "--out", str(tmp_path / "o"), "--max-steps", "1", "--batch-size", "2",
+                 "--max-len", "64"]) == 0
+    assert _log(tmp_path / "o")[0]["lr"] == pytest.approx(2e-4)
+    saved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert saved["lr_max"] == 2e-4 and saved["lora_r"] == 2  # the untyped key from the file
+    # The saved config.yaml (nulls, booleans, paths) resolves again unchanged.
+    import argparse
+
+    from medrt_train import config as config_mod
+    from medrt_train import sft
+
+    parser = argparse.ArgumentParser()
+    sft.add_arguments(parser)
+    again = config_mod.resolve(parser.parse_args(["--config",
+                                                  str(tmp_path / "o" / "config.yaml")]))
+    assert config_mod.as_dict(again) == saved
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"mode": "Lora"}, r"setting 'mode': invalid choice 'Lora' \(choose from lora, full\)"),
+    ({"max-steps": 1.5}, r"setting 'max-steps': invalid int value '1.5'"),
+    ({"lora_r": "four"}, r"setting 'lora_r': invalid int value 'four'"),
+    ({"rslora": "maybe"}, r"setting 'rslora': expected true or false"),
+    ({"merge": 1}, r"setting 'merge': expected true or false"),
+])
+def test_yaml_values_are_checked_like_flags(tiny_pair, tmp_path: Path, values: dict,
+                                            message: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    with pytest.raises(SystemExit, match=f"{cfg}: {message}"):
+        main(["sft", "--config", str(cfg), "--model", str(tiny_pair["student"]),
+              "--data", str(tiny_pair["corpus"]), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
+def test_adapter_records_an_absolute_local_base(tiny_pair, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tiny_pair["root"])
+    assert main(["sft", "--model", "student", "--data", str(tiny_pair["corpus"]),
+                 "--out", str(tmp_path / "o"), "--max-steps", "1", *FAST]) == 0
+    adapter = tmp_path / "o" / "adapter"
+    recorded = json.loads((adapter / "adapter_config.json").read_text())
+    assert recorded["base_model_name_or_path"] == str(tiny_pair["student"].resolve())
+    # `merge` from another directory finds the base (a relative path would go to the Hub).
+    monkeypatch.chdir(tmp_path)
+    assert main(["merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_resume_in_place_keeps_one_log_row_per_step_and_the_losses(tiny_pair,
+                                                                   tmp_path: Path) -> None:
+    # LoRA dropout on: the resumed steps must draw the same dropout masks as the first run.
+    args = ["sft", "--model", str(tiny_pair["student"]), "--data", str(tiny_pair["corpus"]),
+            "--max-steps", "4", "--save-every", "2", "--lora-dropout", "0.3", *FAST]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    first = _log(tmp_path / "a")
+    assert main([*args, "--out", str(tmp_path / "a"), "--resume", "latest"]) == 0
+    resumed = _log(tmp_path / "a")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for x, y in zip(first, resumed):
+        assert y["total"] == pytest.approx(x["total"], rel=1e-5)

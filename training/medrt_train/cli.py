@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help)
@@ -42,7 +43,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return int(modules[args.stage].run(args) or 0)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The stage's own words, so config.resolve can tell a typed flag from a default.
+    args._argv = words[words.index(args.stage) + 1:]
+    try:
+        return int(modules[args.stage].run(args) or 0)
+    except _user_errors() as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"medrt-train {args.stage}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+# Set to 1 for the full traceback of an error that is otherwise one line.
+DEBUG_ENV = "MEDRT_TRAIN_DEBUG"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises (missing or unreadable files, malformed YAML/JSON/safetensors,
+    values out of range): a one-line message, not a traceback. Corpus errors are ValueErrors;
+    a Hugging Face 'not found' is an OSError."""
+    import yaml
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, yaml.YAMLError, SafetensorError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from medrt.medical import classify, system_prompt
 
 from . import config as cfg
 from .corpus import FORMATS, load, question_text
+from .data.pubmedqa import load_split
 from .examples import prompt_text
 from .generate import GenerationSettings, generate
 from .models import default_dtype, load_model, load_tokenizer
@@ -47,12 +48,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cfg.add_config_argument(p)
 
 
+def _pubmedqa_dev_only(records: list, path: Path) -> list:
+    """The records of PubMedQA's `dev` split: its `test` questions, with their gold answers,
+    are for reported figures only and must never reach a training corpus."""
+    dev = {q.pubmed_id for q in load_split("dev", path)}
+    kept = [r for r in records if r.id in dev]
+    log.info("PubMedQA seeds %s: kept %d dev questions, dropped %d test questions (test is "
+             "for reported figures only)", path, len(kept), len(records) - len(kept))
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg.resolve(args, required=("teacher", "out"))
     out_dir = Path(args.out)
     cfg.save(args, out_dir)
     records = load(args.seeds, args.format)
+    if args.format == "pubmedqa":
+        records = _pubmedqa_dev_only(records, args.seeds)
     if args.limit:
         records = records[:args.limit]
     if args.sample and args.sample < len(records):

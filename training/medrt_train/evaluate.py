@@ -160,6 +160,17 @@ def load_model(model_dir: Path, engine: str = "transformers",
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
+def check_model_dir(model_dir: Path) -> None:
+    """A scorable model directory, or an error naming it (before any scoring is spent)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model directory")
+    if not (model_dir / "config.json").is_file():
+        hint = " (a LoRA adapter: merge it into its base first, medrt-train merge)" \
+            if (model_dir / "adapter_config.json").is_file() else ""
+        raise ValueError(f"{model_dir}: not a model directory, it has no config.json{hint}")
+
+
 def describe_dir(model_dir: Path) -> dict:
     """Recipe, method and weight bytes (linear layers, whole model, by type, cuts vs f16)."""
     from medrt_train.quant.sizes import dir_bytes, summarize
@@ -179,8 +190,13 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
     (the reference too) is scored through `engine` ("transformers" or "medrt")."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
+    # Every directory is checked and described first: a bad one found after an hour of
+    # scoring would lose the figures of all the others.
+    for path in [*models.values(), *([reference] if reference is not None else [])]:
+        check_model_dir(path)
     entries = load_split(split, data)
+    described = {name: describe_dir(path) for name, path in models.items()}
+    tokenizer = AutoTokenizer.from_pretrained(reference or next(iter(models.values())))
     def load(path: Path):
         return load_model(path, engine, activation_precision, kv_cache_dtype)
 
@@ -199,7 +215,7 @@ def evaluate(models: dict[str, Path], reference: Path | None, data: Path, texts:
         row = {"model": name, "path": str(path), "split": split, "engine": engine,
                **({"activation_precision": activation_precision,
                    "kv_cache_dtype": kv_cache_dtype} if engine == "medrt" else {}),
-               **describe_dir(path),
+               **described[name],
                **ppl[name]}
         if name in acc:
             row.update(pubmedqa_accuracy=acc[name]["accuracy"],
@@ -272,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
                                                flush=True), engine=args.engine,
                         activation_precision=args.activation_precision,
                         kv_cache_dtype=args.kv_cache_dtype)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"medrt-train eval: {exc}", file=sys.stderr)
         return 2
     table = markdown_table(rows)

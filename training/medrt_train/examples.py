@@ -37,6 +37,9 @@ def load_instructions(path: str | Path) -> list[Instruction]:
                                system=str(obj.get("system", "")),
                                category=str(obj.get("category") or "general"),
                                id=str(obj.get("id", lineno))))
+    if not out:
+        # Zero optimizer steps would otherwise "succeed" and save the untouched base.
+        raise CorpusError(f"{path}: no instruction records (the file is empty)")
     return out
 
 

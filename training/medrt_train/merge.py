@@ -22,6 +22,9 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | Path
     """Loads `base` (default: the adapter's recorded base), applies the adapter, folds it into
     the weights and saves the result with the tokenizer under `out_dir`."""
     adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        # Else peft takes the path for a Hub repository id and says so, puzzlingly.
+        raise FileNotFoundError(f"--adapter {adapter_dir}: no adapter_config.json there")
     base = base or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     if not base:
         raise SystemExit(f"{adapter_dir}: adapter records no base model; pass --base")
@@ -43,8 +46,11 @@ def save_trained(accelerator: Accelerator, objective: torch.nn.Module, tokenizer
         return out_dir
     state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if isinstance(model, PeftModel):
+        # A local base is recorded absolute: a relative one would be looked up against the
+        # directory `merge` (or peft) runs in, and from elsewhere on the Hugging Face Hub.
+        recorded = Path(base_path).resolve() if Path(base_path).exists() else base_path
         for peft_config in model.peft_config.values():
-            peft_config.base_model_name_or_path = str(base_path)
+            peft_config.base_model_name_or_path = str(recorded)
         target = out_dir / "adapter"
         model.save_pretrained(target, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(target)

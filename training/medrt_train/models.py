@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -21,6 +22,29 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+# "name" or "org/name" as the Hugging Face Hub spells repository ids.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_model_path(path: str | Path, need: tuple[str, ...] = ("config.json",)) -> None:
+    """Refuses a model that is neither on disk nor a Hub id with a message that names it;
+    transformers would answer a missing local folder with a puzzling 'Repo id' error, and an
+    empty one with a tokenizer error. A local directory must hold one of the files `need`."""
+    p = Path(path)
+    if p.exists():
+        if p.is_file() and p.suffix != ".gguf":
+            raise ValueError(f"model {path}: a file, not a model directory or .gguf file")
+        if p.is_dir() and not any((p / name).is_file() for name in need):
+            hint = " (a LoRA adapter: merge it first, medrt-train merge)" \
+                if (p / "adapter_config.json").is_file() else ""
+            raise ValueError(f"model {path}: not a Hugging Face model directory, it has no "
+                             f"{' or '.join(need)}{hint}")
+        return
+    if p.suffix == ".gguf" or not _HUB_ID.fullmatch(str(path)) or str(path).startswith("."):
+        raise FileNotFoundError(f"model {path}: no such directory or file (and not a "
+                                f"Hugging Face Hub id such as org/name)")
+
+
 def _split_gguf(path: str | Path) -> tuple[str, str | None]:
     p = Path(path)
     if p.suffix == ".gguf":
@@ -30,6 +54,8 @@ def _split_gguf(path: str | Path) -> tuple[str, str | None]:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of a model directory or GGUF file, with a pad token set."""
+    # An adapter directory carries a tokenizer and no config.json.
+    check_model_path(path, need=("config.json", "tokenizer_config.json", "tokenizer.json"))
     directory, gguf_file = _split_gguf(path)
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     if tok.pad_token is None:
@@ -44,6 +70,7 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None,
     `load_in_4bit` is the QLoRA path: the base weights in NF4 through bitsandbytes, on a GPU.
     `device_map="auto"` spreads a model too large for one GPU over all of them (generation).
     """
+    check_model_path(path)
     directory, gguf_file = _split_gguf(path)
     dtype = dtype or default_dtype()
     kwargs: dict = {"dtype": dtype}

@@ -102,6 +102,16 @@ class StepLog:
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, row["step"])
 
+    def truncate(self, step: int) -> None:
+        """Drops the rows after `step`: a resumed run writes them again, and an earlier run
+        in OUT that went past its checkpoint must not leave duplicate steps behind."""
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= step]
+        if len(kept) != len(rows):
+            self.path.write_text("".join(kept), encoding="utf-8")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -117,11 +127,24 @@ def _find_checkpoint(out_dir: Path, resume: str) -> Path:
     return ckpts[-1]
 
 
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
 def train(accelerator: Accelerator, objective: Objective, examples: list[dict[str, Any]],
           pad_id: int, args: argparse.Namespace,
           teacher_fn: Callable[[dict[str, torch.Tensor]], Any] | None = None) -> Objective:
     """Runs the optimizer over `examples` in the given order; returns the prepared objective."""
     out_dir = Path(args.out)
+    if not examples:
+        raise ValueError(f"{args.data}: no training examples left to train on")
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr_max, weight_decay=0.0)
     loader = DataLoader(examples, batch_size=args.batch_size, shuffle=False,
@@ -136,14 +159,20 @@ def train(accelerator: Accelerator, objective: Objective, examples: list[dict[st
     accelerator.register_for_checkpointing(scheduler)
 
     step, start_epoch, skip = 0, 0, 0
+    rng_at_checkpoint = None
     if args.resume:
         ckpt = _find_checkpoint(out_dir, args.resume)
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"--resume {ckpt}: no such checkpoint directory")
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
         step, start_epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        rng_at_checkpoint = _rng_state()
         log.info("resumed from %s at step %d", ckpt, step)
 
     steplog = StepLog(out_dir, accelerator.is_main_process)
+    if args.resume:
+        steplog.truncate(step)
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_main_process,
                desc=out_dir.name)
     sums: dict[str, float] = {}
@@ -153,6 +182,12 @@ def train(accelerator: Accelerator, objective: Objective, examples: list[dict[st
         seen = skip
         skip = 0
         for batch in epoch_loader:
+            if rng_at_checkpoint is not None:
+                # Starting the data loader draws a seed from torch's generator; the checkpoint
+                # was taken after the first run had drawn it, so the draw of the resumed run
+                # must not shift LoRA dropout. Put the generator back where it was saved.
+                _set_rng_state(rng_at_checkpoint)
+                rng_at_checkpoint = None
             seen += 1
             with accelerator.accumulate(objective):
                 teacher_out = teacher_fn(batch) if teacher_fn is not None else None

@@ -53,7 +53,10 @@ def load_split(split: str, path: Path | str | None = None) -> list[Question]:
                                 f"to a directory holding pubmedqa/ori_pqal.json")
     if not path.is_file():
         raise FileNotFoundError(f"PubMedQA not found at {path} (see shared/data/pubmedqa)")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # bad JSON or bad UTF-8: say which file
+        raise ValueError(f"{path}: not PubMedQA's ori_pqal.json ({exc})") from None
     ids = sorted(data)
     ids = {"dev": ids[:DEV_SIZE], "dev-calib": ids[:DEV_CALIB_SIZE],
            "dev-held-out": ids[DEV_CALIB_SIZE:DEV_SIZE], "test": ids[DEV_SIZE:]}[split]

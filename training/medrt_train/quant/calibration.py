@@ -23,9 +23,14 @@ def calibration_texts(path: Path) -> tuple[list[str], str]:
         return [q.text() for q in load_split("dev-calib", path)], "pubmedqa:dev-calib"
     if path.suffix == ".jsonl":
         texts = []
-        for line in path.read_text().splitlines():
-            if line.strip():
-                texts.append(_record_text(json.loads(line), path))
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc})") from None
+            texts.append(_record_text(record, path))
         return texts, "corpus"
     if path.suffix == ".txt":
         return [p for p in path.read_text().split("\n\n") if p.strip()], "text"

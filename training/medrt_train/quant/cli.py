@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from medrt_train.quant.calibrated import METHODS
-from medrt_train.quant.format import module_type
+from medrt_train.quant.format import module_type, validate
 from medrt_train.quant.gptq import GPTQOptions
 from medrt_train.quant.recipes import load_recipe
 from medrt_train.quant.sizes import plan_bytes, size_table
@@ -39,15 +39,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if not args.src.is_dir():
+            # Else transformers answers with a puzzling "Repo id must be ..." error.
+            raise FileNotFoundError(f"{args.src}: no such model directory")
         recipe = load_recipe(args.recipe).with_overrides(args.embeddings, args.lm_head)
         if args.dry_run:
             print(size_table(plan_bytes(args.src, recipe)))
             return 0
         if args.out is None:
             raise ValueError("an output directory is needed (or --dry-run)")
+        if args.out.resolve() == args.src.resolve():
+            # The writer replaces the weight files of OUT: that would destroy the source.
+            raise ValueError(f"output {args.out} is the source directory; choose another")
         method = args.method or recipe.method
         return _quantize(args, recipe, method)
-    except (QuantFormatError, ValueError, FileNotFoundError) as exc:
+    except (QuantFormatError, ValueError, OSError) as exc:
         print(f"medrt-train quantize: {exc}", file=sys.stderr)
         return 2
 
@@ -70,6 +76,8 @@ def _quantize(args: argparse.Namespace, recipe, method: str) -> int:
                           damp=args.damp)
     section = quantize_model(args.src, args.out, recipe, method, tokens, info, options,
                              log=lambda m: print(m, file=sys.stderr))
+    # What medrt will check when it loads OUT: fail here, not at serving time.
+    validate(args.out)
     counts: dict[str, int] = {}
     for module, entry in section["modules"].items():
         key = str(module_type(entry, module))  # e.g. int4-g64, int6-g64, int8-g32, nf4, f16

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from medrt_train.quant.format import FORMAT_NAME, format_version, module_type
 
+INDEX = "model.safetensors.index.json"
 # Files of a Hugging Face directory that are weights or config, i.e. not copied verbatim.
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
@@ -21,6 +22,8 @@ class ShardWriter:
 
     def __init__(self, out_dir: Path, shard_bytes: int = 512 << 20) -> None:
         self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise NotADirectoryError(f"output {self.out_dir}: exists and is not a directory")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_bytes = shard_bytes
         self._pending: dict[str, torch.Tensor] = {}
@@ -51,6 +54,7 @@ class ShardWriter:
         n = len(self._shards)
         if n == 1:
             (self.out_dir / "shard-00000.tmp").rename(self.out_dir / "model.safetensors")
+            self._remove_stale({"model.safetensors"})
             return
         weight_map = {}
         for i, names in enumerate(self._shards):
@@ -58,7 +62,17 @@ class ShardWriter:
             (self.out_dir / f"shard-{i:05d}.tmp").rename(self.out_dir / final)
             weight_map.update({name: final for name in names})
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (self.out_dir / INDEX).write_text(json.dumps(index, indent=2))
+        self._remove_stale({*weight_map.values(), INDEX})
+
+    def _remove_stale(self, written: set[str]) -> None:
+        """Deletes the weight files of an earlier save that this one did not write: a
+        leftover index would win over the new model.safetensors (readers look for the index
+        first), and leftover shards would be tensors no config describes."""
+        for path in self.out_dir.iterdir():
+            stale = path.name.endswith(".safetensors") or path.name == INDEX
+            if stale and path.name not in written and path.is_file():
+                path.unlink()
 
 
 def copy_side_files(src: Path, out: Path) -> None:
