@@ -97,6 +97,17 @@ def test_mismatched_tokenizers_switch_to_sequence_level(tiny_pair, tmp_path: Pat
     assert "sequence-level KD" in caplog.text and "kl, hidden, entity" in caplog.text
     generations = (tmp_path / "teacher_generations.jsonl").read_text().splitlines()
     assert len(generations) == 8
+    # The cache is reused for the same settings only: other generation settings regenerate.
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(["distill", "--teacher", str(tiny_pair["teacher"]),
+                 "--student", str(tiny_pair["other"]), "--data", str(tiny_pair["corpus"]),
+                 "--out", str(tmp_path), "--max-steps", "1", "--mode", "full",
+                 "--gen-max-new-tokens", "2", "--batch-size", "4"]) == 0
+    assert "generating again" in caplog.text and "reusing" not in caplog.text
+    records = [json.loads(x) for x in (tmp_path / "teacher_generations.jsonl").read_text()
+               .splitlines()]
+    assert {r["source"]["gen_max_new_tokens"] for r in records} == {2}
     assert all(set(r) == {"step", "epoch", "lr", "ce", "total", "grad_norm"}
                for r in _log(tmp_path))
     assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -64,20 +64,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _sequence_level_data(teacher, t_tok, items: list[Instruction], args: argparse.Namespace,
                          out_dir: Path) -> list[Instruction]:
-    """The items with responses replaced by the teacher's generations (cached in OUT)."""
+    """The items with responses replaced by the teacher's generations (cached in OUT, and
+    reused only for the same items, teacher and generation settings: another teacher or
+    --gen-max-new-tokens must not silently train on the old generations)."""
     cache = out_dir / "teacher_generations.jsonl"
+    teacher_path = Path(args.teacher)
+    source = {"teacher": str(teacher_path.resolve() if teacher_path.exists() else teacher_path),
+              "gen_max_new_tokens": args.gen_max_new_tokens, "seed": args.seed}
     if cache.is_file():
         cached = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-        if [c["id"] for c in cached] == [it.id for it in items]:
+        if ([c["id"] for c in cached] == [it.id for it in items]
+                and all(c.get("source") == source for c in cached)):
             log.info("sequence-level KD: reusing %s", cache)
             return [Instruction(it.question, c["response"], it.system, it.category, it.id)
                     for it, c in zip(items, cached)]
+        log.info("sequence-level KD: %s is from other items, teacher or settings; "
+                 "generating again", cache)
     settings = GenerationSettings(max_new_tokens=args.gen_max_new_tokens,
                                   batch_size=args.gen_batch_size, seed=args.seed)
     prompts = [prompt_text(t_tok, it.system, it.question) for it in items]
     responses = generate(teacher, t_tok, prompts, settings, desc="teacher generations")
     with open(cache, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"id": it.id, "response": r}) + "\n"
+        f.writelines(json.dumps({"id": it.id, "response": r, "source": source}) + "\n"
                      for it, r in zip(items, responses))
     return [Instruction(it.question, r, it.system, it.category, it.id)
             for it, r in zip(items, responses)]
