@@ -178,6 +178,8 @@ def _post(server: ServerThread, path: str, data: bytes) -> tuple[int, dict]:
     (b'{"model": "tiny-llama", "prompt": "\xff\xfe"}', "body"),
     (b'[1, 2]', "body"),
     (b'{"prompt": {"a": 1}}', "prompt"),
+    (b'{"prompt": "hi", "stream_options": {"include_usage": true}}', "stream_options"),
+    (b'{"prompt": "hi", "stream": true, "stream_options": []}', "stream_options"),
     (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body"),  # nesting
 ])
 def test_malformed_bodies(server: ServerThread, data: bytes, param: str) -> None:

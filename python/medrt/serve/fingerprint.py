@@ -98,5 +98,10 @@ def weights_fingerprint(model_dir: str | os.PathLike[str]) -> WeightsFingerprint
     except (OSError, ValueError):
         quant = None
     if isinstance(quant, dict) and quant.get("method"):
-        weight_types.append(f"quantization:{quant['method']}")
+        # medrt-quant: {"name": "gptq", ...} with its recipe ("paper", "gguf"): "paper/gptq"
+        method = quant["method"]
+        name = str(method.get("name") if isinstance(method, dict) else method)
+        recipe = quant.get("recipe")
+        label = name if not recipe or recipe == name else f"{recipe}/{name}"
+        weight_types.append(f"quantization:{label}")
     return WeightsFingerprint(files, combined, weight_types)

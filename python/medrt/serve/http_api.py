@@ -90,9 +90,13 @@ def _check_streaming_options(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid("stream", "must be a boolean")
-    opts = body.get("stream_options") or {}
-    if not isinstance(opts, dict):
+    opts = body.get("stream_options")
+    if opts is None:
+        opts = {}
+    elif not isinstance(opts, dict):
         raise invalid("stream_options", "must be an object")
+    elif not stream:  # as OpenAI and vLLM: options of a stream that is not one are a mistake
+        raise invalid("stream_options", "needs \"stream\": true")
     return stream, bool(opts.get("include_usage"))
 
 
