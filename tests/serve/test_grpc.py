@@ -92,6 +92,9 @@ def test_tokenize_and_model_info(stub: medrt_pb2_grpc.MedrtStub, server: ServerT
                          timeout=TIMEOUT)
     assert list(resp.token_ids) == tok.encode("Take ibuprofen with food")
     assert resp.count == len(resp.token_ids) and resp.max_model_len == 512
+    # a text longer than the context is counted (that is how a client learns it is too long)
+    long = stub.Tokenize(medrt_pb2.TokenizeRequest(prompt="word " * 600), timeout=TIMEOUT)
+    assert long.count == len(tok.encode("word " * 600)) > long.max_model_len
     info = stub.ModelInfo(medrt_pb2.ModelInfoRequest(), timeout=TIMEOUT)
     assert info.model == "tiny-llama" and info.max_model_len == 512 and info.vocab_size == 320
     assert info.weight_types == ["F32"] and len(info.weights_sha256) == 64

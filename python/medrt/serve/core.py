@@ -439,8 +439,10 @@ class ServeCore:
         self.llm.abort(rr.engine_request_id)
         return True
 
-    def _render(self, req: ServeRequest) -> tuple[dict[str, Any], str]:
-        """The engine prompt ({"prompt", "prompt_token_ids"}) and the medical category."""
+    def _render(self, req: ServeRequest, fit_context: bool = True
+                ) -> tuple[dict[str, Any], str]:
+        """The engine prompt ({"prompt", "prompt_token_ids"}) and the medical category;
+        ``fit_context``: refuse a prompt that leaves the context no room to generate."""
         tok = self.llm.tokenizer
         category = ""
         try:
@@ -470,7 +472,7 @@ class ServeCore:
         except InvalidRequest as e:
             raise invalid(req.messages_field if req.kind == "chat" else req.prompt_field,
                           str(e)) from None
-        if len(ids) >= self.llm.max_model_len:
+        if fit_context and len(ids) >= self.llm.max_model_len:
             raise invalid(where, f"the prompt has {len(ids)} tokens; the context is "
                           f"{self.llm.max_model_len} tokens and leaves no room to generate")
         return {"prompt": text, "prompt_token_ids": ids}, category
@@ -489,7 +491,8 @@ class ServeCore:
     def tokenize(self, tenant: Tenant, req: ServeRequest) -> list[int]:
         self.check_model(tenant, req.model)
         check_shape(req, self.max_prompt_bytes)
-        return self._render(req)[0]["prompt_token_ids"]
+        # Counting tokens is how a client learns that a text is too long: no context check.
+        return self._render(req, fit_context=False)[0]["prompt_token_ids"]
 
 
 def map_engine_error(e: BaseException) -> ServeError:
