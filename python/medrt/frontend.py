@@ -253,10 +253,12 @@ class EngineFrontend:
         text, ids = self._tokenize_prompt(prompt)
         if not ids:
             raise InvalidRequest("the prompt is empty")
-        for tid in ids:
-            if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < self._vocab_size:
-                raise InvalidRequest(
-                    f"prompt token id {tid!r} is outside the vocabulary [0, {self._vocab_size})")
+        # Every id is an int here (the tokenizer's, or _token_ids checked them): the range is
+        # one min/max, not a second Python pass over the prompt.
+        if min(ids) < 0 or max(ids) >= self._vocab_size:
+            tid = next(t for t in ids if not 0 <= t < self._vocab_size)
+            raise InvalidRequest(
+                f"prompt token id {tid!r} is outside the vocabulary [0, {self._vocab_size})")
         if len(ids) >= self.max_model_len:
             raise InvalidRequest(
                 f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}, "
